@@ -1,0 +1,3 @@
+"""shoal: peer-to-peer container image distribution."""
+
+__version__ = "0.1.0"

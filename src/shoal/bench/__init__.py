@@ -1,0 +1,1 @@
+"""The multi-host benchmark harness (network namespaces, tc shaping)."""

@@ -1,0 +1,1 @@
+"""The piece store on disk, its index, and byte-capacity eviction."""

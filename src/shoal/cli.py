@@ -1,0 +1,132 @@
+"""The one command, ``shoal``, with a subcommand per role and per tool.
+
+Every failure a user can cause (a bad config, a port in use, a missing tool) ends in one
+line on stderr and a non-zero exit; a traceback means a bug in shoal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from shoal import __version__
+from shoal.errors import ShoalError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_role_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="listen address for every port (default: all IPv4 and IPv6)",
+    )
+    p.add_argument("--proxy-port", type=int, metavar="PORT", help="registry mirror port")
+    p.add_argument("--p2p-port", type=int, metavar="PORT", help="peer port")
+    p.add_argument("--exporter-port", type=int, metavar="PORT", help="metrics port")
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from shoal.agent.main import run_agent
+
+    return run_agent(args)
+
+
+def _run_root(args: argparse.Namespace) -> int:
+    from shoal.root.main import run_root
+
+    return run_root(args)
+
+
+def _run_webhook(args: argparse.Namespace) -> int:
+    from shoal.webhook.main import run_webhook
+
+    return run_webhook(args)
+
+
+def _run_pull(args: argparse.Namespace) -> int:
+    from shoal.registry.pull import run_pull
+
+    return run_pull(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from shoal.demo.main import run_demo
+
+    return run_demo(args)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from shoal.bench.main import run_bench
+
+    return run_bench(args)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from shoal.sim.main import run_sim
+
+    return run_sim(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal", description="Peer-to-peer container image distribution."
+    )
+    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("agent", help="run the node agent (registry mirror and peer)")
+    _add_role_args(p)
+    p.set_defaults(handler=_run_agent)
+
+    p = sub.add_parser("root", help="run a root (seed and scheduler)")
+    _add_role_args(p)
+    p.set_defaults(handler=_run_root)
+
+    p = sub.add_parser("webhook", help="run the mutating admission webhook")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML webhook config file")
+    p.set_defaults(handler=_run_webhook)
+
+    p = sub.add_parser("pull", help="pull an image into an OCI layout directory")
+    p.add_argument("image", help="image reference, e.g. 127.0.0.1:5000/library/app:1")
+    p.add_argument("dest", help="OCI layout directory to write")
+    p.add_argument(
+        "--mirror", metavar="URL", help="pull through this mirror (e.g. http://127.0.0.1:65001)"
+    )
+    p.add_argument("--plain-http", action="store_true", help="origin speaks plain HTTP")
+    p.add_argument("--user", metavar="USER:PASSWORD", help="registry credentials")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.set_defaults(handler=_run_pull)
+
+    p = sub.add_parser("demo", help="run the whole system on this machine and pull an image")
+    p.add_argument("--layers", type=int, default=4, help="layers in the generated image")
+    p.add_argument("--layer-mib", type=int, default=16, help="MiB per layer")
+    p.add_argument("--workdir", metavar="DIR", help="keep files here (default: a temp dir)")
+    p.set_defaults(handler=_run_demo)
+
+    p = sub.add_parser("bench", help="multi-host benchmark in network namespaces (root)")
+    p.set_defaults(handler=_run_bench)
+
+    p = sub.add_parser("sim", help="simulate the scheduler at thousands of nodes")
+    p.set_defaults(handler=_run_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ShoalError as exc:
+        print(f"shoal {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shoal {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

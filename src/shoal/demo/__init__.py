@@ -1,0 +1,1 @@
+"""``shoal demo``: the whole system on one machine, for a first look."""

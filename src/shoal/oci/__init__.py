@@ -1,0 +1,1 @@
+"""OCI references, digests, manifests and upstream derivation. No IO."""

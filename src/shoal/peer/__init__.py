@@ -1,0 +1,1 @@
+"""Asyncio transport over ``shoal.wire``: peer server, peer client, throttle."""

@@ -1,0 +1,1 @@
+"""The agent's OCI registry mirror and its upstream client."""

@@ -1,0 +1,1 @@
+"""Composition root of the root role (seed and scheduler tier)."""

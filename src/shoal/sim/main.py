@@ -1,0 +1,11 @@
+"""``shoal sim``: not built yet."""
+
+from __future__ import annotations
+
+import argparse
+
+from shoal.errors import UnsupportedError
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    raise UnsupportedError("not yet: this subcommand comes with a later release")

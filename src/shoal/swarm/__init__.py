@@ -1,0 +1,1 @@
+"""The scheduler and piece picker: pure state machines, time passed in."""

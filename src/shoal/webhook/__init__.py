@@ -1,0 +1,1 @@
+"""Mutating admission webhook and the pull-secret controller."""

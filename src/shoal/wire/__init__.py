@@ -1,0 +1,1 @@
+"""The peer protocol: a sans-IO codec (bytes in, events out)."""
