@@ -1,0 +1,98 @@
+"""The node agent, composed: metrics, audit log, upstream client, mirror, exporter.
+
+``async with Agent(config) as agent:`` starts every listener and owns every task; leaving
+the block stops them in reverse order. Ports given as 0 are chosen by the kernel and can
+be read back (``agent.proxy_port``), which is how tests run several agents side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from types import TracebackType
+
+from aiohttp import web
+
+from shoal.config import Config
+from shoal.errors import ShoalError
+from shoal.observability import AuditLog, Metrics
+from shoal.observability.exporter import exporter_app
+from shoal.registry.mirror import Mirror
+from shoal.registry.upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+
+def node_label(config: Config, port: int) -> str:
+    """The ``node`` label of the metrics: ``IP:port`` of this process."""
+    if config.deploy.node_name:
+        return config.deploy.node_name
+    host = config.proxy.listen
+    if not host or host in ("0.0.0.0", "::"):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics(node_label(config, config.proxy.port), config.deploy.mode)
+        self.audit = AuditLog.from_config(config.deploy)
+        self.upstream = UpstreamClient(config.upstream)
+        self.mirror = Mirror(config, self.upstream, self.metrics, self.audit)
+        self._runners: list[web.AppRunner] = []
+        self.proxy_port = 0
+        self.exporter_port = 0
+
+    def __repr__(self) -> str:
+        return f"<Agent proxy=:{self.proxy_port} exporter=:{self.exporter_port} {self.mirror!r}>"
+
+    async def __aenter__(self) -> Agent:
+        try:
+            self.proxy_port = await self._serve(self.mirror.app(), self.config.proxy.port)
+            self.metrics.node = node_label(self.config, self.proxy_port)
+            exporter = self.config.exporter
+            if exporter.enable and exporter.standalone_exporter_port:
+                self.exporter_port = await self._serve(exporter_app(self.metrics), exporter.port)
+            elif exporter.enable:
+                self.exporter_port = self.proxy_port
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "agent serving: mirror on port %d, metrics on port %s",
+            self.proxy_port,
+            self.exporter_port or "off",
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        host = self.config.proxy.listen or None
+        site = web.TCPSite(runner, host=host, port=port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
+        bound: int = runner.addresses[0][1]
+        return bound
+
+    async def close(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await self.upstream.close()
+        self.audit.close()

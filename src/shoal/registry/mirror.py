@@ -1,0 +1,402 @@
+"""The agent's registry mirror: the OCI distribution pull API on the proxy port.
+
+The container runtime talks to this endpoint as to a registry. Every request names (or
+implies) its upstream registry; the client's ``Authorization`` goes upstream unchanged
+and the upstream's ``401`` comes back unchanged, so the runtime performs its own token
+dance with the registry's realm and the mirror never holds a credential of its own.
+
+Blob bodies are hashed while they stream. The last chunk is held back until the digest
+is known to match: on a mismatch the connection is cut before the body is complete, so
+no client can take a corrupted blob for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from shoal.config import Config
+from shoal.errors import (
+    AccessDeniedError,
+    DigestMismatchError,
+    ManifestInvalidError,
+    RangeNotSatisfiableError,
+    ShoalError,
+    UpstreamUnavailableError,
+)
+from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
+from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
+from shoal.observability.exporter import metrics_handler
+from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
+from shoal.oci.manifest import ACCEPT_ALL, MAX_MANIFEST_BYTES
+from shoal.oci.range import ByteRange, parse_content_range, parse_range
+from shoal.oci.reference import check_name, parse_manifest_reference
+from shoal.oci.upstream import check_host, derive_upstream
+from shoal.registry.responses import (
+    API_VERSION_HEADER,
+    error_response,
+    oci_error,
+    relay_upstream_error,
+)
+from shoal.registry.upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+#: paths a blob URL may have at the accelerator: the registry API, or the registry's
+#: storage layout as object stores serve it (what overlaybd asks for after a redirect)
+_ACCEL_PATHS = (
+    re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[a-f0-9]{64})$"),
+    re.compile(r"^/docker/registry/v2/blobs/sha256/[a-f0-9]{2}/(?P<hex>[a-f0-9]{64})/data$"),
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Mirror:
+    """The mirror's handlers; ``app()`` builds the ``aiohttp`` application."""
+
+    def __init__(
+        self, config: Config, upstream: UpstreamClient, metrics: Metrics, audit: AuditLog
+    ) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.metrics = metrics
+        self.audit = audit
+        self._limit = asyncio.Semaphore(config.proxy.proxy_concurrency_limit)
+        self.waiting = 0
+
+    def __repr__(self) -> str:
+        active = self.config.proxy.proxy_concurrency_limit - self._limit._value
+        return f"<Mirror [blobs: {active} upstream, {self.waiting} waiting]>"
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=1 << 20)
+        routes = [
+            web.get("/v2/", self.handle_base),
+            web.get("/v2", self.handle_base),
+            web.route("*", "/v2/{name:.+}/manifests/{reference}", self.handle_manifest),
+            web.route("*", "/v2/{name:.+}/blobs/{digest}", self.handle_blob),
+            web.get("/accelerator/{url:.+}", self.handle_accelerator),
+        ]
+        if self.config.exporter.enable and not self.config.exporter.standalone_exporter_port:
+            routes.append(metrics_handler(self.metrics))
+        app.add_routes(routes)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        head = request.method == "HEAD"
+        try:
+            resp = await handler(request)
+        except ShoalError as exc:
+            resp = error_response(exc, head=head)
+        except web.HTTPException as exc:
+            if exc.status == 405:
+                resp = oci_error(405, "UNSUPPORTED", "this mirror serves pulls only", head=head)
+            elif exc.status == 404:
+                resp = oci_error(404, "NAME_UNKNOWN", "no such endpoint", head=head)
+            else:
+                raise
+        sent = resp.content_length or 0
+        self.metrics.record(MetricType.HTTP, sent, time.perf_counter() - start)
+        return resp
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _upstream_for(self, request: web.Request) -> str:
+        host = derive_upstream(
+            request.query.get("ns"), request.headers.get("Host"), self.config.upstream.default
+        )
+        self.upstream.check_allowed(host)
+        return host
+
+    @staticmethod
+    def _only(request: web.Request, *methods: str) -> None:
+        if request.method not in methods:
+            raise web.HTTPMethodNotAllowed(request.method, list(methods))
+
+    # --- /v2/ --------------------------------------------------------------------
+
+    async def handle_base(self, request: web.Request) -> web.StreamResponse:
+        try:
+            host = self._upstream_for(request)
+        except ShoalError:
+            return web.json_response({}, headers=API_VERSION_HEADER)
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        resp = await self.upstream.request("GET", host, "/v2/", headers)
+        async with resp:
+            if resp.status == 200:
+                return web.json_response({}, headers=API_VERSION_HEADER)
+            return await relay_upstream_error(resp, head=False)
+
+    # --- manifests ---------------------------------------------------------------
+
+    async def handle_manifest(self, request: web.Request) -> web.StreamResponse:
+        self._only(request, "GET", "HEAD")
+        name = check_name(request.match_info["name"])
+        ref = parse_manifest_reference(request.match_info["reference"])
+        host = self._upstream_for(request)
+        head = request.method == "HEAD"
+        headers = {
+            "Authorization": request.headers.get("Authorization", ""),
+            # clients send one Accept line per media type; all of them must go upstream
+            "Accept": ", ".join(request.headers.getall("Accept", [])) or ACCEPT_ALL,
+        }
+        path = f"/v2/{name}/manifests/{ref}"
+        resp = await self.upstream.request(
+            request.method, host, path, headers, follow_redirects=True
+        )
+        async with resp:
+            if resp.status != 200:
+                return await relay_upstream_error(resp, head=head)
+            out = dict(API_VERSION_HEADER)
+            out["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+            if head:
+                for key in ("Docker-Content-Digest", "Content-Length"):
+                    if key in resp.headers:
+                        out[key] = resp.headers[key]
+                if isinstance(ref, Digest):
+                    out["Docker-Content-Digest"] = str(ref)
+                return web.Response(status=200, headers=out)
+            body = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise ManifestInvalidError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
+            algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
+            actual = digest_of(body, algorithm)
+            if isinstance(ref, Digest) and actual != str(ref):
+                raise DigestMismatchError(f"upstream manifest {ref} hashes to {actual}")
+            out["Docker-Content-Digest"] = actual
+            return web.Response(status=200, body=body, headers=out)
+
+    # --- blobs -------------------------------------------------------------------
+
+    async def handle_blob(self, request: web.Request) -> web.StreamResponse:
+        self._only(request, "GET", "HEAD")
+        name = check_name(request.match_info["name"])
+        digest = parse_digest(request.match_info["digest"])
+        host = self._upstream_for(request)
+        byte_range = _client_range(request)
+        path = f"/v2/{name}/blobs/{digest}"
+        pathname = f"/{self.upstream.base_url(host)}{path}"
+        if request.method == "HEAD":
+            return await self._head_blob(request, host, path, digest)
+        return await self._relay_blob(request, host, path, pathname, digest, byte_range)
+
+    async def _head_blob(
+        self, request: web.Request, host: str, path: str, digest: Digest
+    ) -> web.StreamResponse:
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        resp = await self.upstream.request("HEAD", host, path, headers, follow_redirects=True)
+        async with resp:
+            if resp.status != 200:
+                return await relay_upstream_error(resp, head=True)
+            out = dict(API_VERSION_HEADER)
+            out.update(
+                {
+                    "Content-Type": "application/octet-stream",
+                    "Docker-Content-Digest": str(digest),
+                    "Accept-Ranges": "bytes",
+                }
+            )
+            if "Content-Length" in resp.headers:
+                out["Content-Length"] = resp.headers["Content-Length"]
+            return web.Response(status=200, headers=out)
+
+    async def _relay_blob(
+        self,
+        request: web.Request,
+        host: str,
+        path: str,
+        pathname: str,
+        digest: Digest | None,
+        byte_range: ByteRange | None,
+        *,
+        url: str | None = None,
+    ) -> web.StreamResponse:
+        headers = {"Authorization": request.headers.get("Authorization", "")}
+        if byte_range is not None:
+            headers["Range"] = byte_range.header()
+        self.waiting += 1
+        try:
+            await self._limit.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            with self.audit.timed(HTTP_PREAD, pathname) as served:
+                start = time.perf_counter()
+                resp = await self.upstream.request(
+                    "GET", host, path, headers, follow_redirects=True, url=url
+                )
+                async with resp:
+                    if resp.status not in (200, 206):
+                        return await relay_upstream_error(resp, head=False)
+                    with self.audit.timed(DOWNLOAD, pathname) as fetched:
+                        out = await self._stream(request, resp, digest, byte_range, served)
+                        fetched.offset = served.offset
+                        fetched.size = served.size
+                    self.metrics.record(MetricType.DOWNLOAD, 0, time.perf_counter() - start)
+                    self.metrics.record(MetricType.PREAD, 0, time.perf_counter() - start)
+                    return out
+        finally:
+            self._limit.release()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        resp: aiohttp.ClientResponse,
+        digest: Digest | None,
+        byte_range: ByteRange | None,
+        record: AuditRecord,
+    ) -> web.StreamResponse:
+        """Copy the upstream body to the client; ``record`` follows offset and bytes sent."""
+        out = web.StreamResponse(status=resp.status)
+        out.headers.update(API_VERSION_HEADER)
+        out.headers["Content-Type"] = "application/octet-stream"
+        out.headers["Accept-Ranges"] = "bytes"
+        if digest is not None:
+            out.headers["Docker-Content-Digest"] = str(digest)
+        expected = resp.content_length
+        skip = 0
+        limit: int | None = None
+        if resp.status == 206:
+            first, last, total = parse_content_range(resp.headers.get("Content-Range", ""))
+            out.headers["Content-Range"] = f"bytes {first}-{last}/{'*' if total is None else total}"
+            record.offset = first
+        elif byte_range is not None:
+            # the upstream ignored the Range: cut the requested part out of the whole body
+            if expected is None:
+                raise UpstreamUnavailableError("upstream ignored Range and sent no length")
+            first, last = byte_range.resolve(expected)
+            skip, limit = first, last - first + 1
+            out.set_status(206)
+            out.headers["Content-Range"] = f"bytes {first}-{last}/{expected}"
+            record.offset = first
+        whole = resp.status == 200 and byte_range is None
+        verifier = DigestVerifier(digest) if (whole and digest is not None) else None
+        length = limit if limit is not None else expected
+        if length is not None:
+            out.content_length = length
+        await out.prepare(request)
+        sent = 0
+        received = 0
+        pending = b""
+        async for chunk in resp.content.iter_any():
+            received += len(chunk)
+            self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
+            if verifier is not None:
+                verifier.update(chunk)
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
+            if limit is not None:
+                chunk = chunk[: limit - sent - len(pending)]
+            if pending:
+                await out.write(pending)
+                sent += len(pending)
+                self.metrics.add_bytes(MetricType.PREAD, len(pending))
+                record.size = sent
+            pending = chunk
+            if limit is not None and sent + len(pending) >= limit:
+                break
+        complete = limit is not None and sent + len(pending) == limit
+        if not complete:
+            complete = expected is None or received == expected
+            if verifier is not None:
+                complete = complete and verifier.matches()
+        if not complete:
+            what = (
+                "digest mismatch"
+                if verifier is not None and not verifier.matches()
+                else (f"short body ({received} of {expected} bytes)")
+            )
+            log.error("blob %s from upstream failed: %s; cutting the response", digest, what)
+            _cut(request)
+            raise DigestMismatchError(f"blob {digest}: {what}")
+        if pending:
+            await out.write(pending)
+            sent += len(pending)
+            self.metrics.add_bytes(MetricType.PREAD, len(pending))
+            record.size = sent
+        await out.write_eof()
+        return out
+
+    # --- accelerator -------------------------------------------------------------
+
+    async def handle_accelerator(self, request: web.Request) -> web.StreamResponse:
+        accel = self.config.accelerator
+        if not accel.enable:
+            raise AccessDeniedError("the accelerator endpoint is disabled")
+        if accel.loopback_only and not _is_loopback(request.remote):
+            raise AccessDeniedError("the accelerator answers loopback clients only")
+        raw = request.match_info["url"]
+        if request.query_string:
+            raw = f"{raw}?{request.query_string}"
+        raw = re.sub(r"^(https?):/(?!/)", r"\1://", raw)  # a proxy may merge the slashes
+        try:
+            url = URL(raw, encoded=True)
+        except ValueError as exc:
+            raise AccessDeniedError("not a URL") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise AccessDeniedError("only http and https blob URLs are accelerated")
+        host = check_host(url.raw_authority)
+        allowed = accel.allowed_hosts or (
+            self.config.upstream.default,
+            *(r.host for r in self.config.upstream.registries),
+        )
+        if host not in allowed:
+            raise AccessDeniedError(f"host {host} is not in the accelerator's allow-list")
+        digest: Digest | None = None
+        for pattern in _ACCEL_PATHS:
+            m = pattern.match(url.raw_path)
+            if m is not None:
+                found = m.groupdict()
+                if "name" in found:
+                    check_name(found["name"])
+                digest = parse_digest(found.get("digest") or f"sha256:{found['hex']}")
+                break
+        else:
+            raise AccessDeniedError("only blob paths are accelerated")
+        pathname = f"/{url}"
+        return await self._relay_blob(
+            request, host, url.raw_path, pathname, digest, _client_range(request), url=str(url)
+        )
+
+
+def _client_range(request: web.Request) -> ByteRange | None:
+    header = request.headers.get("Range")
+    if not header:
+        return None
+    return parse_range(header)
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        addr = ipaddress.ip_address(remote.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _cut(request: web.Request) -> None:
+    """Abort the client connection so the body it has is visibly incomplete."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+__all__ = ["Mirror", "RangeNotSatisfiableError"]
