@@ -1,1 +1,46 @@
 """The piece store on disk, its index, and byte-capacity eviction."""
+
+from shoal.cache.bitfield import Bitfield
+from shoal.cache.blob import BlobInfo
+from shoal.cache.errors import (
+    BlobConflictError,
+    BlobEvictedError,
+    CacheFullError,
+    DiskFullError,
+    PieceCorruptError,
+    PieceMissingError,
+    PieceReadError,
+    PieceWriteError,
+)
+from shoal.cache.layout import (
+    DEFAULT_PIECE_SIZE,
+    MAX_PIECE_SIZE,
+    MAX_PIECES,
+    check_digest,
+    choose_piece_size,
+    piece_count,
+    piece_length,
+)
+from shoal.cache.store import FileRange, PieceStore
+
+__all__ = [
+    "DEFAULT_PIECE_SIZE",
+    "MAX_PIECES",
+    "MAX_PIECE_SIZE",
+    "Bitfield",
+    "BlobConflictError",
+    "BlobEvictedError",
+    "BlobInfo",
+    "CacheFullError",
+    "DiskFullError",
+    "FileRange",
+    "PieceCorruptError",
+    "PieceMissingError",
+    "PieceReadError",
+    "PieceStore",
+    "PieceWriteError",
+    "check_digest",
+    "choose_piece_size",
+    "piece_count",
+    "piece_length",
+]

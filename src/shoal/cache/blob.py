@@ -1,0 +1,173 @@
+"""One blob's live state in the store, and the read-only snapshot callers get.
+
+``Blob`` is the store's own mutable record (its files, bitfields, waiters, pins);
+nothing outside ``cache/`` holds one. Callers get ``BlobInfo``, a frozen snapshot that is
+safe to keep and compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.cache import journal as jr
+from shoal.cache.bitfield import Bitfield
+from shoal.cache.errors import BlobConflictError, PieceMissingError
+from shoal.cache.layout import piece_count, piece_length
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: str
+    size: int
+    piece_size: int
+    piece_count: int
+    complete: bool
+    #: present-pieces bitfield in wire layout (``Bitfield.to_bytes()``)
+    present: bytes
+    present_count: int
+    #: sha256 of each piece where known (present pieces always; others if given at create)
+    hashes: tuple[bytes | None, ...]
+
+    def piece_length(self, index: int) -> int:
+        return piece_length(self.size, self.piece_size, index)
+
+    def has(self, index: int) -> bool:
+        return bool(self.present[index >> 3] & (0x80 >> (index & 7)))
+
+
+@dataclass(eq=False, slots=True)
+class Blob:
+    digest: str
+    size: int
+    piece_size: int
+    directory: Path
+    hashes: list[bytes | None]
+    present: Bitfield
+    verified: Bitfield
+    complete: bool = False
+    used: int = 0
+    pins: int = 0
+    last_used: int = 0
+    waiters: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
+    _file: io.FileIO | None = None
+    _journal: jr.Journal | None = None
+
+    @classmethod
+    def load(cls, directory: Path, meta: jr.BlobMeta, records: list[jr.Record]) -> Blob:
+        count = piece_count(meta.size, meta.piece_size)
+        hashes: list[bytes | None] = [None] * count
+        if meta.hashes is not None:
+            if len(meta.hashes) != count:
+                raise ValueError(f"{len(meta.hashes)} hashes for {count} pieces")
+            hashes = [None if h is None else bytes.fromhex(h) for h in meta.hashes]
+        blob = cls(
+            digest=meta.digest,
+            size=meta.size,
+            piece_size=meta.piece_size,
+            directory=directory,
+            hashes=hashes,
+            present=Bitfield(count),
+            verified=Bitfield(count),
+        )
+        for rec in records:
+            if rec.kind is jr.RecordKind.COMPLETE:
+                blob.complete = blob.present.all()
+                continue
+            if rec.index >= count:
+                raise ValueError(f"journal names piece {rec.index} of {count}")
+            if rec.kind is jr.RecordKind.PIECE:
+                if blob.hashes[rec.index] not in (None, rec.digest):
+                    continue  # journal disagrees with the root's hash: not trusted
+                blob.mark_present(rec.index, rec.digest, verified=False)
+            elif blob.present[rec.index]:
+                blob.present.clear(rec.index)
+                blob.used -= blob.piece_length(rec.index)
+                blob.complete = False
+        return blob
+
+    def piece_length(self, index: int) -> int:
+        if not 0 <= index < self.present.size:
+            raise PieceMissingError(f"{self.digest} has no piece {index}")
+        return piece_length(self.size, self.piece_size, index)
+
+    def offset(self, index: int) -> int:
+        return index * self.piece_size
+
+    def check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise PieceMissingError(f"{self.digest}: range {offset}+{length} beyond {self.size}")
+
+    def mark_present(self, index: int, sha256: bytes, *, verified: bool) -> None:
+        if not self.present[index]:
+            self.present.set(index)
+            self.used += self.piece_length(index)
+        self.hashes[index] = sha256
+        if verified:
+            self.verified.set(index)
+
+    def adopt_hashes(self, hashes: Sequence[bytes]) -> None:
+        if len(hashes) != len(self.hashes):
+            raise BlobConflictError(f"{self.digest}: {len(hashes)} hashes, want {len(self.hashes)}")
+        for i, h in enumerate(hashes):
+            if self.hashes[i] is not None and self.hashes[i] != h:
+                raise BlobConflictError(f"{self.digest}: piece {i} hash disagrees")
+        self.hashes = list(hashes)
+
+    def info(self) -> BlobInfo:
+        return BlobInfo(
+            digest=self.digest,
+            size=self.size,
+            piece_size=self.piece_size,
+            piece_count=self.present.size,
+            complete=self.complete,
+            present=self.present.to_bytes(),
+            present_count=self.present.count,
+            hashes=tuple(self.hashes),
+        )
+
+    # -- files ---------------------------------------------------------------------
+
+    def file(self) -> io.FileIO:
+        if self._file is None:
+            self._file = io.FileIO(jr.data_path(self.directory), "r+")
+        return self._file
+
+    def fileno(self) -> int:
+        return self.file().fileno()
+
+    def journal_append(self, kind: jr.RecordKind, index: int, digest: bytes) -> None:
+        if self._journal is None:
+            self._journal = jr.Journal(self.directory)
+        self._journal.append(kind, index, digest)
+
+    def close_files(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    # -- waiters -------------------------------------------------------------------
+
+    def waiter(self, index: int) -> asyncio.Future[None]:
+        self.piece_length(index)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(index, []).append(fut)
+        return fut
+
+    def wake(self, index: int) -> None:
+        for fut in self.waiters.pop(index, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        waiters, self.waiters = self.waiters, {}
+        for futs in waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)

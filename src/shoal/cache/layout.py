@@ -1,0 +1,65 @@
+"""Blob geometry: how a blob is cut into pieces, and the digest form the store accepts.
+
+The default piece size is 4 MiB, chosen by measurement (``bench/peer_throughput.py
+--piece-size``, figures in ``docs/peer.md``): at 1 MiB the per-piece overhead (one
+request, one thread hop for hashing, one journal record) costs throughput; at 8 MiB
+throughput is flat but a swarm has half as many units to spread and a streaming reader
+waits longer for its first piece. Large blobs get larger pieces so that no blob has
+more than ``MAX_PIECES`` (which bounds the stat frame's bitfield and hash list).
+"""
+
+from __future__ import annotations
+
+import re
+
+from shoal.errors import DigestInvalidError
+
+MiB = 1 << 20
+DEFAULT_PIECE_SIZE = 4 * MiB
+MIN_PIECE_SIZE = 16 * 1024
+MAX_PIECE_SIZE = 16 * MiB
+MAX_PIECES = 1 << 16
+HASH_SIZE = 32
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def check_digest(digest: str) -> str:
+    """Return ``digest`` if it is ``sha256:<64 lowercase hex>``, else raise."""
+    if not _DIGEST.fullmatch(digest):
+        raise DigestInvalidError(f"not a sha256 digest: {digest[:80]!r}")
+    return digest
+
+
+def choose_piece_size(size: int, configured: int = 0) -> int:
+    """``configured`` if set, else the default, doubled until the blob fits MAX_PIECES."""
+    piece = configured or DEFAULT_PIECE_SIZE
+    while piece < MAX_PIECE_SIZE and piece_count(size, piece) > MAX_PIECES:
+        piece *= 2
+    check_geometry(size, piece)
+    return piece
+
+
+def check_geometry(size: int, piece_size: int) -> None:
+    if size < 0:
+        raise ValueError("blob size must not be negative")
+    if not MIN_PIECE_SIZE <= piece_size <= MAX_PIECE_SIZE:
+        raise ValueError(f"piece size {piece_size} outside {MIN_PIECE_SIZE}..{MAX_PIECE_SIZE}")
+    if piece_count(size, piece_size) > MAX_PIECES:
+        raise ValueError(f"blob of {size} bytes needs more than {MAX_PIECES} pieces")
+
+
+def piece_count(size: int, piece_size: int) -> int:
+    return (size + piece_size - 1) // piece_size
+
+
+def piece_length(size: int, piece_size: int, index: int) -> int:
+    """Bytes in piece ``index``: ``piece_size`` except (perhaps) the last."""
+    return min(piece_size, size - index * piece_size)
+
+
+def pieces_of_range(piece_size: int, offset: int, length: int) -> range:
+    """Indices of the pieces that hold bytes ``offset .. offset+length-1``."""
+    if length <= 0:
+        return range(0)
+    return range(offset // piece_size, (offset + length - 1) // piece_size + 1)

@@ -1,0 +1,533 @@
+"""The piece store: blobs on disk by digest, cut into pieces, verified piece by piece.
+
+Design decisions:
+
+- **One sparse data file per blob**, pieces written at their offsets in any order. A
+  piece is *present* once its bytes are written and its sha256 recorded in the blob's
+  journal (``journal.py``); only present pieces are ever read or served.
+- **Verified once per process lifetime.** A piece written in this process was hashed on
+  its way in. A piece found in the journal at start is present but *unverified*: the
+  first read re-hashes it and drops it if it no longer matches (a crash can leave a
+  journal record whose bytes never hit the disk). Start-up therefore costs O(index), not
+  O(bytes), and a corrupted piece is never served.
+- **Capacity counts present piece bytes** (plus bytes being written), never the sparse
+  holes. When a write would exceed it, whole blobs are evicted least-recently-used
+  first; a blob with a lease (``lease()``) or an operation in progress is never chosen.
+  Recency is a counter bumped on every access (no clock), seeded from journal mtimes at
+  start.
+- **Errors are per piece.** ENOSPC, EIO and friends become ``DiskFullError`` /
+  ``PieceWriteError`` / ``PieceReadError`` for that call; the store stays usable.
+- **Hashing always runs in worker threads** (hashlib releases the GIL on large
+  buffers, so it overlaps socket work on another core). ``aio`` selects where the
+  ``pread``/``pwrite`` calls run: ``False`` (``aioEnable: 0``, default) runs them inline
+  on the event loop, which measured fastest when the page cache absorbs writes (a 4 MiB
+  ``pwrite`` takes about 1 ms); ``True`` moves them to worker threads so a slow or
+  congested disk cannot stall the loop, at the price of a thread hop per piece.
+- **Followers wait on pieces** (``wait_piece``) so a streaming reader can follow a
+  download in progress and a peer can serve pieces of a blob still downloading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shoal.cache import journal as jr
+from shoal.cache.bitfield import Bitfield
+from shoal.cache.blob import Blob, BlobInfo
+from shoal.cache.errors import (
+    BlobConflictError,
+    BlobEvictedError,
+    CacheFullError,
+    DiskFullError,
+    PieceCorruptError,
+    PieceMissingError,
+    PieceReadError,
+    PieceWriteError,
+)
+from shoal.cache.layout import (
+    HASH_SIZE,
+    check_digest,
+    check_geometry,
+    choose_piece_size,
+    pieces_of_range,
+)
+from shoal.config import CacheConfig
+from shoal.errors import BlobUnknownError, DigestMismatchError
+from shoal.observability import AuditLog, Metrics, MetricType
+from shoal.observability.audit import FILEREAD, FILEWRITE
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+PieceListener = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Where a verified byte range lives on disk, for ``loop.sendfile``."""
+
+    file: io.FileIO
+    offset: int
+    length: int
+
+
+class PieceStore:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        capacity: int,
+        aio: bool = False,
+        piece_size: int = 0,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.capacity = capacity
+        self.aio = aio
+        self.default_piece_size = piece_size
+        self._metrics = metrics
+        self._audit = audit or AuditLog(None)
+        self._blobs: dict[str, Blob] = {}
+        self._used = 0
+        self._reserved = 0
+        self._tick = 0
+        self._listeners: list[PieceListener] = []
+        self._opened = False
+        if metrics is not None:
+            metrics.set_cache_source(lambda: (self.capacity, self._used))
+
+    @classmethod
+    def from_config(
+        cls, config: CacheConfig, *, metrics: Metrics | None = None, audit: AuditLog | None = None
+    ) -> PieceStore:
+        return cls(
+            config.path,
+            capacity=config.capacity,
+            aio=config.aio,
+            piece_size=config.piece_size,
+            metrics=metrics,
+            audit=audit,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> PieceStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Load the index from disk; blobs whose meta is unreadable are removed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        found = await asyncio.to_thread(self._scan)
+        found.sort(key=lambda item: item[0])
+        for _, blob in found:
+            self._tick += 1
+            blob.last_used = self._tick
+            self._blobs[blob.digest] = blob
+            self._used += blob.used
+        self._opened = True
+        log.info("piece store opened: %r", self)
+
+    def _scan(self) -> list[tuple[float, Blob]]:
+        root = self.path / "blobs" / "sha256"
+        if not root.is_dir():
+            return []
+        found: list[tuple[float, Blob]] = []
+        for directory in root.iterdir():
+            try:
+                blob = _load_blob(directory)
+            except (ValueError, OSError) as exc:
+                log.warning("dropping unreadable blob %s: %s", directory.name, exc)
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            try:
+                stamp = (directory / "journal").stat().st_mtime
+            except FileNotFoundError:
+                stamp = 0.0
+            found.append((stamp, blob))
+        return found
+
+    async def close(self) -> None:
+        for blob in self._blobs.values():
+            blob.fail_waiters(BlobEvictedError(f"store closed: {blob.digest}"))
+            blob.close_files()
+        self._blobs.clear()
+        self._used = 0
+        self._opened = False
+
+    # -- queries -------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        """Bytes of present pieces (shoal's own data on disk)."""
+        return self._used
+
+    def lookup(self, digest: str) -> BlobInfo | None:
+        blob = self._blobs.get(digest)
+        return None if blob is None else blob.info()
+
+    def has_piece(self, digest: str, index: int) -> bool:
+        blob = self._blobs.get(digest)
+        return blob is not None and blob.present[index]
+
+    def bitfield(self, digest: str) -> Bitfield:
+        """A copy of the blob's present-pieces bitfield."""
+        return self._get(digest).present.copy()
+
+    def digests(self) -> list[str]:
+        return list(self._blobs)
+
+    def add_listener(self, listener: PieceListener) -> None:
+        """``listener(digest, index)`` is called whenever a piece becomes present."""
+        self._listeners.append(listener)
+
+    # -- leases --------------------------------------------------------------------
+
+    @contextmanager
+    def lease(self, digest: str) -> Iterator[BlobInfo]:
+        """Pin the blob against eviction for the duration (a download, a stream, a send)."""
+        blob = self._get(digest)
+        blob.pins += 1
+        self._touch(blob)
+        try:
+            yield blob.info()
+        finally:
+            blob.pins -= 1
+
+    # -- writing -------------------------------------------------------------------
+
+    async def create(
+        self,
+        digest: str,
+        size: int,
+        *,
+        piece_size: int = 0,
+        hashes: Sequence[bytes] | None = None,
+    ) -> BlobInfo:
+        """Create the blob's record, or return the existing one if it agrees.
+
+        ``hashes`` are the pieces' sha256 values when known (from the root); every piece
+        written later is then checked against them.
+        """
+        check_digest(digest)
+        piece_size = piece_size or choose_piece_size(size, self.default_piece_size)
+        try:
+            check_geometry(size, piece_size)
+        except ValueError as exc:
+            raise BlobConflictError(f"{digest}: {exc}") from exc
+        existing = self._blobs.get(digest)
+        if existing is not None:
+            if (existing.size, existing.piece_size) != (size, piece_size):
+                raise BlobConflictError(
+                    f"{digest}: exists with size {existing.size} piece {existing.piece_size}"
+                )
+            if hashes is not None:
+                existing.adopt_hashes(hashes)
+            self._touch(existing)
+            return existing.info()
+        count = (size + piece_size - 1) // piece_size
+        if hashes is not None and (
+            len(hashes) != count or any(len(h) != HASH_SIZE for h in hashes)
+        ):
+            raise BlobConflictError(f"{digest}: {len(hashes)} hashes for {count} pieces")
+        directory = jr.blob_dir(self.path, digest)
+        meta = jr.BlobMeta(
+            version=jr.META_VERSION,
+            digest=digest,
+            size=size,
+            piece_size=piece_size,
+            hashes=None if hashes is None else [h.hex() for h in hashes],
+        )
+        try:
+            await asyncio.to_thread(_create_files, directory, meta)
+            blob = _load_blob(directory)
+        except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise _write_error(f"{digest}: cannot create", exc) from exc
+        self._blobs[digest] = blob
+        self._touch(blob)
+        return blob.info()
+
+    async def write_piece(
+        self,
+        digest: str,
+        index: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        sha256: bytes | None = None,
+    ) -> bytes:
+        """Store piece ``index``; return its sha256.
+
+        ``sha256`` is the hash of ``data`` if the caller already computed it (a peer
+        client verifies on receipt); otherwise the store computes it. Either way it must
+        match the piece's known hash, if any, or ``PieceCorruptError`` is raised and
+        nothing is written. Writing a piece already present is a no-op.
+        """
+        blob = self._get(digest)
+        length = blob.piece_length(index)
+        if len(data) != length:
+            raise PieceCorruptError(f"{digest} piece {index}: {len(data)} bytes, want {length}")
+        if blob.present[index]:
+            return blob.hashes[index] or b""
+        start = time.perf_counter()
+        blob.pins += 1
+        try:
+            with self._audit.timed(FILEWRITE, digest, blob.offset(index)) as rec:
+                if sha256 is None:
+                    sha256 = await asyncio.to_thread(_sha256, data)
+                known = blob.hashes[index]
+                if known is not None and known != sha256:
+                    raise PieceCorruptError(f"{digest} piece {index}: sha256 mismatch")
+                self._reserve(blob, length)
+                try:
+                    await self._io(_pwrite_piece, blob.fileno(), blob.offset(index), data)
+                    if blob.present[index]:  # a concurrent writer won
+                        return sha256
+                    blob.journal_append(jr.RecordKind.PIECE, index, sha256)
+                except OSError as exc:
+                    raise _write_error(f"{digest} piece {index}", exc) from exc
+                finally:
+                    self._reserved -= length
+                if self._blobs.get(digest) is not blob:
+                    raise BlobEvictedError(f"{digest} removed while piece {index} was written")
+                blob.mark_present(index, sha256, verified=True)
+                self._used += length
+                rec.size = length
+        finally:
+            blob.pins -= 1
+        self._touch(blob)
+        if self._metrics is not None:
+            self._metrics.record(MetricType.DISK, length, time.perf_counter() - start)
+        blob.wake(index)
+        for listener in self._listeners:
+            listener(digest, index)
+        return sha256
+
+    async def finish(self, digest: str, *, verify: bool = True) -> None:
+        """Mark the blob complete; with ``verify`` hash the whole file against ``digest``.
+
+        A mismatch removes the blob and raises ``DigestMismatchError``. ``verify=False``
+        is for a writer that trusts piece hashes obtained from a verified source.
+        """
+        blob = self._get(digest)
+        if blob.complete:
+            return
+        if not blob.present.all():
+            raise PieceMissingError(
+                f"{digest}: {blob.present.count}/{blob.present.size} pieces present"
+            )
+        blob.pins += 1
+        try:
+            await self._ensure_verified(blob, range(blob.present.size))
+            if verify:
+                got = await asyncio.to_thread(_hash_file, blob.fileno(), blob.size)
+                if "sha256:" + got.hex() != digest:
+                    await self.remove(digest)
+                    raise DigestMismatchError(f"{digest}: content hashes to sha256:{got.hex()}")
+            try:
+                blob.journal_append(jr.RecordKind.COMPLETE, 0, bytes.fromhex(digest[7:]))
+            except OSError as exc:
+                raise _write_error(f"{digest}: cannot mark complete", exc) from exc
+            blob.complete = True
+        finally:
+            blob.pins -= 1
+
+    async def remove(self, digest: str) -> None:
+        blob = self._blobs.pop(digest, None)
+        if blob is not None:
+            self._drop(blob, BlobEvictedError(f"{digest} removed"))
+
+    # -- reading -------------------------------------------------------------------
+
+    async def wait_piece(self, digest: str, index: int) -> None:
+        """Return once piece ``index`` is present; ``BlobEvictedError`` if the blob goes."""
+        blob = self._get(digest)
+        if blob.present[index]:
+            return
+        await blob.waiter(index)
+
+    async def read_piece(self, digest: str, index: int) -> bytes:
+        blob = self._get(digest)
+        return await self.read_range(digest, blob.offset(index), blob.piece_length(index))
+
+    async def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        """Bytes of a range whose pieces are all present; ``PieceMissingError`` otherwise."""
+        blob = self._get(digest)
+        blob.check_range(offset, length)
+        start = time.perf_counter()
+        blob.pins += 1
+        try:
+            with self._audit.timed(FILEREAD, digest, offset) as rec:
+                await self._ensure_verified(blob, pieces_of_range(blob.piece_size, offset, length))
+                try:
+                    data = await self._io(os.pread, blob.fileno(), length, offset)
+                except OSError as exc:
+                    raise PieceReadError(f"{digest} @{offset}: {exc.strerror}") from exc
+                if len(data) != length:
+                    raise PieceReadError(f"{digest} @{offset}: short read")
+                rec.size = length
+        finally:
+            blob.pins -= 1
+        self._touch(blob)
+        if self._metrics is not None:
+            self._metrics.record(MetricType.DISK, length, time.perf_counter() - start)
+        return data
+
+    async def file_range(self, digest: str, offset: int, length: int) -> FileRange:
+        """The open data file and range to ``sendfile``; hold a ``lease`` while sending."""
+        blob = self._get(digest)
+        blob.check_range(offset, length)
+        await self._ensure_verified(blob, pieces_of_range(blob.piece_size, offset, length))
+        self._touch(blob)
+        self._audit.record(FILEREAD, digest, offset, length, 0.0)
+        if self._metrics is not None:
+            self._metrics.record(MetricType.DISK, length, 0.0)
+        return FileRange(blob.file(), offset, length)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _get(self, digest: str) -> Blob:
+        blob = self._blobs.get(digest)
+        if blob is None:
+            raise BlobUnknownError(f"{digest} not in the piece store")
+        return blob
+
+    def _touch(self, blob: Blob) -> None:
+        self._tick += 1
+        blob.last_used = self._tick
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.aio:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    def _reserve(self, blob: Blob, length: int) -> None:
+        while self._used + self._reserved + length > self.capacity:
+            idle = [b for b in self._blobs.values() if b.pins == 0 and b is not blob]
+            if not idle:
+                raise CacheFullError(
+                    f"{blob.digest}: {length} bytes do not fit in capacity {self.capacity} "
+                    f"(used {self._used}, in flight {self._reserved}, nothing evictable)"
+                )
+            victim = min(idle, key=lambda b: b.last_used)
+            log.info("evicting %s (%d bytes) for room", victim.digest, victim.used)
+            del self._blobs[victim.digest]
+            self._drop(victim, BlobEvictedError(f"{victim.digest} evicted for room"))
+        self._reserved += length
+
+    def _drop(self, blob: Blob, reason: BlobEvictedError) -> None:
+        self._used -= blob.used
+        blob.fail_waiters(reason)
+        blob.close_files()
+        shutil.rmtree(blob.directory, ignore_errors=True)
+
+    async def _ensure_verified(self, blob: Blob, indices: range) -> None:
+        for index in indices:
+            if not blob.present[index]:
+                raise PieceMissingError(f"{blob.digest} piece {index} not present")
+            if blob.verified[index]:
+                continue
+            try:
+                data = await self._io(
+                    os.pread, blob.fileno(), blob.piece_length(index), blob.offset(index)
+                )
+            except OSError as exc:
+                raise PieceReadError(f"{blob.digest} piece {index}: {exc.strerror}") from exc
+            got = await asyncio.to_thread(_sha256, data)
+            if not blob.present[index]:
+                raise PieceMissingError(f"{blob.digest} piece {index} not present")
+            if got == blob.hashes[index]:
+                blob.verified.set(index)
+                continue
+            log.warning("dropping piece %d of %s: bytes no longer match", index, blob.digest)
+            blob.present.clear(index)
+            blob.complete = False
+            length = blob.piece_length(index)
+            blob.used -= length
+            self._used -= length
+            try:
+                blob.journal_append(jr.RecordKind.DROP, index, bytes(HASH_SIZE))
+            except OSError:
+                log.warning("could not journal the drop of %s piece %d", blob.digest, index)
+            raise PieceMissingError(f"{blob.digest} piece {index} failed re-verification")
+
+    def __repr__(self) -> str:
+        complete = sum(1 for b in self._blobs.values() if b.complete)
+        pinned = sum(1 for b in self._blobs.values() if b.pins)
+        return (
+            f"<PieceStore {self.path} [blobs: {len(self._blobs)} ({complete} complete, "
+            f"{len(self._blobs) - complete} partial, {pinned} pinned) | "
+            f"used {self._used} / {self.capacity} bytes, {self._reserved} in flight | "
+            f"aio={self.aio}]>"
+        )
+
+
+def _sha256(data: bytes | bytearray | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _hash_file(fd: int, size: int) -> bytes:
+    h = hashlib.sha256()
+    buf = bytearray(4 << 20)
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - offset)]], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "short read while hashing")
+        h.update(view[:n])
+        offset += n
+    return h.digest()
+
+
+def _pwrite_piece(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+    """Reserve the blocks first so ENOSPC surfaces here, then write all of ``data``."""
+    view = memoryview(data).cast("B")
+    try:
+        os.posix_fallocate(fd, offset, len(view))
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _create_files(directory: Path, meta: jr.BlobMeta) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    jr.write_meta(directory, meta)
+    with jr.data_path(directory).open("wb") as fh:
+        fh.truncate(meta.size)
+
+
+def _load_blob(directory: Path) -> Blob:
+    meta = jr.read_meta(directory)
+    check_digest(meta.digest)
+    if jr.blob_dir(directory.parent.parent.parent, meta.digest) != directory:
+        raise ValueError(f"meta names {meta.digest}")
+    check_geometry(meta.size, meta.piece_size)
+    return Blob.load(directory, meta, jr.replay(directory))
+
+
+def _write_error(what: str, exc: OSError) -> PieceWriteError:
+    if exc.errno in _NO_SPACE:
+        return DiskFullError(f"{what}: disk full ({exc.strerror})")
+    return PieceWriteError(f"{what}: {exc.strerror or exc}")
