@@ -1,0 +1,153 @@
+"""The webhook's config file, in the same style as the agent's (``shoal.config``).
+
+A separate file because the webhook runs as its own Deployment with its own
+ConfigMap; the agent never reads these keys and the webhook never reads the agent's.
+
+```yaml
+ServerConfig:            # the HTTPS endpoint the API server calls
+  port: 8443
+  tlsCertFile: /etc/shoal/tls/tls.crt
+  tlsKeyFile: /etc/shoal/tls/tls.key
+AccelerateConfig:        # what is rewritten, and how
+  labelKey: k8s.aliyun.com/image-accelerate-mode
+  labelValue: p2p
+  registries: ["*.cr.aliyuncs.com", docker.io]
+  p2pPort: 65001
+SecretConfig:            # pull-secret clones
+  enable: true
+  syncTimeout: 5
+  resyncPeriod: 300
+```
+
+Unknown keys and bad values are refused at start with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import yaml
+
+from shoal.config import Port, check_listen_address
+from shoal.errors import ConfigInvalidError
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+DEFAULT_LABEL_KEY = "k8s.aliyun.com/image-accelerate-mode"
+DEFAULT_CONFIG_ANNOTATION = "k8s.aliyun.com/p2p-config"
+
+
+class _Section(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"
+):
+    pass
+
+
+class ServerConfig(_Section, frozen=True):
+    """The HTTPS server the API server sends AdmissionReviews to."""
+
+    #: listen address; empty means every address of every family
+    listen: str = ""
+    port: Port = 8443
+    #: PEM certificate chain and key; re-read when the files change (cert rotation)
+    tls_cert_file: str = "/etc/shoal/tls/tls.crt"
+    tls_key_file: str = "/etc/shoal/tls/tls.key"
+    #: seconds between checks of the certificate files for a rotated certificate
+    tls_reload_interval: PositiveFloat = 60.0
+
+    def __post_init__(self) -> None:
+        check_listen_address(self.listen)
+
+
+class AccelerateConfig(_Section, frozen=True):
+    """Which Pods and images are rewritten to the P2P endpoint."""
+
+    #: label on a Pod (or its namespace) that switches acceleration on
+    label_key: str = DEFAULT_LABEL_KEY
+    #: the value meaning "on"; any other value on the Pod's own label opts it out
+    label_value: str = "p2p"
+    #: annotation set to ``labelValue`` on every rewritten Pod (the reference's marker)
+    mode_annotation: str = DEFAULT_LABEL_KEY
+    #: annotation holding the JSON description of what was rewritten
+    config_annotation: str = DEFAULT_CONFIG_ANNOTATION
+    #: registry hosts (exact or glob, ``docker.io`` for Docker Hub) that are accelerated
+    registries: tuple[str, ...] = ("*",)
+    #: the agent's registry mirror port, the ``:65001`` of the rewritten address
+    p2p_port: Port = 65001
+    #: clone of pull secret ``S`` is named ``<prefix>S<suffix>``
+    secret_prefix: str = "acr-credential-"
+    secret_suffix: str = "-p2p"
+
+    def __post_init__(self) -> None:
+        if not self.label_key or not self.label_value:
+            raise ValueError("labelKey and labelValue must not be empty")
+        if self.p2p_port == 0:
+            raise ValueError("p2pPort must not be 0")
+
+    def clone_name(self, secret: str) -> str:
+        return f"{self.secret_prefix}{secret}{self.secret_suffix}"
+
+    def is_clone_name(self, secret: str) -> bool:
+        return secret.startswith(self.secret_prefix) and secret.endswith(self.secret_suffix)
+
+
+class SecretConfig(_Section, frozen=True):
+    """The pull-secret clones and the controller that keeps them current."""
+
+    #: create clones at all (off: only the Pod is rewritten)
+    enable: bool = True
+    #: seconds the webhook waits for the API to create a clone before answering anyway
+    sync_timeout: PositiveFloat = 5.0
+    #: seconds between full reconciliations of every clone (the watch covers the rest)
+    resync_period: PositiveFloat = 300.0
+    #: kubeconfig file; empty means the in-cluster service account
+    kubeconfig: str = ""
+
+
+class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig, name="ServerConfig")
+    accelerate: AccelerateConfig = msgspec.field(
+        default_factory=AccelerateConfig, name="AccelerateConfig"
+    )
+    secrets: SecretConfig = msgspec.field(default_factory=SecretConfig, name="SecretConfig")
+
+
+def parse_webhook_config(data: object) -> WebhookConfig:
+    """Turn loaded YAML into a ``WebhookConfig``, or raise ``ConfigInvalidError``."""
+    if data is None:
+        data = {}
+    try:
+        return msgspec.convert(data, WebhookConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigInvalidError(f"webhook config: {_key_message(str(exc))}") from exc
+    except ConfigInvalidError as exc:
+        raise ConfigInvalidError(f"webhook config: {exc.message}") from exc
+
+
+def load_webhook_config(path: str | Path | None) -> WebhookConfig:
+    if path is None:
+        return WebhookConfig()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigInvalidError(f"webhook config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise ConfigInvalidError(f"webhook config: {path}: {first}") from exc
+    return parse_webhook_config(data)
+
+
+def _key_message(msg: str) -> str:
+    """msgspec says ``... - at `$.ServerConfig.port```; lead with the key instead."""
+    text, sep, where = msg.rpartition(" - at `")
+    if not sep:
+        text, where = msg, "$"
+    key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    if text.startswith("Object contains unknown field `"):
+        field = text.split("`")[1]
+        return f"unknown key {key}.{field}" if key != "(top level)" else f"unknown key {field}"
+    return f"{key}: {text}"
