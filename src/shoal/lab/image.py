@@ -1,17 +1,18 @@
 """Images of incompressible layers, built on disk and pushed with the OCI push API.
 
-Each layer is a real, uncompressed tar (media type ``...layer.v1.tar``) holding one file
-of seeded random bytes, so that containerd can unpack it and no compression flatters a
-figure. Building streams to disk: a 1 GiB layer never sits in memory.
+Each layer is a real ``tar+gzip`` holding one file of seeded random bytes, so that
+containerd can unpack it and no compression flatters a figure. Building streams to disk: a 1 GiB layer never sits in memory.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import random
 import tarfile
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from shoal.errors import ShoalError
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 CHUNK = 1 << 20
 
 
@@ -64,18 +65,27 @@ class BuiltImage:
         return (self.config, *self.layers)
 
 
-def _write_layer(path: Path, size: int, rng: random.Random, name: str) -> Blob:
-    """A tar with one file of ``size`` random bytes; hashed as it is written."""
-    h = hashlib.sha256()
+def _write_layer(path: Path, size: int, rng: random.Random, name: str) -> tuple[Blob, str]:
+    """A gzip'd tar with one file of ``size`` random bytes; returns (blob, diff_id).
+
+    Deflate level 0 (stored blocks) keeps generation fast: random bytes do not compress
+    anyway, and the layer is a valid ``tar+gzip`` that clients keep as it is (skopeo
+    would recompress an uncompressed layer into an OCI layout, changing its digest).
+    """
+    blob_hash = hashlib.sha256()
+    tar_hash = hashlib.sha256()
     info = tarfile.TarInfo(name)
     info.size = size
-    info.mode = 0o644
+    info.mode = 0o755
     header = info.tobuf(format=tarfile.PAX_FORMAT)
+    deflate = zlib.compressobj(0, zlib.DEFLATED, 31)
     with path.open("wb") as out:
 
         def emit(data: bytes) -> None:
-            h.update(data)
-            out.write(data)
+            tar_hash.update(data)
+            packed = deflate.compress(data)
+            blob_hash.update(packed)
+            out.write(packed)
 
         emit(header)
         left = size
@@ -83,10 +93,13 @@ def _write_layer(path: Path, size: int, rng: random.Random, name: str) -> Blob:
             n = min(CHUNK, left)
             emit(rng.randbytes(n))
             left -= n
-        pad = (-size) % tarfile.BLOCKSIZE
-        emit(b"\0" * (pad + 2 * tarfile.BLOCKSIZE))
+        emit(b"\0" * ((-size) % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE))
+        tail = deflate.flush()
+        blob_hash.update(tail)
+        out.write(tail)
         total = out.tell()
-    return Blob(f"sha256:{h.hexdigest()}", total, OCI_LAYER_TAR, path)
+    blob = Blob(f"sha256:{blob_hash.hexdigest()}", total, OCI_LAYER_GZIP, path)
+    return blob, f"sha256:{tar_hash.hexdigest()}"
 
 
 def build_image(
@@ -101,15 +114,16 @@ def build_image(
     """Write config, layers and manifest (and an index if asked) under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    layers = tuple(
-        _write_layer(workdir / f"layer{i}.tar", size, rng, f"data/layer{i}.bin")
+    written = [
+        _write_layer(workdir / f"layer{i}.tar.gz", size, rng, f"data/layer{i}.bin")
         for i, size in enumerate(layer_sizes)
-    )
+    ]
+    layers = tuple(blob for blob, _ in written)
     config_doc = {
         "architecture": "amd64",
         "os": "linux",
         "config": {"Cmd": ["/data/layer0.bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in written]},
         "history": [{"created_by": f"shoal lab layer {i}"} for i in range(len(layers))],
     }
     config_bytes = json.dumps(config_doc, sort_keys=True).encode()
@@ -164,12 +178,15 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def push_image(
-    registry_url: str, image: BuiltImage, *, auth: aiohttp.BasicAuth | None = None
-) -> None:
+def basic_authorization(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def push_image(registry_url: str, image: BuiltImage, *, authorization: str = "") -> None:
     """Push every blob (monolithic upload), then the manifest, then the index by tag."""
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
-    async with aiohttp.ClientSession(auth=auth, timeout=timeout) as session:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         for blob in image.blobs():
             await _push_blob(session, registry_url, image.repo, blob)
         manifest_ref = image.tag if image.index is None else image.manifest_digest

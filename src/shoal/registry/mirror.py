@@ -39,7 +39,7 @@ from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
 from shoal.oci.manifest import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from shoal.oci.range import ByteRange, parse_content_range, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
-from shoal.oci.upstream import check_host, derive_upstream
+from shoal.oci.upstream import derive_upstream
 from shoal.registry.responses import (
     API_VERSION_HEADER,
     error_response,
@@ -148,8 +148,7 @@ class Mirror:
         head = request.method == "HEAD"
         headers = {
             "Authorization": request.headers.get("Authorization", ""),
-            # clients send one Accept line per media type; all of them must go upstream
-            "Accept": ", ".join(request.headers.getall("Accept", [])) or ACCEPT_ALL,
+            "Accept": _manifest_accept(request),
         }
         path = f"/v2/{name}/manifests/{ref}"
         resp = await self.upstream.request(
@@ -349,7 +348,9 @@ class Mirror:
             raise AccessDeniedError("not a URL") from exc
         if url.scheme not in ("http", "https") or not url.host:
             raise AccessDeniedError("only http and https blob URLs are accelerated")
-        host = check_host(url.raw_authority)
+        if url.user is not None or url.password is not None:
+            raise AccessDeniedError("blob URLs with credentials are refused")
+        host = url.raw_authority
         allowed = accel.allowed_hosts or (
             self.config.upstream.default,
             *(r.host for r in self.config.upstream.registries),
@@ -371,6 +372,18 @@ class Mirror:
         return await self._relay_blob(
             request, host, url.raw_path, pathname, digest, _client_range(request), url=str(url)
         )
+
+
+def _manifest_accept(request: web.Request) -> str:
+    """Every Accept line of the client (one per media type), joined for the upstream.
+
+    A client that names no manifest type at all (``*/*``) gets them all offered:
+    distribution answers an OCI manifest only to a client that says it takes one.
+    """
+    accept = ", ".join(request.headers.getall("Accept", []))
+    if not any(media in accept for media in ACCEPT_ALL.split(", ")):
+        accept = f"{ACCEPT_ALL}, {accept}" if accept else ACCEPT_ALL
+    return accept
 
 
 def _client_range(request: web.Request) -> ByteRange | None:

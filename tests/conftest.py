@@ -1,0 +1,95 @@
+"""Fixtures shared by every test: real origin registries, agents, and a leak guard.
+
+The leak guard fails any test that leaves a child process of the test runner behind
+(and ends those processes, so one leak does not cascade into the next test).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.agent.service import Agent
+from shoal.config import Config, parse_config
+from shoal.lab.image import BuiltImage, build_image, push_image
+from shoal.lab.origin import OriginRegistry
+
+
+def _children() -> set[int]:
+    pid = os.getpid()
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        out.update(int(p) for p in text.split())
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    before = _children()
+    yield
+    leaked = _children() - before
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    assert not leaked, f"test left child processes behind: {sorted(leaked)}"
+
+
+def need_binary(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (make install installs it)")
+
+
+@pytest.fixture
+async def origin(tmp_path: Path) -> AsyncIterator[OriginRegistry]:
+    need_binary("docker-registry")
+    async with OriginRegistry(tmp_path / "origin") as reg:
+        yield reg
+
+
+@pytest.fixture
+async def image(tmp_path: Path, origin: OriginRegistry) -> BuiltImage:
+    """A three-layer image behind an index, pushed to ``origin``."""
+    img = build_image(
+        tmp_path / "image",
+        repo="shoal/app",
+        tag="v1",
+        layer_sizes=[1 << 20, 3 << 20, 200_000],
+        with_index=True,
+    )
+    await push_image(origin.url, img)
+    return img
+
+
+def agent_config(origin_address: str, **sections: dict[str, object]) -> Config:
+    data: dict[str, object] = {
+        "ProxyConfig": {"port": 0, "listen": "127.0.0.1"},
+        "ExporterConfig": {"port": 0},
+        "UpstreamConfig": {
+            "default": origin_address,
+            "registries": [{"host": origin_address, "plainHTTP": True}],
+        },
+    }
+    for key, value in sections.items():
+        merged = dict(data.get(key, {}))  # type: ignore[call-overload]
+        merged.update(value)
+        data[key] = merged
+    return parse_config(data)
+
+
+@pytest.fixture
+async def agent(origin: OriginRegistry) -> AsyncIterator[Agent]:
+    async with Agent(agent_config(origin.address)) as a:
+        yield a
