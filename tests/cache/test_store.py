@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import random
 from pathlib import Path
@@ -197,7 +198,9 @@ async def test_finish_checks_the_whole_digest(store: PieceStore) -> None:
 async def test_metrics_audit_and_repr(store_factory: StoreFactory, tmp_path: Path) -> None:
     metrics = Metrics("127.0.0.1:65002", "agent")
     sink = io.StringIO()
-    async with store_factory(capacity=10 * PIECE, metrics=metrics, audit=AuditLog(sink)) as store:
+    meter = functools.partial(metrics.record, MetricType.DISK)
+    async with store_factory(capacity=10 * PIECE, disk_meter=meter, audit=AuditLog(sink)) as store:
+        metrics.set_cache_source(store.usage)
         digest, data = make_blob(1.5)
         await store.create(digest, len(data), piece_size=PIECE)
         await store.write_piece(digest, 1, pieces(data)[1])

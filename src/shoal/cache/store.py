@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from shoal.cache import journal as jr
 from shoal.cache.bitfield import Bitfield
@@ -65,14 +65,23 @@ from shoal.cache.layout import (
 )
 from shoal.config import CacheConfig
 from shoal.errors import BlobUnknownError, DigestMismatchError
-from shoal.observability import AuditLog, Metrics, MetricType
-from shoal.observability.audit import FILEREAD, FILEWRITE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 PieceListener = Callable[[str, int], None]
+#: ``disk_meter(nbytes, latency_s)`` per disk read/write: the ``disk`` metrics type
+DiskMeter = Callable[[int, float], None]
+#: audit op codes of the reference system
+FILEWRITE = "filewrite"
+FILEREAD = "fileread"
+
+
+class AuditSink(Protocol):
+    """What the store needs of ``shoal.observability.AuditLog`` (a sibling it may not import)."""
+
+    def record(self, op: str, pathname: str, offset: int, size: int, latency_s: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,34 +101,36 @@ class PieceStore:
         capacity: int,
         aio: bool = False,
         piece_size: int = 0,
-        metrics: Metrics | None = None,
-        audit: AuditLog | None = None,
+        disk_meter: DiskMeter | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.path = Path(path)
         self.capacity = capacity
         self.aio = aio
         self.default_piece_size = piece_size
-        self._metrics = metrics
-        self._audit = audit or AuditLog(None)
+        self._meter = disk_meter
+        self._audit = audit
         self._blobs: dict[str, Blob] = {}
         self._used = 0
         self._reserved = 0
         self._tick = 0
         self._listeners: list[PieceListener] = []
         self._opened = False
-        if metrics is not None:
-            metrics.set_cache_source(lambda: (self.capacity, self._used))
 
     @classmethod
     def from_config(
-        cls, config: CacheConfig, *, metrics: Metrics | None = None, audit: AuditLog | None = None
+        cls,
+        config: CacheConfig,
+        *,
+        disk_meter: DiskMeter | None = None,
+        audit: AuditSink | None = None,
     ) -> PieceStore:
         return cls(
             config.path,
             capacity=config.capacity,
             aio=config.aio,
             piece_size=config.piece_size,
-            metrics=metrics,
+            disk_meter=disk_meter,
             audit=audit,
         )
 
@@ -178,6 +189,10 @@ class PieceStore:
     def used(self) -> int:
         """Bytes of present pieces (shoal's own data on disk)."""
         return self._used
+
+    def usage(self) -> tuple[int, int]:
+        """(allocated, used) bytes, for ``Metrics.set_cache_source`` (``DADIP2P_Cache``)."""
+        return self.capacity, self._used
 
     def lookup(self, digest: str) -> BlobInfo | None:
         blob = self._blobs.get(digest)
@@ -289,7 +304,7 @@ class PieceStore:
         start = time.perf_counter()
         blob.pins += 1
         try:
-            with self._audit.timed(FILEWRITE, digest, blob.offset(index)) as rec:
+            with self._op(FILEWRITE, digest, blob.offset(index)) as rec:
                 if sha256 is None:
                     sha256 = await asyncio.to_thread(_sha256, data)
                 known = blob.hashes[index]
@@ -309,12 +324,12 @@ class PieceStore:
                     raise BlobEvictedError(f"{digest} removed while piece {index} was written")
                 blob.mark_present(index, sha256, verified=True)
                 self._used += length
-                rec.size = length
+                rec[0] = length
         finally:
             blob.pins -= 1
         self._touch(blob)
-        if self._metrics is not None:
-            self._metrics.record(MetricType.DISK, length, time.perf_counter() - start)
+        if self._meter is not None:
+            self._meter(length, time.perf_counter() - start)
         blob.wake(index)
         for listener in self._listeners:
             listener(digest, index)
@@ -374,7 +389,7 @@ class PieceStore:
         start = time.perf_counter()
         blob.pins += 1
         try:
-            with self._audit.timed(FILEREAD, digest, offset) as rec:
+            with self._op(FILEREAD, digest, offset) as rec:
                 await self._ensure_verified(blob, pieces_of_range(blob.piece_size, offset, length))
                 try:
                     data = await self._io(os.pread, blob.fileno(), length, offset)
@@ -382,12 +397,12 @@ class PieceStore:
                     raise PieceReadError(f"{digest} @{offset}: {exc.strerror}") from exc
                 if len(data) != length:
                     raise PieceReadError(f"{digest} @{offset}: short read")
-                rec.size = length
+                rec[0] = length
         finally:
             blob.pins -= 1
         self._touch(blob)
-        if self._metrics is not None:
-            self._metrics.record(MetricType.DISK, length, time.perf_counter() - start)
+        if self._meter is not None:
+            self._meter(length, time.perf_counter() - start)
         return data
 
     async def file_range(self, digest: str, offset: int, length: int) -> FileRange:
@@ -396,9 +411,10 @@ class PieceStore:
         blob.check_range(offset, length)
         await self._ensure_verified(blob, pieces_of_range(blob.piece_size, offset, length))
         self._touch(blob)
-        self._audit.record(FILEREAD, digest, offset, length, 0.0)
-        if self._metrics is not None:
-            self._metrics.record(MetricType.DISK, length, 0.0)
+        if self._audit is not None:
+            self._audit.record(FILEREAD, digest, offset, length, 0.0)
+        if self._meter is not None:
+            self._meter(length, 0.0)
         return FileRange(blob.file(), offset, length)
 
     # -- internals -----------------------------------------------------------------
@@ -408,6 +424,20 @@ class PieceStore:
         if blob is None:
             raise BlobUnknownError(f"{digest} not in the piece store")
         return blob
+
+    @contextmanager
+    def _op(self, op: str, digest: str, offset: int) -> Iterator[list[int]]:
+        """Audit one operation; the body sets ``rec[0]`` to the bytes moved (-1 on failure)."""
+        rec = [0]
+        start = time.perf_counter()
+        try:
+            yield rec
+        except BaseException:
+            rec[0] = -1
+            raise
+        finally:
+            if self._audit is not None:
+                self._audit.record(op, digest, offset, rec[0], time.perf_counter() - start)
 
     def _touch(self, blob: Blob) -> None:
         self._tick += 1
