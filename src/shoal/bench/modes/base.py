@@ -1,0 +1,155 @@
+"""What every mode shares: the run's context, per-node results, and the skopeo clients.
+
+A mode is an async function from the context to a ``ModeRun``; it starts whatever servers
+it needs (a proxy, a tracker, agents), times the nodes, and stops its servers again in a
+``finally``. The origin, the hosts and the shaping belong to the run, not to the mode, so
+every mode sees exactly the same machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.bench.cpu import CpuMeter, CpuUse
+from shoal.bench.gate import Gate
+from shoal.bench.netns import Cluster, Host
+from shoal.bench.workload import Workload, check_layout
+from shoal.lab.origin import OriginRegistry
+
+NodeDone = Callable[[str, float | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    node: str
+    seconds: float | None  # None when the node did not finish with the right bytes
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ModeRun:
+    mode: str
+    nodes: list[NodeResult]
+    cpu: CpuUse
+    #: what exactly this mode's completion time measures, and anything unusual
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BenchContext:
+    cluster: Cluster
+    workload: Workload
+    origin: OriginRegistry
+    workdir: Path
+    timeout_s: float
+    on_node_done: NodeDone = lambda node, seconds: None
+
+    @property
+    def nodes(self) -> list[Host]:
+        return self.cluster.nodes
+
+    def mode_dir(self, mode: str) -> Path:
+        path = self.workdir / "modes" / mode
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def empty_mode_dir(self, mode: str) -> None:
+        """Caches and pulled copies go between modes; logs stay for a post-mortem."""
+        for child in self.mode_dir(mode).iterdir():
+            if child.is_dir() and child.name != "logs":
+                shutil.rmtree(child, ignore_errors=True)
+
+
+ModeFn = Callable[[BenchContext], Awaitable[ModeRun]]
+
+
+def registries_conf(origin: str, mirror: str | None) -> str:
+    """A registries.conf v2 for skopeo: the origin over plain HTTP, maybe a mirror."""
+    text = f'[[registry]]\nlocation = "{origin}"\ninsecure = true\n'
+    if mirror:
+        text += f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n'
+    return text
+
+
+async def run_skopeo(
+    ctx: BenchContext, mode: str, mirror_for: Callable[[Host], str | None]
+) -> tuple[list[NodeResult], CpuUse]:
+    """Every node runs ``skopeo copy`` into its own OCI directory, all released at once.
+
+    A node's time runs from the common release to its skopeo's exit; its result counts
+    only if the layout then holds the image's exact bytes (checked after the clock).
+    """
+    base = ctx.mode_dir(mode)
+    logs = base / "logs"
+    logs.mkdir(exist_ok=True)
+    gate = Gate(base)
+    meter = CpuMeter()
+    tag = ctx.workload.image.tag
+    layouts: dict[str, Path] = {}
+    try:
+        for node in ctx.nodes:
+            ndir = base / node.role
+            ndir.mkdir(exist_ok=True)
+            conf = ndir / "registries.conf"
+            conf.write_text(registries_conf(ctx.workload.registry_host, mirror_for(node)))
+            layouts[node.role] = ndir / "oci"
+            argv = [
+                "skopeo",
+                "--insecure-policy",
+                "--registries-conf",
+                str(conf),
+                "--tmpdir",
+                str(ndir),
+                "copy",
+                "--retry-times",
+                "0",
+                "--src-tls-verify=false",
+                f"docker://{ctx.workload.reference}",
+                f"oci:{layouts[node.role]}:{tag}",
+            ]
+            await gate.park(node.netns, argv, logs / f"{node.role}.log")
+        meter.start()
+        start = await gate.release()
+        ends: dict[str, float | None] = {}
+
+        async def wait_one(i: int, node: Host) -> None:
+            proc = gate.parked[i].proc
+            code = await proc.wait()
+            seconds = time.time() - start
+            ends[node.role] = seconds if code == 0 else None
+            ctx.on_node_done(node.role, seconds if code == 0 else None)
+
+        waits = [wait_one(i, node) for i, node in enumerate(ctx.nodes)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), ctx.timeout_s)
+        except TimeoutError:
+            pass
+        cpu = await meter.stop()
+    finally:
+        await gate.aclose()
+    results = []
+    for node in ctx.nodes:
+        seconds = ends.get(node.role)
+        if node.role not in ends:
+            results.append(NodeResult(node.role, None, f"no finish in {ctx.timeout_s:.0f}s"))
+            continue
+        if seconds is None:
+            results.append(NodeResult(node.role, None, _last_line(logs / f"{node.role}.log")))
+            continue
+        error = check_layout(layouts[node.role], ctx.workload.image)
+        results.append(NodeResult(node.role, None if error else seconds, error))
+    return results, cpu
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "client failed"
+    return lines[-1][-200:] if lines else "client failed"

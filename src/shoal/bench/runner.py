@@ -1,0 +1,148 @@
+"""One benchmark run: build the hosts and the image once, then run each mode in turn.
+
+Every mode sees the same namespaces, the same shaping and the same origin process, one
+after another, so that a shared machine's noise lands on all of them alike. Bytes that
+left the origin host are read twice per mode: from the origin's ``eth0`` counters (all
+traffic, including the BitTorrent seeder and the tracker) and from the registry's own log
+(blob bodies only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.bench.errors import BenchError
+from shoal.bench.modes import MODES, required_tools
+from shoal.bench.modes.base import BenchContext, ModeRun, NodeDone
+from shoal.bench.netns import Cluster, cleanup_leftovers
+from shoal.bench.proc import require
+from shoal.bench.workload import (
+    REGISTRY_PORT,
+    Workload,
+    make_image,
+    push_via_loopback,
+    wait_http,
+)
+from shoal.lab.origin import OriginRegistry
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    nodes: int = 16
+    roots: int = 1
+    rate_mbit: float = 100.0
+    origin_rate_mbit: float = 100.0
+    layers: int = 4
+    layer_mib: float = 16.0
+    modes: tuple[str, ...] = ("direct", "proxy", "bittorrent", "shoal")
+    timeout_s: float = 600.0
+    seed: int = 1
+
+    @property
+    def rate_bit(self) -> int:
+        return int(self.rate_mbit * 1_000_000)
+
+    @property
+    def origin_rate_bit(self) -> int:
+        return int(self.origin_rate_mbit * 1_000_000)
+
+    @property
+    def layer_bytes(self) -> int:
+        return max(1, int(self.layer_mib * MIB))
+
+
+@dataclass(slots=True)
+class ModeResult:
+    run: ModeRun
+    origin_tx_bytes: int  # the origin host's eth0, everything it sent during the mode
+    origin_blob_bytes: int  # blob bodies in the registry's log
+    wall_s: float
+    skipped: str | None = None
+
+
+@dataclass(slots=True)
+class BenchResult:
+    options: BenchOptions
+    image_bytes: int  # config + layers: what one node must receive
+    layer_bytes: int
+    modes: list[ModeResult] = field(default_factory=list)
+
+
+async def run_benchmark(
+    opts: BenchOptions,
+    *,
+    on_mode: Callable[[str], None] = lambda mode: None,
+    on_node_done: NodeDone = lambda node, seconds: None,
+) -> BenchResult:
+    """Run every mode of ``opts``; everything made is removed before this returns."""
+    for mode in opts.modes:
+        if mode not in MODES:
+            raise BenchError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    require("ip", "tc", "docker-registry", *required_tools(opts.modes))
+    cleanup_leftovers()
+    cluster_prefix = Cluster(0, 0, 1, 1, Path()).prefix
+    workdir = Path(tempfile.mkdtemp(prefix=f"{cluster_prefix}-", dir="/var/tmp"))
+    cluster = Cluster(
+        nodes_n=opts.nodes,
+        roots_n=opts.roots,
+        rate_bit=opts.rate_bit,
+        origin_rate_bit=opts.origin_rate_bit,
+        workdir=workdir,
+    )
+    origin: OriginRegistry | None = None
+    try:
+        image = await asyncio.to_thread(
+            make_image, workdir, opts.layers, opts.layer_bytes, opts.seed
+        )
+        await push_via_loopback(workdir / "origin", image)
+        cluster.up()
+        assert cluster.origin is not None
+        origin = OriginRegistry(
+            workdir / "origin",
+            host=cluster.origin.ip,
+            port=REGISTRY_PORT,
+            netns=cluster.origin.netns,
+        )
+        await origin.start()
+        await wait_http(cluster.origin.netns, f"{origin.url}/v2/")
+        workload = Workload(image, origin.address)
+        result = BenchResult(opts, image.total_size, workload.layer_bytes)
+        ctx = BenchContext(
+            cluster=cluster,
+            workload=workload,
+            origin=origin,
+            workdir=workdir,
+            timeout_s=opts.timeout_s,
+            on_node_done=on_node_done,
+        )
+        for mode in opts.modes:
+            on_mode(mode)
+            result.modes.append(await _run_mode(ctx, mode))
+            ctx.empty_mode_dir(mode)
+        return result
+    finally:
+        if origin is not None:
+            await origin.stop()
+        cluster.down()
+
+
+async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
+    assert ctx.cluster.origin is not None
+    tx0 = ctx.cluster.tx_bytes(ctx.cluster.origin)
+    served0 = len(ctx.origin.served())
+    t0 = time.monotonic()
+    run = await MODES[mode](ctx)
+    wall = time.monotonic() - t0
+    tx = ctx.cluster.tx_bytes(ctx.cluster.origin) - tx0
+    blobs = sum(
+        r.written for r in ctx.origin.served()[served0:] if r.method == "GET" and "/blobs/" in r.uri
+    )
+    skipped = str(run.extra.get("skipped")) if "skipped" in run.extra else None
+    return ModeResult(run, tx, blobs, wall, skipped)
