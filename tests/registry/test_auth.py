@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,9 +23,10 @@ USER, PASSWORD = "alice", "s3cret-pass"
 async def private_origin(tmp_path: Path) -> AsyncIterator[OriginRegistry]:
     need_binary("docker-registry", "htpasswd")
     htpasswd = tmp_path / "htpasswd"
-    subprocess.run(
-        ["htpasswd", "-Bbc", str(htpasswd), USER, PASSWORD], check=True, capture_output=True
+    proc = await asyncio.create_subprocess_exec(
+        "htpasswd", "-Bbc", str(htpasswd), USER, PASSWORD, stderr=asyncio.subprocess.DEVNULL
     )
+    assert await proc.wait() == 0
     async with OriginRegistry(tmp_path / "private", htpasswd=htpasswd) as reg:
         yield reg
 

@@ -105,10 +105,10 @@ async def test_bad_input_is_a_clear_oci_error(
     agent: Agent, origin: OriginRegistry, path: str, status: int, code: str
 ) -> None:
     before = len(origin.served())
-    async with aiohttp.ClientSession() as s:
-        async with s.get(aiohttp.client.URL(mirror_url(agent) + path, encoded=True)) as r:
-            assert r.status == status
-            assert (await r.json())["errors"][0]["code"] == code
+    url = aiohttp.client.URL(mirror_url(agent) + path, encoded=True)
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == status
+        assert (await r.json())["errors"][0]["code"] == code
     assert len(origin.served()) == before, "a refused request must not reach the origin"
 
 
@@ -249,10 +249,9 @@ async def test_accelerator_is_no_open_proxy(
 ) -> None:
     before = len(origin.served())
     url = f"{mirror_url(agent)}/accelerator/{target.format(origin=origin.address)}"
-    async with aiohttp.ClientSession() as s:
-        async with s.get(aiohttp.client.URL(url, encoded=True)) as r:
-            assert r.status == 403
-            assert (await r.json())["errors"][0]["code"] == "DENIED"
+    async with aiohttp.ClientSession() as s, s.get(aiohttp.client.URL(url, encoded=True)) as r:
+        assert r.status == 403
+        assert (await r.json())["errors"][0]["code"] == "DENIED"
     assert len(origin.served()) == before
 
 

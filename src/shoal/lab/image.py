@@ -1,7 +1,8 @@
 """Images of incompressible layers, built on disk and pushed with the OCI push API.
 
 Each layer is a real ``tar+gzip`` holding one file of seeded random bytes, so that
-containerd can unpack it and no compression flatters a figure. Building streams to disk: a 1 GiB layer never sits in memory.
+containerd can unpack it and no compression flatters a figure. Building streams to
+disk: a 1 GiB layer never sits in memory.
 """
 
 from __future__ import annotations
