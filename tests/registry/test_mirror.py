@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from shoal.agent.service import Agent
 from shoal.lab.image import OCI_INDEX, OCI_MANIFEST, BuiltImage
@@ -105,7 +106,7 @@ async def test_bad_input_is_a_clear_oci_error(
     agent: Agent, origin: OriginRegistry, path: str, status: int, code: str
 ) -> None:
     before = len(origin.served())
-    url = aiohttp.client.URL(mirror_url(agent) + path, encoded=True)
+    url = URL(mirror_url(agent) + path, encoded=True)
     async with aiohttp.ClientSession() as s, s.get(url) as r:
         assert r.status == status
         assert (await r.json())["errors"][0]["code"] == code
@@ -249,7 +250,7 @@ async def test_accelerator_is_no_open_proxy(
 ) -> None:
     before = len(origin.served())
     url = f"{mirror_url(agent)}/accelerator/{target.format(origin=origin.address)}"
-    async with aiohttp.ClientSession() as s, s.get(aiohttp.client.URL(url, encoded=True)) as r:
+    async with aiohttp.ClientSession() as s, s.get(URL(url, encoded=True)) as r:
         assert r.status == 403
         assert (await r.json())["errors"][0]["code"] == "DENIED"
     assert len(origin.served()) == before
