@@ -1,1 +1,57 @@
 """The peer protocol: a sans-IO codec (bytes in, events out)."""
+
+from shoal.wire.codec import (
+    HEADER_SIZE,
+    MAX_PIECES,
+    MAX_READ,
+    AuthFailedError,
+    MessageSpec,
+    ProtocolError,
+    Reader,
+    encode,
+    register,
+)
+from shoal.wire.connection import Connection, Role, State
+from shoal.wire.events import (
+    NEED_DATA,
+    Authenticated,
+    Data,
+    DataChunk,
+    ErrorCode,
+    ErrorResponse,
+    NeedData,
+    Ping,
+    Pong,
+    ReadRequest,
+    StatRequest,
+    StatResponse,
+    WireEvent,
+)
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAX_PIECES",
+    "MAX_READ",
+    "NEED_DATA",
+    "AuthFailedError",
+    "Authenticated",
+    "Connection",
+    "Data",
+    "DataChunk",
+    "ErrorCode",
+    "ErrorResponse",
+    "MessageSpec",
+    "NeedData",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "ReadRequest",
+    "Reader",
+    "Role",
+    "StatRequest",
+    "StatResponse",
+    "State",
+    "WireEvent",
+    "encode",
+    "register",
+]
