@@ -26,7 +26,7 @@ class Digest:
 
 def parse_digest(text: str) -> Digest:
     """Accept only the algorithms registries use; anything else is ``DIGEST_INVALID``."""
-    m = _DIGEST_RE.match(text)
+    m = _DIGEST_RE.fullmatch(text)
     if m is None or len(m.group(2)) != _HEX_LEN[m.group(1)]:
         shown = text if len(text) <= 140 else text[:140] + "..."
         raise DigestInvalidError(f"invalid digest: {shown!r}")

@@ -36,7 +36,7 @@ class ByteRange:
 
 
 def parse_range(header: str) -> ByteRange:
-    m = _RANGE_RE.match(header.strip())
+    m = _RANGE_RE.fullmatch(header.strip())
     if m is None or (not m.group(1) and not m.group(2)):
         raise RangeNotSatisfiableError(f"unsupported Range header: {header[:80]!r}")
     first, last = m.group(1), m.group(2)
@@ -51,7 +51,7 @@ def parse_range(header: str) -> ByteRange:
 
 def parse_content_range(header: str) -> tuple[int, int, int | None]:
     """``bytes a-b/size`` -> (a, b, size or None for ``*``)."""
-    m = re.match(r"^bytes (\d+)-(\d+)/(\d+|\*)$", header.strip())
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", header.strip())
     if m is None:
         raise RangeNotSatisfiableError(f"bad Content-Range: {header[:80]!r}")
     total = None if m.group(3) == "*" else int(m.group(3))

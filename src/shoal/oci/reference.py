@@ -18,7 +18,7 @@ MAX_NAME = 255
 
 
 def check_name(name: str) -> str:
-    if len(name) > MAX_NAME or NAME_RE.match(name) is None:
+    if len(name) > MAX_NAME or NAME_RE.fullmatch(name) is None:
         shown = name if len(name) <= 80 else name[:80] + "..."
         raise NameInvalidError(f"invalid repository name: {shown!r}")
     return name
@@ -28,7 +28,7 @@ def parse_manifest_reference(reference: str) -> str | Digest:
     """A tag stays a string; anything with a ``:`` must be a valid digest."""
     if ":" in reference:
         return parse_digest(reference)
-    if TAG_RE.match(reference) is None:
+    if TAG_RE.fullmatch(reference) is None:
         shown = reference if len(reference) <= 80 else reference[:80] + "..."
         raise NameInvalidError(f"invalid tag: {shown!r}")
     return reference

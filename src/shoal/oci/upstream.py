@@ -44,7 +44,7 @@ def distribute(host: str, port: int) -> str | None:
 
 
 def check_host(host: str) -> str:
-    if not host or len(host) > 255 or _HOST_RE.match(host) is None:
+    if not host or len(host) > 255 or _HOST_RE.fullmatch(host) is None:
         shown = host if len(host) <= 80 else host[:80] + "..."
         raise UpstreamUnknownError(f"not a registry host: {shown!r}")
     return host

@@ -359,7 +359,7 @@ class Mirror:
             raise AccessDeniedError(f"host {host} is not in the accelerator's allow-list")
         digest: Digest | None = None
         for pattern in _ACCEL_PATHS:
-            m = pattern.match(url.raw_path)
+            m = pattern.fullmatch(url.raw_path)
             if m is not None:
                 found = m.groupdict()
                 if "name" in found:
