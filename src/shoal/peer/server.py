@@ -1,0 +1,320 @@
+"""The peer server: answers stat and read requests from the piece store.
+
+Design decisions:
+
+- **Piece bytes go from the page cache to the socket with ``loop.sendfile``**
+  (``os.sendfile`` under the stock asyncio loop), never through Python. uvloop has no
+  sendfile (``NotImplementedError``), so the agent runs the stock loop; under a loop
+  without it the server falls back to ``pread`` + ``write`` and logs that once.
+- **One writer per connection.** ``loop.sendfile`` writes to the socket behind the
+  transport's back, so any other write at the same time would splice bytes into the
+  middle of a body. Every answer (stat, data, error, pong) is therefore produced by the
+  connection's single worker task, in request order; requests queue up to
+  ``max_in_flight`` and reading pauses beyond that (back-pressure instead of memory).
+- **Cut-through is the store's job:** a piece is readable the moment it is present and
+  verified, so a peer still downloading a blob already serves what it has. A read of a
+  piece not present gets ``PIECE_MISSING`` at once; the swarm asks someone else.
+- **Nothing before authentication:** the wire handshake (HMAC over both nonces) must
+  finish within ``handshake_timeout`` or the connection is closed; a malformed frame
+  closes it with the reason logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from shoal.cache import BlobInfo, PieceMissingError, PieceStore
+from shoal.errors import BlobUnknownError, ShoalError
+from shoal.observability import AuditLog, Metrics, MetricType
+from shoal.observability.audit import RPC_PREAD, RPC_STAT
+from shoal.peer.throttle import Throttle
+from shoal.wire import (
+    Authenticated,
+    Connection,
+    Data,
+    ErrorCode,
+    ErrorResponse,
+    NeedData,
+    Ping,
+    Pong,
+    ProtocolError,
+    ReadRequest,
+    Role,
+    StatRequest,
+    StatResponse,
+    WireEvent,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PeerServer:
+    def __init__(
+        self,
+        store: PieceStore,
+        secret: bytes,
+        *,
+        host: str = "",
+        port: int = 0,
+        node: str = "",
+        throttle_mb: float = 0,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
+        max_in_flight: int = 16,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.node = node
+        self.throttle = Throttle(throttle_mb)
+        self.metrics = metrics
+        self.audit = audit or AuditLog(None)
+        self.max_in_flight = max_in_flight
+        self.handshake_timeout = handshake_timeout
+        self._secret = secret
+        self._host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._connections: set[_ServerConnection] = set()
+        self.reads = 0
+        self.bytes_sent = 0
+        self.sendfile_native = True
+
+    async def __aenter__(self) -> PeerServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerConnection(self), self._host or None, self._port, reuse_address=True
+        )
+        log.info("peer server listening on %s", self.addresses)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        conns = list(self._connections)
+        for conn in conns:
+            conn.abort("server closing", level=logging.DEBUG)
+        await asyncio.gather(*(c.closed() for c in conns))
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def __repr__(self) -> str:
+        where = ",".join(f"{h}:{p}" for h, p in self.addresses) or "closed"
+        return (
+            f"<PeerServer {where} [connections: {len(self._connections)} | "
+            f"served {self.reads} reads, {self.bytes_sent} bytes | {self.throttle!r}]>"
+        )
+
+
+class _ServerConnection(asyncio.Protocol):
+    def __init__(self, server: PeerServer) -> None:
+        self.server = server
+        self.conn = Connection(Role.SERVER, server._secret, node=server.node)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.queue: asyncio.Queue[WireEvent] = asyncio.Queue()
+        self.worker: asyncio.Task[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._paused_reading = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- protocol callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        self.server._connections.add(self)
+        transport.write(self.conn.data_to_send())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.handshake_timeout, self._handshake_expired)
+        self.worker = loop.create_task(self._work(), name=f"peer-serve {self.peer}")
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        try:
+            while True:
+                event = self.conn.next_event()
+                if isinstance(event, NeedData):
+                    break
+                self._on_event(event)
+        except ProtocolError as exc:
+            self.abort(exc.message)
+            return
+        if self.transport is not None and (out := self.conn.data_to_send()):
+            self.queue.put_nowait(_Raw(out))
+        if self.queue.qsize() > self.server.max_in_flight and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.worker is not None:
+            self.worker.cancel()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _on_event(self, event: WireEvent) -> None:
+        if isinstance(event, Authenticated):
+            if self._timer is not None:
+                self._timer.cancel()
+            log.debug("peer %s (%s) authenticated", self.peer, event.peer_node)
+        elif isinstance(event, StatRequest | ReadRequest | Ping):
+            self.queue.put_nowait(event)
+        else:
+            raise ProtocolError(f"a server does not accept {type(event).__name__}")
+
+    def _handshake_expired(self) -> None:
+        self.abort("no authentication within the handshake timeout")
+
+    def abort(self, reason: str, level: int = logging.WARNING) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            log.log(level, "closing peer connection from %s: %s", self.peer, reason)
+            self.transport.close()
+
+    async def closed(self) -> None:
+        if self.worker is not None:
+            await asyncio.gather(self.worker, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        await self._writable.wait()
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    # -- the worker: every write to the socket happens here --------------------------
+
+    async def _work(self) -> None:
+        try:
+            await self._serve()
+        except (ConnectionError, OSError) as exc:
+            self.abort(f"send failed: {exc}")
+
+    async def _serve(self) -> None:
+        while True:
+            event = await self.queue.get()
+            if self._paused_reading and self.queue.qsize() <= self.server.max_in_flight // 2:
+                self._paused_reading = False
+                assert self.transport is not None
+                self.transport.resume_reading()
+            if isinstance(event, _Raw):
+                self._write(event.data)
+            elif isinstance(event, Ping):
+                self._write(self.conn.send(Pong(event.opaque)))
+            elif isinstance(event, StatRequest):
+                self._write(self.conn.send(self._stat(event)))
+            elif isinstance(event, ReadRequest):
+                await self._read(event)
+            await self._drain()
+
+    def _stat(self, req: StatRequest) -> WireEvent:
+        start = time.perf_counter()
+        with self.server.audit.timed(RPC_STAT, req.digest) as rec:
+            info = self.server.store.lookup(req.digest)
+            if info is None:
+                rec.size = -1
+                return ErrorResponse(req.request_id, ErrorCode.NOT_FOUND, "blob not here")
+            rec.size = info.size
+        if self.server.metrics is not None:
+            self.server.metrics.record(MetricType.PEER, 0, time.perf_counter() - start)
+        return _stat_response(req.request_id, info)
+
+    async def _read(self, req: ReadRequest) -> None:
+        server = self.server
+        start = time.perf_counter()
+        with server.audit.timed(RPC_PREAD, req.digest, req.offset) as rec:
+            try:
+                with server.store.lease(req.digest):
+                    src = await server.store.file_range(req.digest, req.offset, req.length)
+                    copy = None
+                    if not server.sendfile_native:
+                        copy = await server.store.read_range(req.digest, req.offset, req.length)
+                    await server.throttle.consume(req.length)
+                    self._write(self.conn.send(Data(req.request_id, req.length)))
+                    # from here on a failure can only close the connection: body promised
+                    await self._send_body(src.file, src.offset, src.length, copy)
+            except ShoalError as exc:
+                rec.size = -1
+                self._write(self.conn.send(_error_for(req.request_id, exc)))
+                return
+            rec.size = req.length
+        server.reads += 1
+        server.bytes_sent += req.length
+        if server.metrics is not None:
+            server.metrics.record(MetricType.PEER, req.length, time.perf_counter() - start)
+
+    async def _send_body(self, file: Any, offset: int, length: int, copy: bytes | None) -> None:
+        assert self.transport is not None
+        if copy is None and length:
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.sendfile(self.transport, file, offset, length, fallback=False)
+                return
+            except (NotImplementedError, RuntimeError) as exc:
+                if self.transport.is_closing():
+                    raise ConnectionError("connection closed during sendfile") from exc
+                log.warning("sendfile unavailable (%s); copying through Python", exc)
+                self.server.sendfile_native = False
+                copy = os.pread(file.fileno(), length, offset)
+        if copy:
+            self._write(copy)
+
+
+class _Raw(WireEvent):
+    """Queued handshake bytes, so that they too leave through the single writer."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _stat_response(request_id: int, info: BlobInfo) -> StatResponse:
+    hashes = tuple(h or b"" for h in info.hashes)
+    return StatResponse(request_id, info.size, info.piece_size, info.complete, info.present, hashes)
+
+
+def _error_for(request_id: int, exc: ShoalError) -> ErrorResponse:
+    if isinstance(exc, PieceMissingError):
+        code = ErrorCode.PIECE_MISSING
+    elif isinstance(exc, BlobUnknownError):
+        code = ErrorCode.NOT_FOUND
+    else:
+        code = ErrorCode.INTERNAL
+    return ErrorResponse(request_id, code, exc.message)

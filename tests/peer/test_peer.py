@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from shoal.cache import PieceCorruptError, PieceStore
+from shoal.cache import layout as cache_layout
+from shoal.cache.journal import blob_dir
+from shoal.observability import AuditLog, Metrics, MetricType
+from shoal.peer import (
+    PeerClient,
+    PeerRequestError,
+    PeerServer,
+    PeerUnavailableError,
+    parse_address,
+)
+from shoal.wire import MAX_PIECES, MAX_READ, AuthFailedError, ErrorCode
+from tests.cache.blobs import PIECE, pieces, sha
+from tests.peer.conftest import SECRET, add_blob, has_ipv6
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+HOSTS = [
+    "127.0.0.1",
+    pytest.param("::1", marks=pytest.mark.skipif(not has_ipv6(), reason="no ::1")),
+]
+
+
+def test_wire_and_store_limits_agree() -> None:
+    assert MAX_PIECES == cache_layout.MAX_PIECES
+    assert MAX_READ == cache_layout.MAX_PIECE_SIZE
+
+
+def test_parse_address() -> None:
+    assert parse_address("[::1]:65002") == ("::1", 65002)
+    assert parse_address("10.0.0.1:7") == ("10.0.0.1", 7)
+    with pytest.raises(ValueError, match="port"):
+        parse_address("10.0.0.1")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+async def test_stat_and_verified_reads(store: PieceStore, host: str) -> None:
+    digest, data = await add_blob(store, 3.5, skip=(2,))
+    metrics = Metrics("n", "agent")
+    sink = io.StringIO()
+    async with (
+        PeerServer(
+            store, SECRET, host=host, node="srv", metrics=metrics, audit=AuditLog(sink)
+        ) as server,
+        PeerClient(SECRET, node="cli") as client,
+    ):
+        peer = (host, server.port)
+        st = await client.stat(peer, digest)
+        assert (st.size, st.piece_size, st.piece_count, st.complete) == (len(data), PIECE, 4, False)
+        assert [st.has(i) for i in range(4)] == [True, True, False, True]
+        assert (
+            st.hashes is not None and st.hashes[1] == sha(pieces(data)[1]) and st.hashes[2] == b""
+        )
+        buf = bytearray(PIECE)
+        got = await client.read(peer, digest, PIECE, PIECE, into=buf, sha256=st.hashes[1])
+        assert got.obj is buf and bytes(buf) == pieces(data)[1]
+        last = await client.read(peer, digest, 3 * PIECE, PIECE // 2, sha256=st.hashes[3])
+        assert bytes(last) == pieces(data)[3]
+        span = await client.read(peer, digest, 100, PIECE + 5)  # a byte range over two pieces
+        assert bytes(span) == data[100 : PIECE + 105]
+        await until(lambda: server.reads == 3)  # the client may see bytes before sendfile returns
+        assert "connections: 1" in repr(server)
+        assert metrics.meters[MetricType.PEER].count == 2 * PIECE + PIECE // 2 + 5
+        log = sink.getvalue()
+        assert f"|rpc:stat[pathname={digest}][offset=0][size={len(data)}]" in log
+        assert f"|rpc:pread[pathname={digest}][offset={PIECE}][size={PIECE}]" in log
+
+
+async def test_errors_are_answers_and_the_connection_survives(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 3, skip=(1,))
+    other = "sha256:" + "0" * 64
+    async with PeerServer(store, SECRET, host="127.0.0.1") as server, PeerClient(SECRET) as client:
+        peer = f"127.0.0.1:{server.port}"
+        with pytest.raises(PeerRequestError) as missing:
+            await client.read(peer, digest, PIECE, PIECE)
+        assert missing.value.code is ErrorCode.PIECE_MISSING
+        with pytest.raises(PeerRequestError) as unknown:
+            await client.stat(peer, other)
+        assert unknown.value.code is ErrorCode.NOT_FOUND
+        with pytest.raises(PeerRequestError) as beyond:
+            await client.read(peer, digest, len(data) - 10, 20)
+        assert beyond.value.code is ErrorCode.PIECE_MISSING
+        # cut-through: the moment the piece lands it is served
+        await store.write_piece(digest, 1, pieces(data)[1])
+        assert bytes(await client.read(peer, digest, PIECE, PIECE)) == pieces(data)[1]
+        conn = await client.connection(peer)
+        assert conn.requests == 4 and conn.alive
+
+
+async def test_multiplexed_reads_on_one_connection(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 16)
+    parts = pieces(data)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1") as server,
+        PeerClient(SECRET, max_in_flight=4) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        order = [5, 0, 15, 3, 3, 9, 12, 1, 7, 7, 2, 14, 8, 10, 11, 6, 4, 13]
+        results = await asyncio.gather(
+            *(client.read(peer, digest, i * PIECE, PIECE, sha256=sha(parts[i])) for i in order)
+        )
+        assert [bytes(r) for r in results] == [parts[i] for i in order]
+        conn = await client.connection(peer)
+        assert conn.requests == len(order)
+        assert "connections: 1 alive" in repr(client)
+        assert "in flight: 0" in repr(conn)
+
+
+async def test_bad_piece_is_detected(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 2)
+    good = sha(pieces(data)[1])
+    # bit rot after the server verified the piece: it will send what is on disk
+    with (blob_dir(store.path, digest) / "data").open("r+b") as fh:
+        fh.seek(PIECE + 10)
+        fh.write(b"\x00\x01\x02")
+    async with PeerServer(store, SECRET, host="127.0.0.1") as server, PeerClient(SECRET) as client:
+        with pytest.raises(PieceCorruptError):
+            await client.read(("127.0.0.1", server.port), digest, PIECE, PIECE, sha256=good)
+
+
+async def test_wrong_secret_is_refused(store: PieceStore, caplog: pytest.LogCaptureFixture) -> None:
+    digest, _ = await add_blob(store, 1)
+    caplog.set_level(logging.WARNING)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1") as server,
+        PeerClient(b"not the cluster secret") as client,
+    ):
+        with pytest.raises(AuthFailedError):
+            await client.stat(("127.0.0.1", server.port), digest)
+        for _ in range(50):
+            if "failed authentication" in caplog.text and "connections: 0" in repr(server):
+                break
+            await asyncio.sleep(0.01)
+        assert "failed authentication" in caplog.text
+        assert server.reads == 0
+
+
+async def test_unauthenticated_bytes_get_the_connection_closed(
+    store: PieceStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    digest, _ = await add_blob(store, 1)
+    caplog.set_level(logging.WARNING)
+    async with PeerServer(store, SECRET, host="127.0.0.1", handshake_timeout=5) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            hello = await reader.readexactly(12)
+            assert hello[:2] == b"SH"
+            stat = digest.encode()
+            writer.write(struct.pack("!2sBBII", b"SH", 1, 0x10, 1, 1 + len(stat)) + b"\x47" + stat)
+            rest = await asyncio.wait_for(reader.read(), 5)  # EOF: closed on us
+            assert b"sha256" not in rest
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert "not allowed in state HELLO" in caplog.text
+
+
+async def test_handshake_timeout_closes_silent_peers(store: PieceStore) -> None:
+    async with PeerServer(store, SECRET, host="127.0.0.1", handshake_timeout=0.2) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            await asyncio.wait_for(reader.read(), 5)  # hello, then EOF after the timeout
+            assert reader.at_eof()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_peer_going_away_fails_requests(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 32)
+    server = PeerServer(store, SECRET, host="127.0.0.1", throttle_mb=0.01)
+    await server.start()
+    async with PeerClient(SECRET, request_timeout=5) as client:
+        peer = ("127.0.0.1", server.port)
+        await client.stat(peer, digest)
+        read = asyncio.create_task(client.read(peer, digest, 0, len(data)))
+        await asyncio.sleep(0.2)  # the throttle holds it back (256 KiB of debt at 10 KiB/s)
+        await server.close()
+        with pytest.raises(PeerUnavailableError):
+            await read
+        with pytest.raises(PeerUnavailableError):
+            await client.stat(peer, digest)
+
+
+async def test_throttled_server_paces_reads(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 48)  # 768 KiB
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", throttle_mb=1) as server,
+        PeerClient(SECRET) as client,
+    ):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        got = await client.read(("127.0.0.1", server.port), digest, 0, len(data))
+        took = loop.time() - start
+    assert bytes(got) == data
+    assert 0.4 <= took < 2.0, took  # 512 KiB beyond the 256 KiB burst at 1 MiB/s
+
+
+async def test_request_timeout_then_connection_still_works(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 32)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", throttle_mb=0.25) as server,
+        PeerClient(SECRET, request_timeout=0.3) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        with pytest.raises(PeerUnavailableError, match="no answer"):
+            await client.read(peer, digest, 0, len(data))
+        client.request_timeout = 5  # the late body (about 1 s) arrives and is discarded
+        assert bytes(await client.read(peer, digest, 0, 100)) == data[:100]
+
+
+async def test_client_metrics_and_repr(store: PieceStore) -> None:
+    digest, _ = await add_blob(store, 1)
+    metrics = Metrics("n", "agent")
+    async with PeerServer(store, SECRET, host="127.0.0.1") as server:
+        async with PeerClient(SECRET, metrics=metrics) as client:
+            await client.read(("127.0.0.1", server.port), digest, 0, PIECE)
+            assert f"received {PIECE} bytes" in repr(client)
+        assert "connections: 0 alive" in repr(client)
+    assert metrics.meters[MetricType.PEER].count == PIECE
+    assert "closed" in repr(server)
