@@ -1,11 +1,66 @@
-"""``shoal webhook``: not built yet."""
+"""``shoal webhook``: the composition root of the admission webhook.
+
+Builds the Kubernetes client (in-cluster service account, or a kubeconfig), the secret
+controller and the HTTPS server, runs them until SIGTERM or SIGINT, and shuts them
+down in reverse order so no admission is cut off half way.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import signal
 
-from shoal.errors import UnsupportedError
+from shoal.errors import ConfigInvalidError
+from shoal.webhook.config import WebhookConfig, load_webhook_config
+from shoal.webhook.controller import SecretController
+from shoal.webhook.kube import KubeApiError, KubeClient
+from shoal.webhook.server import WebhookServer
+
+log = logging.getLogger("shoal.webhook")
 
 
 def run_webhook(args: argparse.Namespace) -> int:
-    raise UnsupportedError("not yet: this subcommand comes with a later release")
+    cfg = load_webhook_config(args.config)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(cfg))
+    return 0
+
+
+async def make_client(cfg: WebhookConfig) -> KubeClient:
+    try:
+        if cfg.secrets.kubeconfig:
+            return await KubeClient.from_kubeconfig(cfg.secrets.kubeconfig)
+        return KubeClient.in_cluster()
+    except KubeApiError as exc:
+        raise ConfigInvalidError(
+            f"{exc.message} (set SecretConfig.kubeconfig, or SecretConfig.enable: false)"
+        ) from exc
+
+
+async def serve(cfg: WebhookConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or a signal arrives when none is given)."""
+    stop = stop or _stop_on_signals()
+    async with contextlib.AsyncExitStack() as stack:
+        controller: SecretController | None = None
+        if cfg.secrets.enable:
+            client = await stack.enter_async_context(await make_client(cfg))
+            controller = await stack.enter_async_context(
+                SecretController(client, cfg.accelerate, cfg.secrets)
+            )
+        server = await stack.enter_async_context(WebhookServer(cfg, controller))
+        log.info("%r ready", server)
+        await stop.wait()
+        log.info("stopping: %r %r", server, controller)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -1,0 +1,173 @@
+"""The webhook's HTTPS server: bytes in, ``review()`` decides, clones made, bytes out.
+
+Paths are the API server's way of saying why it called (see ``review.py``):
+
+- ``POST /mutate/pod``: the Pod's own label selected it (objectSelector entry);
+- ``POST /mutate/namespace``: its namespace's label did (namespaceSelector entry);
+- ``GET /healthz``: liveness and readiness.
+
+Every answer is HTTP 200 with ``allowed: true``: a body that cannot be understood, a
+failing API server or a slow clone never block a Pod. The TLS certificate is re-read
+when its files change (cert-manager rotates it in place through the Secret volume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from shoal.errors import ConfigInvalidError
+from shoal.webhook.config import WebhookConfig
+from shoal.webhook.controller import SecretController
+from shoal.webhook.review import Decision, Trigger, response, review
+
+log = logging.getLogger("shoal.webhook")
+
+#: the API server sends at most a few MiB; a Pod with huge env blocks stays well below
+MAX_BODY = 8 << 20
+
+
+class WebhookServer:
+    """HTTPS AdmissionReview endpoint; owns its runner and its certificate-reload task."""
+
+    def __init__(self, cfg: WebhookConfig, controller: SecretController | None = None) -> None:
+        self._cfg = cfg
+        self._controller = controller
+        self._runner: web.AppRunner | None = None
+        self._reload: asyncio.Task[None] | None = None
+        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._cert_stamp: tuple[float, float] = (0.0, 0.0)
+        self.port = 0
+        self.reviews = 0
+        self.patched = 0
+
+    def __repr__(self) -> str:
+        state = f"port {self.port}" if self._runner else "stopped"
+        return f"<WebhookServer [{state} | reviews: {self.reviews}, patched: {self.patched}]>"
+
+    def _load_cert(self) -> bool:
+        """Load the certificate if its files changed; True when it did."""
+        srv = self._cfg.server
+        try:
+            stamp = (os.stat(srv.tls_cert_file).st_mtime, os.stat(srv.tls_key_file).st_mtime)
+        except OSError as exc:
+            raise ConfigInvalidError(f"webhook TLS: {exc.filename}: {exc.strerror}") from exc
+        if stamp == self._cert_stamp:
+            return False
+        try:
+            self._ssl.load_cert_chain(srv.tls_cert_file, srv.tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigInvalidError(f"webhook TLS: cannot load certificate: {exc}") from exc
+        self._cert_stamp = stamp
+        return True
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.server.tls_reload_interval)
+            try:
+                if self._load_cert():
+                    log.info("TLS certificate reloaded")
+            except ConfigInvalidError as exc:
+                log.warning("%s (keeping the previous certificate)", exc.message)
+
+    async def __aenter__(self) -> Self:
+        self._load_cert()
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/mutate/pod", self._pod)
+        app.router.add_post("/mutate/namespace", self._namespace)
+        app.router.add_get("/healthz", self._health)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        srv = self._cfg.server
+        site = web.TCPSite(
+            self._runner, host=srv.listen or None, port=srv.port, ssl_context=self._ssl
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigInvalidError(
+                f"webhook: cannot listen on port {srv.port}: {exc.strerror}"
+            ) from exc
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else srv.port
+        self._reload = asyncio.create_task(self._reload_loop(), name="webhook-tls-reload")
+        log.info("webhook listening on port %d", self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._reload is not None:
+            self._reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload
+            self._reload = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _pod(self, request: web.Request) -> web.Response:
+        return await self._mutate(request, "pod")
+
+    async def _namespace(self, request: web.Request) -> web.Response:
+        return await self._mutate(request, "namespace")
+
+    async def _mutate(self, request: web.Request, trigger: Trigger) -> web.Response:
+        self.reviews += 1
+        raw = await request.read()
+        try:
+            body: object = json.loads(raw)
+        except ValueError:
+            body = None
+        decision = review(body, trigger, self._cfg.accelerate)
+        if not decision.understood:
+            log.warning("review not understood, allowed unchanged: %s", decision.reason)
+        else:
+            log.info(
+                "pod %s/%s: %s", decision.namespace or "-", decision.pod or "-", decision.reason
+            )
+        await self._ensure_clones(decision)
+        if decision.patch:
+            self.patched += 1
+        return web.json_response(response(decision))
+
+    async def _ensure_clones(self, decision: Decision) -> None:
+        """Create the Pod's secret clones before it is admitted, within the time allowed."""
+        ctl = self._controller
+        if ctl is None or not decision.secrets or not decision.namespace:
+            return
+        if decision.dry_run:  # sideEffects: NoneOnDryRun
+            return
+        try:
+            failed = await asyncio.wait_for(
+                ctl.ensure(decision.namespace, decision.secrets),
+                self._cfg.secrets.sync_timeout,
+            )
+        except TimeoutError:
+            for name in decision.secrets:
+                ctl.later(decision.namespace, name, "timed out while admitting the Pod")
+            return
+        if failed:
+            log.warning(
+                "pod %s/%s admitted before the clones of %s exist (retrying)",
+                decision.namespace,
+                decision.pod,
+                ", ".join(failed),
+            )
