@@ -60,5 +60,7 @@ async def serve_until_signalled(agent: Agent) -> None:
 def run_agent(args: argparse.Namespace) -> int:
     config = config_from_args(args, "agent")
     setup_logging()
+    # the stock loop, not uvloop: the peer server needs loop.sendfile, which uvloop lacks,
+    # and uvloop measured no faster on the mirror path (bench/mirror_overhead.py)
     asyncio.run(serve_until_signalled(Agent(config)))
     return 0

@@ -35,11 +35,12 @@ from shoal.errors import (
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler
-from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
+from shoal.oci.digest import Digest, digest_of, parse_digest
 from shoal.oci.manifest import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from shoal.oci.range import ByteRange, parse_content_range, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
 from shoal.oci.upstream import derive_upstream
+from shoal.registry.hashing import BackgroundVerifier
 from shoal.registry.responses import (
     API_VERSION_HEADER,
     error_response,
@@ -49,6 +50,9 @@ from shoal.registry.responses import (
 from shoal.registry.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
+
+#: bytes handed from the upstream body to the client per write (and per hash update)
+CHUNK = 1 << 20
 
 #: paths a blob URL may have at the accelerator: the registry API, or the registry's
 #: storage layout as object stores serve it (what overlaybd asks for after a redirect)
@@ -280,7 +284,7 @@ class Mirror:
             out.headers["Content-Range"] = f"bytes {first}-{last}/{expected}"
             record.offset = first
         whole = resp.status == 200 and byte_range is None
-        verifier = DigestVerifier(digest) if (whole and digest is not None) else None
+        verifier = BackgroundVerifier(digest) if (whole and digest is not None) else None
         length = limit if limit is not None else expected
         if length is not None:
             out.content_length = length
@@ -288,11 +292,11 @@ class Mirror:
         sent = 0
         received = 0
         pending = b""
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.content.iter_chunked(CHUNK):
             received += len(chunk)
             self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
             if verifier is not None:
-                verifier.update(chunk)
+                await verifier.update(chunk)
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
@@ -309,16 +313,14 @@ class Mirror:
             if limit is not None and sent + len(pending) >= limit:
                 break
         complete = limit is not None and sent + len(pending) == limit
+        mismatch = False
         if not complete:
             complete = expected is None or received == expected
             if verifier is not None:
-                complete = complete and verifier.matches()
+                mismatch = not await verifier.matches()
+                complete = complete and not mismatch
         if not complete:
-            what = (
-                "digest mismatch"
-                if verifier is not None and not verifier.matches()
-                else (f"short body ({received} of {expected} bytes)")
-            )
+            what = "digest mismatch" if mismatch else f"short body ({received} of {expected} bytes)"
             log.error("blob %s from upstream failed: %s; cutting the response", digest, what)
             _cut(request)
             raise DigestMismatchError(f"blob {digest}: {what}")

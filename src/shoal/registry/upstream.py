@@ -71,6 +71,7 @@ class UpstreamClient:
                 connector=connector,
                 timeout=self._timeout,
                 auto_decompress=False,
+                read_bufsize=4 << 20,
                 skip_auto_headers=("Accept-Encoding",),
             )
             self._sessions[host] = session
