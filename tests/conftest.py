@@ -6,6 +6,7 @@ The leak guard fails any test that leaves a child process of the test runner beh
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from shoal.agent.service import Agent
 from shoal.config import Config, parse_config
-from shoal.lab.image import BuiltImage, build_image, push_image
+from shoal.lab.image import BuiltImage, basic_authorization, build_image, push_image
 from shoal.lab.origin import OriginRegistry
 
 
@@ -93,3 +94,25 @@ def agent_config(origin_address: str, **sections: dict[str, object]) -> Config:
 async def agent(origin: OriginRegistry) -> AsyncIterator[Agent]:
     async with Agent(agent_config(origin.address)) as a:
         yield a
+
+
+USER, PASSWORD = "alice", "s3cret-pass"
+
+
+@pytest.fixture
+async def private_origin(tmp_path: Path) -> AsyncIterator[OriginRegistry]:
+    need_binary("docker-registry", "htpasswd")
+    htpasswd = tmp_path / "htpasswd"
+    proc = await asyncio.create_subprocess_exec(
+        "htpasswd", "-Bbc", str(htpasswd), USER, PASSWORD, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await proc.wait() == 0
+    async with OriginRegistry(tmp_path / "private", htpasswd=htpasswd) as reg:
+        yield reg
+
+
+@pytest.fixture
+async def private_image(tmp_path: Path, private_origin: OriginRegistry) -> BuiltImage:
+    img = build_image(tmp_path / "pimg", repo="team/secret", tag="1", layer_sizes=[300_000])
+    await push_image(private_origin.url, img, authorization=basic_authorization(USER, PASSWORD))
+    return img

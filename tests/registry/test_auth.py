@@ -4,38 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from shoal.agent.service import Agent
-from shoal.lab.image import BuiltImage, basic_authorization, build_image, push_image
+from shoal.lab.image import BuiltImage, basic_authorization
 from shoal.lab.origin import OriginRegistry
 from shoal.observability import MetricType
-from tests.conftest import agent_config, need_binary
-
-USER, PASSWORD = "alice", "s3cret-pass"
-
-
-@pytest.fixture
-async def private_origin(tmp_path: Path) -> AsyncIterator[OriginRegistry]:
-    need_binary("docker-registry", "htpasswd")
-    htpasswd = tmp_path / "htpasswd"
-    proc = await asyncio.create_subprocess_exec(
-        "htpasswd", "-Bbc", str(htpasswd), USER, PASSWORD, stderr=asyncio.subprocess.DEVNULL
-    )
-    assert await proc.wait() == 0
-    async with OriginRegistry(tmp_path / "private", htpasswd=htpasswd) as reg:
-        yield reg
-
-
-@pytest.fixture
-async def private_image(tmp_path: Path, private_origin: OriginRegistry) -> BuiltImage:
-    img = build_image(tmp_path / "pimg", repo="team/secret", tag="1", layer_sizes=[300_000])
-    await push_image(private_origin.url, img, authorization=basic_authorization(USER, PASSWORD))
-    return img
+from tests.conftest import PASSWORD, USER, agent_config, need_binary
 
 
 def basic(user: str, password: str) -> dict[str, str]:

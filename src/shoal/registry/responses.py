@@ -27,7 +27,11 @@ def oci_error(
 
 
 def error_response(exc: ShoalError, *, head: bool = False) -> web.Response:
-    return oci_error(exc.http_status, exc.oci_code, exc.message, detail=exc.detail, head=head)
+    resp = oci_error(exc.http_status, exc.oci_code, exc.message, detail=exc.detail, head=head)
+    challenge = getattr(exc, "challenge", None)
+    if isinstance(challenge, str):
+        resp.headers["WWW-Authenticate"] = challenge  # an upstream's refusal, passed back
+    return resp
 
 
 async def relay_upstream_error(resp: aiohttp.ClientResponse, *, head: bool) -> web.Response:
