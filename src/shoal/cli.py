@@ -46,6 +46,12 @@ def _run_webhook(args: argparse.Namespace) -> int:
     return run_webhook(args)
 
 
+def _run_node_setup(args: argparse.Namespace) -> int:
+    from shoal.webhook.nodesetup import run_node_setup
+
+    return run_node_setup(args)
+
+
 def _run_pull(args: argparse.Namespace) -> int:
     from shoal.registry.pull import run_pull
 
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("webhook", help="run the mutating admission webhook")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML webhook config file")
     p.set_defaults(handler=_run_webhook)
+
+    from shoal.webhook.nodesetup import add_arguments as add_node_setup_arguments
+
+    p = sub.add_parser("node-setup", help="write containerd hosts.toml files for the agent")
+    add_node_setup_arguments(p)
+    p.set_defaults(handler=_run_node_setup)
 
     p = sub.add_parser("pull", help="pull an image into an OCI layout directory")
     p.add_argument("image", help="image reference, e.g. 127.0.0.1:5000/library/app:1")
