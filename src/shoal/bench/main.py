@@ -1,11 +1,104 @@
-"""``shoal bench``: not built yet."""
+"""``shoal bench``: refuse without root, run the modes with a progress display, report.
+
+Ctrl-C and SIGTERM cancel the run; the runner's ``finally`` then removes every
+namespace, link, process and file it made before the command exits.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
 
-from shoal.errors import UnsupportedError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from shoal.bench.errors import BenchError, NotRootError
+from shoal.bench.netns import cleanup_leftovers
+from shoal.bench.report import plot, print_report, write_json
+from shoal.bench.runner import BenchOptions, BenchResult, run_benchmark
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    modes = tuple(m.strip() for m in str(args.modes).split(",") if m.strip())
+    if args.nodes < 1 or args.layers < 1 or args.roots < 0:
+        raise BenchError("--nodes and --layers must be at least 1, --roots at least 0")
+    if args.rate <= 0 or args.origin_rate <= 0 or args.layer_mib <= 0:
+        raise BenchError("--rate, --origin-rate and --layer-mib must be positive")
+    return BenchOptions(
+        nodes=args.nodes,
+        roots=args.roots,
+        rate_mbit=args.rate,
+        origin_rate_mbit=args.origin_rate,
+        layers=args.layers,
+        layer_mib=args.layer_mib,
+        modes=modes,
+        timeout_s=args.timeout,
+        keep_workdir=args.keep,
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    raise UnsupportedError("not yet: this subcommand comes with a later release")
+    if os.geteuid() != 0:
+        raise NotRootError("needs root: it builds network namespaces and shapes links with tc")
+    if args.cleanup:
+        removed = cleanup_leftovers()
+        print(f"removed {len(removed)} leftover run(s): {' '.join(removed) or '-'}")
+        return 0
+    opts = options_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    result = asyncio.run(_main(opts, console))
+    write_json(result, out / "bench.json")
+    plot(result, out / "bench.png")
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console = Console(width=150)  # a file or a pipe gets the whole table
+    print_report(result, out_console)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    failed = [
+        m.run.mode for m in result.modes if m.skipped or any(n.seconds is None for n in m.run.nodes)
+    ]
+    if failed:
+        print(f"shoal bench: nodes failed in {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _main(opts: BenchOptions, console: Console) -> BenchResult:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    progress = Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=console,
+    )
+    current: list[TaskID] = []
+
+    def on_mode(mode: str) -> None:
+        current.append(progress.add_task(mode, total=opts.nodes, last=""))
+
+    def on_node(node: str, seconds: float | None) -> None:
+        if current:
+            last = f"{node} {seconds:.2f}s" if seconds is not None else f"{node} failed"
+            progress.update(current[-1], advance=1, last=last)
+
+    console.print(
+        f"shoal bench: {opts.nodes} nodes, {opts.rate_mbit:g}/{opts.origin_rate_mbit:g} Mbit/s, "
+        f"{opts.layers}x{opts.layer_mib:g} MiB, modes {','.join(opts.modes)}"
+    )
+    try:
+        with progress:
+            return await run_benchmark(opts, on_mode=on_mode, on_node_done=on_node)
+    except asyncio.CancelledError:
+        raise BenchError("stopped by a signal; everything it made was removed") from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

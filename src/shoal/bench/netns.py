@@ -58,6 +58,8 @@ class Cluster:
     state_dir: Path = STATE_DIR
     #: the process whose death makes the leftovers fair game for ``cleanup_leftovers``
     owner_pid: int = field(default_factory=os.getpid)
+    #: leave the run's files (logs, pulled copies) for a post-mortem
+    keep_workdir: bool = False
     subnet: str = ""
     origin: Host | None = None
     proxy: Host | None = None
@@ -178,7 +180,9 @@ class Cluster:
         return _link_bytes(host.netns, "eth0", "tx")
 
     def down(self) -> None:
-        teardown(self.prefix, self._made_ns, self._route, self.workdir)
+        teardown(
+            self.prefix, self._made_ns, self._route, None if self.keep_workdir else self.workdir
+        )
         self._made_ns = []
         self._route = None
         self.state_file.unlink(missing_ok=True)

@@ -10,12 +10,14 @@ traffic, including the BitTorrent seeder and the tracker) and from the registry'
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.bench.cpu import CpuUse
 from shoal.bench.errors import BenchError
 from shoal.bench.modes import MODES, required_tools
 from shoal.bench.modes.base import BenchContext, ModeRun, NodeDone
@@ -44,6 +46,7 @@ class BenchOptions:
     modes: tuple[str, ...] = ("direct", "proxy", "bittorrent", "shoal")
     timeout_s: float = 600.0
     seed: int = 1
+    keep_workdir: bool = False
 
     @property
     def rate_bit(self) -> int:
@@ -72,6 +75,9 @@ class BenchResult:
     options: BenchOptions
     image_bytes: int  # config + layers: what one node must receive
     layer_bytes: int
+    prefix: str = ""  # the run's name prefix: namespaces, state file, workdir
+    workdir: Path = Path()
+    subnet: str = ""
     modes: list[ModeResult] = field(default_factory=list)
 
 
@@ -89,12 +95,14 @@ async def run_benchmark(
     cleanup_leftovers()
     cluster_prefix = Cluster(0, 0, 1, 1, Path()).prefix
     workdir = Path(tempfile.mkdtemp(prefix=f"{cluster_prefix}-", dir="/var/tmp"))
+    os.chmod(workdir, 0o755)  # opentracker drops to ``nobody`` and must still read its whitelist
     cluster = Cluster(
         nodes_n=opts.nodes,
         roots_n=opts.roots,
         rate_bit=opts.rate_bit,
         origin_rate_bit=opts.origin_rate_bit,
         workdir=workdir,
+        keep_workdir=opts.keep_workdir,
     )
     origin: OriginRegistry | None = None
     try:
@@ -113,7 +121,14 @@ async def run_benchmark(
         await origin.start()
         await wait_http(cluster.origin.netns, f"{origin.url}/v2/")
         workload = Workload(image, origin.address)
-        result = BenchResult(opts, image.total_size, workload.layer_bytes)
+        result = BenchResult(
+            opts,
+            image_bytes=image.total_size,
+            layer_bytes=workload.layer_bytes,
+            prefix=cluster.prefix,
+            workdir=workdir,
+            subnet=cluster.subnet,
+        )
         ctx = BenchContext(
             cluster=cluster,
             workload=workload,
@@ -138,7 +153,12 @@ async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     tx0 = ctx.cluster.tx_bytes(ctx.cluster.origin)
     served0 = len(ctx.origin.served())
     t0 = time.monotonic()
-    run = await MODES[mode](ctx)
+    try:
+        run = await MODES[mode](ctx)
+    except BenchError as exc:
+        # one broken mode must not cost the others' figures; the report shows why
+        run = ModeRun(mode, [], CpuUse(0, 0.0, 0.0), notes=[f"not run: {exc.message}"])
+        run.extra["skipped"] = exc.message
     wall = time.monotonic() - t0
     tx = ctx.cluster.tx_bytes(ctx.cluster.origin) - tx0
     blobs = sum(

@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from shoal.bench.modes.base import ModeFn
+from shoal.bench.modes.bittorrent import run_bittorrent
 from shoal.bench.modes.direct import run_direct
+from shoal.bench.modes.proxy import run_proxy
+from shoal.bench.modes.shoal import run_shoal
 
 MODES: dict[str, ModeFn] = {
     "direct": run_direct,
+    "proxy": run_proxy,
+    "bittorrent": run_bittorrent,
+    "shoal": run_shoal,
 }
 
 _TOOLS: dict[str, tuple[str, ...]] = {

@@ -9,6 +9,7 @@ every mode sees exactly the same machine.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ class NodeResult:
     node: str
     seconds: float | None  # None when the node did not finish with the right bytes
     error: str | None = None
+    #: hosts the client fetched blobs from (from its own debug log), for the mirror proof
+    blob_hosts: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -102,6 +105,7 @@ async def run_skopeo(
             argv = [
                 "skopeo",
                 "--insecure-policy",
+                "--debug",  # its log names the host of every blob GET: the mirror proof
                 "--registries-conf",
                 str(conf),
                 "--tmpdir",
@@ -140,14 +144,35 @@ async def run_skopeo(
             results.append(NodeResult(node.role, None, f"no finish in {ctx.timeout_s:.0f}s"))
             continue
         if seconds is None:
-            results.append(NodeResult(node.role, None, _last_line(logs / f"{node.role}.log")))
+            results.append(NodeResult(node.role, None, last_line(logs / f"{node.role}.log")))
             continue
         error = check_layout(layouts[node.role], ctx.workload.image)
-        results.append(NodeResult(node.role, None if error else seconds, error))
+        hosts = blob_hosts(logs / f"{node.role}.log")
+        results.append(NodeResult(node.role, None if error else seconds, error, hosts))
     return results, cpu
 
 
-def _last_line(path: Path) -> str:
+_BLOB_GET = re.compile(r'msg="GET https?://([^/"]+)/v2/[^"]*/blobs/sha256:')
+
+
+def blob_hosts(log: Path) -> tuple[str, ...]:
+    """Every host skopeo sent a blob GET to, in order of first use."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ()
+    return tuple(dict.fromkeys(_BLOB_GET.findall(text)))
+
+
+def mirror_share(nodes: list[NodeResult], mirror: Callable[[str], str]) -> float:
+    """Share of nodes whose every blob came from their mirror (skopeo never fell back)."""
+    if not nodes:
+        return 0.0
+    good = sum(1 for n in nodes if n.blob_hosts and set(n.blob_hosts) == {mirror(n.node)})
+    return good / len(nodes)
+
+
+def last_line(path: Path) -> str:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:

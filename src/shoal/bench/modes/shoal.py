@@ -1,0 +1,182 @@
+"""``shoal``: a root per root host and an agent per node; each node pulls through its agent.
+
+The roots (``shoal root``) are started only when that command exists: until the swarm
+lands it exits at once with "not yet", and the mode then runs the agents alone, pulling
+from the origin — its figures are then those of an agent relay, not of the swarm, and the
+report says so. Each node's skopeo uses its own agent (127.0.0.1 in its namespace) as the
+mirror; since skopeo falls back to the origin silently, the skopeo logs prove where every
+blob came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from shoal.bench.errors import BenchError
+from shoal.bench.modes.base import BenchContext, ModeRun, last_line, mirror_share, run_skopeo
+from shoal.bench.netns import Host
+from shoal.bench.proc import in_netns
+from shoal.bench.workload import wait_http
+
+AGENT_PORT = 65001
+P2P_PORT = 65002
+ROOT_PROBE_S = 3.0
+
+
+def node_config(ctx: BenchContext, host: Host, mode: str, roots: list[str], cache: Path) -> str:
+    origin = ctx.workload.registry_host
+    doc = {
+        "DeployConfig": {"mode": mode, "nodeName": f"{host.ip}:{AGENT_PORT}"},
+        "ExporterConfig": {"enable": False},
+        "ProxyConfig": {"port": AGENT_PORT},
+        "P2PConfig": {"p2pPort": P2P_PORT, "roots": roots},
+        "CacheConfig": {"path": str(cache), "capacity": 4 * ctx.workload.image.total_size},
+        "UpstreamConfig": {
+            "default": origin,
+            "registries": [{"host": origin, "plainHTTP": True}],
+        },
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+async def run_shoal(ctx: BenchContext) -> ModeRun:
+    base = ctx.mode_dir("shoal")
+    logs = base / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: list[asyncio.subprocess.Process] = []
+    notes: list[str] = []
+    try:
+        roots = await _start_roots(ctx, base, procs)
+        if roots:
+            notes.append(f"{len(roots)} root(s): {', '.join(roots)}")
+        else:
+            notes.append(
+                "no roots: `shoal root` is not built yet, so every agent relays from the "
+                "origin; these figures are the agent without the swarm"
+            )
+        for node in ctx.nodes:
+            cfg = base / node.role / "agent.yml"
+            cfg.parent.mkdir(exist_ok=True)
+            cfg.write_text(node_config(ctx, node, "agent", roots, base / node.role / "cache"))
+            procs.append(await _spawn(node.netns, cfg, logs / f"agent-{node.role}.log"))
+        await asyncio.gather(
+            *(
+                _wait_up(
+                    node.netns,
+                    f"http://127.0.0.1:{AGENT_PORT}/v2/",
+                    procs[-len(ctx.nodes) + i],
+                    logs / f"agent-{node.role}.log",
+                )
+                for i, node in enumerate(ctx.nodes)
+            )
+        )
+        nodes, cpu = await run_skopeo(ctx, "shoal", lambda node: f"127.0.0.1:{AGENT_PORT}")
+    finally:
+        await _stop_all(procs)
+    notes.insert(
+        0,
+        "skopeo copy with the node's own agent as [[registry.mirror]]; "
+        "time = release to skopeo exit",
+    )
+    via = mirror_share(nodes, lambda node: f"127.0.0.1:{AGENT_PORT}")
+    if via < 1.0:
+        notes.append(f"only {via:.0%} of the nodes took every blob from their agent (skopeo logs)")
+    return ModeRun("shoal", nodes, cpu, notes=notes, extra={"roots": len(roots), "via_mirror": via})
+
+
+async def _spawn(netns: str, cfg: Path, log_path: Path) -> asyncio.subprocess.Process:
+    role = "root" if cfg.name.startswith("root") else "agent"
+    with log_path.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *in_netns(netns, [sys.executable, "-m", "shoal", role, "--config", str(cfg)]),
+            stdout=log,
+            stderr=log,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+
+
+async def _start_roots(
+    ctx: BenchContext, base: Path, procs: list[asyncio.subprocess.Process]
+) -> list[str]:
+    """Start ``shoal root`` on each root host; [] when that command is not built yet."""
+    hosts = ctx.cluster.roots
+    if not hosts:
+        return []
+    started: list[tuple[Host, asyncio.subprocess.Process, Path]] = []
+    for host in hosts:
+        cfg = base / host.role / "root.yml"
+        cfg.parent.mkdir(exist_ok=True)
+        cfg.write_text(node_config(ctx, host, "root", [], base / host.role / "cache"))
+        log = base / "logs" / f"{host.role}.log"
+        proc = await _spawn(host.netns, cfg, log)
+        procs.append(proc)
+        started.append((host, proc, log))
+    host, proc, log = started[0]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), ROOT_PROBE_S)
+    if proc.returncode is not None:
+        text = log.read_text(errors="replace")
+        if "not yet" in text:
+            return []
+        raise BenchError(f"shoal root on {host.role} exited {proc.returncode}: {text[-200:]}")
+    for host, proc, log in started:
+        await _wait_tcp(host.netns, host.ip, P2P_PORT, proc, log)
+    return [f"{host.ip}:{P2P_PORT}" for host in hosts]
+
+
+async def _wait_up(
+    netns: str, url: str, proc: asyncio.subprocess.Process, log: Path, timeout_s: float = 60
+) -> None:
+    waiter = asyncio.ensure_future(wait_http(netns, url, timeout_s))
+    dead = asyncio.ensure_future(proc.wait())
+    await asyncio.wait([waiter, dead], return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        raise BenchError(f"shoal agent in {netns} exited: {last_line(log)}")
+    dead.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await dead
+    waiter.result()
+
+
+async def _wait_tcp(
+    netns: str, ip: str, port: int, proc: asyncio.subprocess.Process, log: Path
+) -> None:
+    probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.returncode is not None:
+            raise BenchError(f"shoal root in {netns} exited {proc.returncode}")
+        check = await asyncio.create_subprocess_exec(
+            *in_netns(netns, [sys.executable, "-c", probe]),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        if await check.wait() == 0:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"shoal root in {netns} not listening on {port} after 30s")
+        await asyncio.sleep(0.2)
+
+
+async def _stop_all(procs: list[asyncio.subprocess.Process]) -> None:
+    """SIGTERM (agents shut down cleanly), then SIGKILL what is left after 5 s."""
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()

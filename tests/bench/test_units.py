@@ -1,0 +1,77 @@
+"""The pure parts: quantiles, bounds, bencode, option checks, and the root refusal."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from shoal.bench.bencode import decode, info_hash, scrape_complete
+from shoal.bench.cpu import CpuUse
+from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
+from shoal.bench.report import mode_bound, node_bound, quantile, stats
+from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
+from shoal.cli import main as cli_main
+
+
+def test_quantile_interpolates_like_numpy() -> None:
+    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert quantile([5.0], 0.95) == 5.0
+    assert quantile(list(map(float, range(1, 21))), 0.95) == pytest.approx(19.05)
+
+
+def _result(mode_times: dict[str, list[float]], tx: int) -> BenchResult:
+    opts = BenchOptions(nodes=4, rate_mbit=80, origin_rate_mbit=80)
+    result = BenchResult(opts, image_bytes=10_000_000, layer_bytes=9_999_000)
+    cpu = CpuUse(cores=2, mean=0.95, busy_share=0.9)
+    for mode, times in mode_times.items():
+        nodes = [NodeResult(f"n{i}", t) for i, t in enumerate(times)]
+        result.modes.append(ModeResult(ModeRun(mode, nodes, cpu), tx, tx, 1.0))
+    return result
+
+
+def test_bounds_and_the_cut_against_direct() -> None:
+    result = _result({"direct": [4.0, 4.0, 4.0, 4.0], "shoal": [1.0, 1.0, 1.0, 1.0]}, 10_000_000)
+    assert node_bound(result) == pytest.approx(1.0)  # 10 MB at 80 Mbit/s
+    assert mode_bound(result, "direct") == pytest.approx(4.0)
+    assert mode_bound(result, "proxy") == pytest.approx(4.0)
+    assert mode_bound(result, "shoal") == pytest.approx(1.0)
+    direct, shoal = stats(result)
+    assert shoal.cut_vs_direct == pytest.approx(0.75)
+    assert shoal.p95_over_node_bound == pytest.approx(1.0)
+    assert shoal.origin_copies == pytest.approx(1.0)
+    assert direct.cpu_saturated
+
+
+def test_bencode_info_hash_and_scrape() -> None:
+    info = b"d6:lengthi3e4:name1:a12:piece lengthi16384e6:pieces20:" + b"x" * 20 + b"e"
+    torrent = b"d8:announce3:url4:info" + info + b"e"
+    assert info_hash(torrent) == hashlib.sha1(info).digest()
+    digest = b"h" * 20
+    answer = b"d5:filesd20:" + digest + b"d8:completei2e10:incompletei0eeee"
+    assert scrape_complete(answer, digest) == 2
+    assert scrape_complete(answer, b"z" * 20) == 0
+    assert decode(b"li1e3:abce") == [1, b"abc"]
+
+
+def test_skopeo_mirror_config_and_log_parsing(tmp_path: Path) -> None:
+    conf = registries_conf("10.77.0.1:5000", "127.0.0.1:65001")
+    assert '[[registry.mirror]]\nlocation = "127.0.0.1:65001"\ninsecure = true' in conf
+    assert "[[registry.mirror]]" not in registries_conf("10.77.0.1:5000", None)
+    log = tmp_path / "n00.log"
+    log.write_text(
+        'level=debug msg="GET http://127.0.0.1:65001/v2/a/b/blobs/sha256:01"\n'
+        'level=debug msg="GET http://10.77.0.1:5000/v2/a/b/blobs/sha256:02"\n'
+        'level=debug msg="GET http://127.0.0.1:65001/v2/a/b/manifests/v1"\n'
+    )
+    assert blob_hosts(log) == ("127.0.0.1:65001", "10.77.0.1:5000")
+
+
+def test_refuses_without_root_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert cli_main(["bench", "--nodes", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("shoal bench: needs root")
