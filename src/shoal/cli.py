@@ -119,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run_demo)
 
     p = sub.add_parser("bench", help="multi-host benchmark in network namespaces (root)")
+    p.add_argument("--nodes", "-n", type=int, default=16, help="node hosts (default 16)")
+    p.add_argument("--rate", type=float, default=100.0, metavar="MBIT", help="node link B")
+    p.add_argument("--origin-rate", type=float, default=100.0, metavar="MBIT", help="origin link")
+    p.add_argument("--layers", type=int, default=4, help="layers in the generated image")
+    p.add_argument("--layer-mib", type=float, default=16.0, help="MiB per layer")
+    p.add_argument("--roots", type=int, default=1, help="root hosts for the shoal mode")
+    p.add_argument(
+        "--modes", default="direct,proxy,bittorrent,shoal", help="comma-separated modes to run"
+    )
+    p.add_argument("--out", metavar="DIR", default="bench-out", help="report directory")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per mode")
+    p.add_argument("--keep", action="store_true", help="keep the run's files (logs) after it")
+    p.add_argument("--cleanup", action="store_true", help="remove crashed runs' leftovers, exit")
     p.set_defaults(handler=_run_bench)
 
     p = sub.add_parser("sim", help="simulate the scheduler at thousands of nodes")
