@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import random
+import ssl
 import tarfile
 import zlib
 from collections.abc import AsyncIterator
@@ -183,11 +184,20 @@ def basic_authorization(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-async def push_image(registry_url: str, image: BuiltImage, *, authorization: str = "") -> None:
+async def push_image(
+    registry_url: str,
+    image: BuiltImage,
+    *,
+    authorization: str = "",
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """Push every blob (monolithic upload), then the manifest, then the index by tag."""
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     headers = {"Authorization": authorization} if authorization else {}
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(
+        headers=headers, timeout=timeout, connector=connector
+    ) as session:
         for blob in image.blobs():
             await _push_blob(session, registry_url, image.repo, blob)
         manifest_ref = image.tag if image.index is None else image.manifest_digest

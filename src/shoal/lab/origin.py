@@ -50,6 +50,7 @@ class OriginRegistry:
         htpasswd: Path | None = None,
         proxy_remote: str | None = None,
         netns: str | None = None,
+        tls: tuple[Path, Path] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
@@ -58,6 +59,7 @@ class OriginRegistry:
         self.htpasswd = htpasswd
         self.proxy_remote = proxy_remote
         self.netns = netns
+        self.tls = tls
         self.extra = extra or {}
         self.log_path = workdir / "registry.log"
         self._proc: asyncio.subprocess.Process | None = None
@@ -71,7 +73,7 @@ class OriginRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
@@ -84,6 +86,8 @@ class OriginRegistry:
             },
             "http": {"addr": self.address, "secret": "shoal-lab"},
         }
+        if self.tls is not None:
+            cfg["http"]["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         if self.htpasswd is not None:
             cfg["auth"] = {"htpasswd": {"realm": "shoal-lab", "path": str(self.htpasswd)}}
         if self.proxy_remote is not None:
@@ -122,7 +126,9 @@ class OriginRegistry:
         if self.netns:
             return  # the caller checks reachability from inside its namespaces
         deadline = asyncio.get_running_loop().time() + wait_s
-        async with aiohttp.ClientSession() as session:
+        # readiness only: any answer will do, so the test CA need not be trusted here
+        connector = aiohttp.TCPConnector(ssl=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
             while True:
                 if self._proc.returncode is not None:
                     raise OriginUnavailableError(
