@@ -10,6 +10,7 @@ pkgs=(
   iproute2          # ip netns, tc for the multi-host benchmark
   iputils-ping
   aria2 opentracker mktorrent   # the BitTorrent baseline of shoal bench
+  curl              # shoal bench: manifest fetch of the BitTorrent nodes, tracker scrape
   ca-certificates
 )
 missing=()
