@@ -9,11 +9,19 @@ one chunk deep, which keeps the order of updates without a lock.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from shoal.oci.digest import Digest, DigestVerifier
 
+Buffer = bytes | bytearray | memoryview
+
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoal-hash")
+
+
+async def run_hash(update: Callable[[Buffer], None], data: Buffer) -> None:
+    """``update(data)`` on a hashing thread."""
+    await asyncio.get_running_loop().run_in_executor(_POOL, update, data)
 
 
 class BackgroundVerifier:

@@ -1,0 +1,205 @@
+"""Fetch a blob from its origin registry into the piece store, piece by piece, once.
+
+The only path by which bytes enter the peer network. Concurrent requests for the same
+blob collapse into one fetch (single flight). Each piece is hashed as soon as its last
+byte arrives and stored with that hash, and ``on_piece`` publishes it at once, so the
+swarm can spread the head of a blob while its tail is still on the wire. The whole
+digest is checked at the end: a mismatch removes the blob and fails every waiter,
+loudly, because every piece hash computed along the way describes the wrong bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from shoal.cache.blob import BlobInfo
+from shoal.cache.store import PieceStore
+from shoal.errors import DigestMismatchError, ShoalError, UpstreamUnavailableError
+from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
+from shoal.observability.audit import DOWNLOAD
+from shoal.oci.digest import Digest
+from shoal.registry.hashing import run_hash
+from shoal.registry.upstream import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+#: ``on_piece(digest, index, sha256)`` once a piece is stored
+PieceCallback = Callable[[str, int, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a blob comes from and with whose credentials."""
+
+    host: str
+    name: str
+    authorization: str = ""
+
+
+class UpstreamRefusedError(ShoalError):
+    """The origin answered the fetch with a 4xx: status and challenge go back as they came."""
+
+    def __init__(self, status: int, challenge: str | None, message: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.oci_code = {401: "UNAUTHORIZED", 403: "DENIED", 404: "BLOB_UNKNOWN"}.get(
+            status, "UNKNOWN"
+        )
+        self.challenge = challenge
+
+
+class Flight:
+    """One fetch in progress; everyone who asked for the blob holds the same one."""
+
+    __slots__ = ("error", "info", "task")
+
+    def __init__(self) -> None:
+        self.info: asyncio.Future[BlobInfo] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.error: Exception | None = None
+
+    async def wait(self) -> None:
+        """Until the fetch ends; raises what it failed with."""
+        if self.task is not None:
+            await asyncio.shield(self.task)
+        if self.error is not None:
+            raise self.error
+
+
+class OriginFetcher:
+    def __init__(
+        self,
+        store: PieceStore,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        audit: AuditLog,
+        on_piece: PieceCallback | None = None,
+        *,
+        concurrency: int = 128,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.metrics = metrics
+        self.audit = audit
+        self.on_piece = on_piece
+        self._flights: dict[str, Flight] = {}
+        self._limit = asyncio.Semaphore(concurrency)
+        self.fetches = 0
+
+    def __repr__(self) -> str:
+        return f"<OriginFetcher [{len(self._flights)} in flight | {self.fetches} fetched]>"
+
+    def fetching(self, digest: str) -> bool:
+        return digest in self._flights
+
+    async def start(self, digest: Digest, source: Source) -> tuple[BlobInfo, Flight | None]:
+        """Begin (or join) the fetch; return the geometry once the origin answers.
+
+        The flight is ``None`` when the store already holds the whole blob.
+        """
+        key = str(digest)
+        info = self.store.lookup(key)
+        if info is not None and info.complete:
+            return info, None
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = Flight()
+            self._flights[key] = flight
+            flight.task = asyncio.create_task(self._run(digest, source, flight))
+        return await asyncio.shield(flight.info), flight
+
+    async def close(self) -> None:
+        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, digest: Digest, source: Source, flight: Flight) -> None:
+        """The fetch task: never raises but on cancellation; failures land in ``flight``."""
+        key = str(digest)
+        try:
+            async with self._limit:
+                await self._fetch(digest, source, flight)
+            self.fetches += 1
+        except Exception as exc:
+            flight.error = exc
+            log.error("fetch of %s from %s failed: %s", key, source.host, exc)
+        finally:
+            if not flight.info.done():
+                flight.info.set_exception(
+                    flight.error or UpstreamUnavailableError(f"fetch of {key} cancelled")
+                )
+                flight.info.exception()  # marked retrieved: waiters get it through start()
+            self._flights.pop(key, None)
+
+    async def _fetch(self, digest: Digest, source: Source, flight: Flight) -> None:
+        key = str(digest)
+        path = f"/v2/{source.name}/blobs/{digest}"
+        pathname = f"/{self.upstream.base_url(source.host)}{path}"
+        headers = {"Authorization": source.authorization}
+        start = time.perf_counter()
+        with self.audit.timed(DOWNLOAD, pathname) as rec:
+            resp = await self.upstream.request(
+                "GET", source.host, path, headers, follow_redirects=True
+            )
+            async with resp:
+                if resp.status != 200:
+                    if 400 <= resp.status < 500:
+                        raise UpstreamRefusedError(
+                            resp.status,
+                            resp.headers.get("WWW-Authenticate"),
+                            f"origin {source.host} answered HTTP {resp.status} for {key}",
+                        )
+                    raise UpstreamUnavailableError(
+                        f"origin {source.host} answered HTTP {resp.status} for {key}"
+                    )
+                size = resp.content_length
+                if size is None:
+                    raise UpstreamUnavailableError(f"origin sent {key} without a length")
+                info = await self.store.create(key, size)
+                flight.info.set_result(info)
+                with self.store.lease(key):
+                    await self._pieces(key, digest, info, resp.content, rec)
+        self.metrics.record(MetricType.DOWNLOAD, 0, time.perf_counter() - start)
+
+    async def _pieces(
+        self,
+        key: str,
+        digest: Digest,
+        info: BlobInfo,
+        body: aiohttp.StreamReader,
+        rec: AuditRecord,
+    ) -> None:
+        whole = hashlib.new(digest.algorithm)
+        pending: asyncio.Future[None] | None = None
+        for index in range(info.piece_count):
+            length = info.piece_length(index)
+            try:
+                data = await body.readexactly(length)
+            except asyncio.IncompleteReadError as exc:
+                raise UpstreamUnavailableError(f"origin body of {key} ended early") from exc
+            self.metrics.add_bytes(MetricType.DOWNLOAD, length)
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(run_hash(whole.update, data))
+            if info.has(index):
+                continue
+            sha = await self.store.write_piece(key, index, data)
+            rec.size += length
+            if self.on_piece is not None:
+                self.on_piece(key, index, sha)
+        if pending is not None:
+            await pending
+        if whole.hexdigest() != digest.hex:
+            await self.store.remove(key)
+            raise DigestMismatchError(
+                f"origin content of {key} hashes to {digest.algorithm}:{whole.hexdigest()}"
+            )
+        await self.store.finish(key, verify=False)
