@@ -2,6 +2,7 @@
 
 from shoal.cache.bitfield import Bitfield
 from shoal.cache.blob import BlobInfo
+from shoal.cache.diskio import aligned_buffer
 from shoal.cache.errors import (
     BlobConflictError,
     BlobEvictedError,
@@ -39,6 +40,7 @@ __all__ = [
     "PieceReadError",
     "PieceStore",
     "PieceWriteError",
+    "aligned_buffer",
     "check_digest",
     "choose_piece_size",
     "piece_count",

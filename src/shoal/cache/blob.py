@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.cache import diskio
 from shoal.cache import journal as jr
 from shoal.cache.bitfield import Bitfield
 from shoal.cache.errors import BlobConflictError, PieceMissingError
@@ -54,6 +56,7 @@ class Blob:
     last_used: int = 0
     waiters: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
     _file: io.FileIO | None = None
+    _direct_fd: int | None = None
     _journal: jr.Journal | None = None
 
     @classmethod
@@ -139,12 +142,21 @@ class Blob:
     def fileno(self) -> int:
         return self.file().fileno()
 
+    def direct_fileno(self) -> int:
+        """An ``O_DIRECT`` descriptor of the data file, or -1 if the file system has none."""
+        if self._direct_fd is None:
+            self._direct_fd = diskio.open_direct(jr.data_path(self.directory))
+        return self._direct_fd
+
     def journal_append(self, kind: jr.RecordKind, index: int, digest: bytes) -> None:
         if self._journal is None:
             self._journal = jr.Journal(self.directory)
         self._journal.append(kind, index, digest)
 
     def close_files(self) -> None:
+        if self._direct_fd is not None and self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._direct_fd = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -17,12 +17,10 @@ Design decisions:
   start.
 - **Errors are per piece.** ENOSPC, EIO and friends become ``DiskFullError`` /
   ``PieceWriteError`` / ``PieceReadError`` for that call; the store stays usable.
-- **Hashing always runs in worker threads** (hashlib releases the GIL on large
-  buffers, so it overlaps socket work on another core). ``aio`` selects where the
-  ``pread``/``pwrite`` calls run: ``False`` (``aioEnable: 0``, default) runs them inline
-  on the event loop, which measured fastest when the page cache absorbs writes (a 4 MiB
-  ``pwrite`` takes about 1 ms); ``True`` moves them to worker threads so a slow or
-  congested disk cannot stall the loop, at the price of a thread hop per piece.
+- **No disk I/O and no hashing on the event loop**: both run in worker threads
+  (hashlib releases the GIL on large buffers, so hashing overlaps socket work on the
+  other core). ``aio`` (``aioEnable``) picks how pieces are written: through the page
+  cache, or ``O_DIRECT`` — see ``diskio.py`` for what was measured and why.
 - **Followers wait on pieces** (``wait_piece``) so a streaming reader can follow a
   download in progress and a peer can serve pieces of a blob still downloading.
 """
@@ -41,8 +39,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
+from shoal.cache import diskio
 from shoal.cache import journal as jr
 from shoal.cache.bitfield import Bitfield
 from shoal.cache.blob import Blob, BlobInfo
@@ -67,7 +66,6 @@ from shoal.config import CacheConfig
 from shoal.errors import BlobUnknownError, DigestMismatchError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 PieceListener = Callable[[str, int], None]
@@ -312,7 +310,18 @@ class PieceStore:
                     raise PieceCorruptError(f"{digest} piece {index}: sha256 mismatch")
                 self._reserve(blob, length)
                 try:
-                    await self._io(_pwrite_piece, blob.fileno(), blob.offset(index), data)
+                    if self.aio:
+                        await asyncio.to_thread(
+                            diskio.write_direct,
+                            blob.fileno(),
+                            blob.direct_fileno(),
+                            blob.offset(index),
+                            data,
+                        )
+                    else:
+                        await asyncio.to_thread(
+                            diskio.write_buffered, blob.fileno(), blob.offset(index), data
+                        )
                     if blob.present[index]:  # a concurrent writer won
                         return sha256
                     blob.journal_append(jr.RecordKind.PIECE, index, sha256)
@@ -392,7 +401,7 @@ class PieceStore:
             with self._op(FILEREAD, digest, offset) as rec:
                 await self._ensure_verified(blob, pieces_of_range(blob.piece_size, offset, length))
                 try:
-                    data = await self._io(os.pread, blob.fileno(), length, offset)
+                    data = await asyncio.to_thread(os.pread, blob.fileno(), length, offset)
                 except OSError as exc:
                     raise PieceReadError(f"{digest} @{offset}: {exc.strerror}") from exc
                 if len(data) != length:
@@ -443,11 +452,6 @@ class PieceStore:
         self._tick += 1
         blob.last_used = self._tick
 
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        if self.aio:
-            return await asyncio.to_thread(fn, *args)
-        return fn(*args)
-
     def _reserve(self, blob: Blob, length: int) -> None:
         while self._used + self._reserved + length > self.capacity:
             idle = [b for b in self._blobs.values() if b.pins == 0 and b is not blob]
@@ -475,7 +479,7 @@ class PieceStore:
             if blob.verified[index]:
                 continue
             try:
-                data = await self._io(
+                data = await asyncio.to_thread(
                     os.pread, blob.fileno(), blob.piece_length(index), blob.offset(index)
                 )
             except OSError as exc:
@@ -525,19 +529,6 @@ def _hash_file(fd: int, size: int) -> bytes:
         h.update(view[:n])
         offset += n
     return h.digest()
-
-
-def _pwrite_piece(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
-    """Reserve the blocks first so ENOSPC surfaces here, then write all of ``data``."""
-    view = memoryview(data).cast("B")
-    try:
-        os.posix_fallocate(fd, offset, len(view))
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
 
 
 def _create_files(directory: Path, meta: jr.BlobMeta) -> None:

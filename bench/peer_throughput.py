@@ -1,0 +1,297 @@
+"""How close does shoal's peer path come to the machine's limits? One run, three numbers.
+
+(a) raw TCP between two processes on loopback (plain sockets, 1 MiB buffers),
+(b) sha256 on one core (every piece is verified, so this bounds a verified path),
+(c) shoal moving one blob piece by piece from a seed process's piece store to a leech
+    process's piece store over the peer protocol: sendfile on the seed, receive in
+    place, sha256 verified against the seed's piece hashes, written to the leech's store.
+
+It prints ``ratio = (c) / min(a, b)`` and the leech's peak RSS (memory stays bounded by
+``in-flight x piece size`` whatever the blob size).
+
+    .venv/bin/python bench/peer_throughput.py                 # 2 GiB, as in docs/peer.md
+    .venv/bin/python bench/peer_throughput.py --size 256M     # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.cache import PieceStore, aligned_buffer
+from shoal.peer import PeerClient, PeerServer
+
+SECRET = b"bench secret"
+CHUNK = 1 << 20
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in _UNITS:
+        return int(float(text[:-1]) * _UNITS[text[-1]])
+    return int(text)
+
+
+def say(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# -- (a) raw TCP ------------------------------------------------------------------------
+
+
+def tcp_sink(size: int) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        say({"port": srv.getsockname()[1]})
+        conn, _ = srv.accept()
+        with conn:
+            buf = memoryview(bytearray(CHUNK))
+            got = 0
+            while got < size:
+                n = conn.recv_into(buf, min(CHUNK, size - got))
+                if not n:
+                    raise SystemExit("sender went away")
+                got += n
+            conn.sendall(b"k")
+
+
+def measure_tcp(size: int) -> float:
+    child = _spawn(["--role", "tcp-sink", "--size", str(size)])
+    try:
+        port = _read_json(child)["port"]
+        payload = memoryview(os.urandom(CHUNK))
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            start = time.perf_counter()
+            sent = 0
+            while sent < size:
+                n = min(CHUNK, size - sent)
+                sock.sendall(payload[:n])
+                sent += n
+            if sock.recv(1) != b"k":
+                raise SystemExit("sink did not acknowledge")
+            return size / (time.perf_counter() - start)
+    finally:
+        child.wait(timeout=60)
+
+
+# -- (b) sha256 -------------------------------------------------------------------------
+
+
+def measure_sha256(size: int, piece: int) -> float:
+    buf = os.urandom(piece)
+    rounds = max(size // piece, 1)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        hashlib.sha256(buf).digest()
+    return rounds * piece / (time.perf_counter() - start)
+
+
+# -- (c) shoal, seed process and leech process -----------------------------------------
+
+
+def blob_pieces(size: int, piece: int) -> list[bytes]:
+    """Distinct, incompressible pieces without generating ``size`` random bytes."""
+    base = os.urandom(64 << 20)
+    out: list[bytes] = []
+    for i in range((size + piece - 1) // piece):
+        length = min(piece, size - i * piece)
+        start = (i * 7919 * 4096) % (len(base) - length + 1)
+        out.append(i.to_bytes(8, "big") + base[start + 8 : start + length])
+    return out
+
+
+async def seed(directory: Path, size: int, piece: int, aio: bool) -> None:
+    parts = blob_pieces(size, piece)
+    whole = hashlib.sha256()
+    for p in parts:
+        whole.update(p)
+    digest = "sha256:" + whole.hexdigest()
+    async with PieceStore(directory, capacity=size + piece, aio=aio) as store:
+        await store.create(digest, size, piece_size=piece)
+        for i, p in enumerate(parts):
+            await store.write_piece(digest, i, p)
+        await store.finish(digest)
+        del parts
+        async with PeerServer(store, SECRET, host="127.0.0.1", node="seed") as server:
+            say({"port": server.port, "digest": digest, "sendfile": server.sendfile_native})
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def leech(directory: Path, port: int, digest: str, in_flight: int, aio: bool) -> None:
+    peer = ("127.0.0.1", port)
+    async with PeerClient(SECRET, node="leech", max_in_flight=in_flight) as client:
+        await client.connection(peer)  # the handshake is not part of the transfer
+        start = time.perf_counter()
+        stat = await client.stat(peer, digest)
+        assert stat.hashes is not None and all(stat.hashes)
+        hashes = list(stat.hashes)
+        async with PieceStore(directory, capacity=stat.size + stat.piece_size, aio=aio) as store:
+            info = await store.create(digest, stat.size, piece_size=stat.piece_size, hashes=hashes)
+            todo: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(info.piece_count):
+                todo.put_nowait(i)
+
+            async def worker() -> None:
+                buf = aligned_buffer(stat.piece_size)  # one per request in flight, reused
+                while not todo.empty():
+                    i = todo.get_nowait()
+                    length = info.piece_length(i)
+                    view = await client.read(
+                        peer, digest, i * stat.piece_size, length, into=buf, sha256=hashes[i]
+                    )
+                    await store.write_piece(digest, i, view, sha256=hashes[i])
+
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(in_flight):
+                    tg.create_task(worker())
+            await store.finish(digest, verify=False)  # every piece hash already checked
+            seconds = time.perf_counter() - start
+            done = store.lookup(digest)
+            assert done is not None and done.complete
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        say(
+            {
+                "seconds": seconds,
+                "bytes": stat.size,
+                "peak_rss": _peak_rss(),
+                "cpu_user": usage.ru_utime,
+                "cpu_sys": usage.ru_stime,
+            }
+        )
+
+
+def _peak_rss() -> int:
+    """VmHWM of this process (``ru_maxrss`` would include the parent's, across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_shoal(
+    size: int, piece: int, in_flight: int, aio: bool, seed_aio: bool, workdir: Path
+) -> tuple[float, dict[str, Any], dict[str, Any]]:
+    flags = ["--piece-size", str(piece), "--aio", str(int(aio))]
+    seed_flags = ["--piece-size", str(piece), "--aio", str(int(seed_aio))]
+    seeder = _spawn(
+        ["--role", "seed", "--size", str(size), "--dir", str(workdir / "seed"), *seed_flags],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        ready = _read_json(seeder)
+        leecher = _spawn(
+            [
+                "--role",
+                "leech",
+                "--port",
+                str(ready["port"]),
+                "--digest",
+                ready["digest"],
+                "--in-flight",
+                str(in_flight),
+                "--dir",
+                str(workdir / "leech"),
+                *flags,
+            ]
+        )
+        result = _read_json(leecher)
+        leecher.wait(timeout=60)
+    finally:
+        assert seeder.stdin is not None
+        seeder.stdin.close()
+        seeder.wait(timeout=60)
+    return result["bytes"] / result["seconds"], ready, result
+
+
+# -- plumbing ---------------------------------------------------------------------------
+
+
+def _spawn(args: list[str], stdin: int | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, stdin=stdin, text=True
+    )
+
+
+def _read_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"child {proc.args!r} exited with {proc.wait()}")
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--size", default="2G", help="blob size, e.g. 2G, 256M (default 2G)")
+    ap.add_argument("--piece-size", default="4M", help="piece size (default 4M)")
+    ap.add_argument("--in-flight", type=int, default=8, help="requests in flight (default 8)")
+    ap.add_argument(
+        "--aio", type=int, choices=(0, 1), default=1, help="the receiver store's aioEnable"
+    )
+    ap.add_argument(
+        "--seed-aio",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="the seed store's aioEnable (0: its blob is in the page cache, as just fetched)",
+    )
+    ap.add_argument("--dir", default="", help="where the two piece stores go (default: a temp dir)")
+    ap.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--digest", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    size, piece, aio = parse_size(args.size), parse_size(args.piece_size), bool(args.aio)
+
+    if args.role == "tcp-sink":
+        return tcp_sink(size)
+    if args.role == "seed":
+        return asyncio.run(seed(Path(args.dir), size, piece, aio))
+    if args.role == "leech":
+        return asyncio.run(leech(Path(args.dir), args.port, args.digest, args.in_flight, aio))
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="shoal-bench-"))
+    try:
+        print(
+            f"machine: {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, stock asyncio loop"
+        )
+        print(
+            f"blob {size} bytes, piece {piece} bytes, {args.in_flight} in flight, "
+            f"aioEnable={int(aio)} (seed {args.seed_aio}), stores under {workdir}"
+        )
+        tcp = measure_tcp(size)
+        print(f"(a) raw TCP, 2 processes, loopback   {tcp / 1e9:6.2f} GB/s")
+        sha = measure_sha256(min(size, 1 << 30), piece)
+        print(f"(b) sha256, one core                 {sha / 1e9:6.2f} GB/s")
+        rate, ready, result = measure_shoal(
+            size, piece, args.in_flight, aio, bool(args.seed_aio), workdir
+        )
+        print(
+            f"(c) shoal store -> store, verified    {rate / 1e9:6.2f} GB/s"
+            f"  ({result['seconds']:.2f} s, sendfile={ready['sendfile']}, receiver CPU "
+            f"user {result['cpu_user']:.2f} s sys {result['cpu_sys']:.2f} s)"
+        )
+        print(f"receiver peak RSS                    {result['peak_rss'] / 2**20:6.0f} MiB")
+        print(f"ratio = (c) / min(a, b)              {rate / min(tcp, sha):6.2f}")
+    finally:
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
