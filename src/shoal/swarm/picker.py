@@ -1,0 +1,445 @@
+"""The agent's piece picker for one blob download: which piece to ask of which parent.
+
+A pure state machine, one per blob being fetched. The shell feeds it what happens
+(``on_parents``, ``on_have``, ``on_fetching``, ``on_started``, ``on_piece``,
+``on_failed``, ``on_timer``) and after any of them calls ``requests(now)``; every call
+returns actions to carry out (``Request``, ``Cancel``, ``ParentFailed`` for the root,
+``NeedParents``). Time is passed in; randomness comes from a seeded ``random.Random``.
+
+Rules:
+
+1. Limits: at most ``per_parent`` requests to one parent and ``total`` in all.
+2. Order: the first ``window`` missing pieces come first, lowest index first, so the
+   runtime can be streamed in order; beyond the window, the rarest among this agent's
+   parents (sampled: ``samples`` random candidates, fewest parents holding it), so that
+   peers hold different pieces to trade. A parent is asked first for pieces it holds,
+   then for pieces it is still fetching (cut-through: it answers when they land).
+3. Stall: a request is stalled when its bytes have been flowing (``on_started``) longer
+   than ``stall_factor`` x the mean piece time seen so far, and never sooner than
+   ``stall_floor`` seconds (Dragonfly drops a parent at 20x the mean; relative, with a
+   floor, so it works at 1 MB/s and at 10 Gbit/s). A request queued at a parent that has
+   not started within ``queue_timeout`` is stalled too. A stalled request is cancelled,
+   the parent dropped and reported ``SLOW``, and the piece asked elsewhere.
+4. A bad piece (hash mismatch) bans the parent for ``ban_seconds`` and is reported
+   ``BAD_PIECE``; an unreachable parent is dropped and reported; a refused request only
+   frees the piece. Every failed piece goes back to the missing set and is asked again.
+5. Endgame: once every missing piece is requested and slots are idle, the oldest
+   requests, if older than the mean piece time, are duplicated at other parents (at
+   most ``endgame`` duplicates); the first copy to land wins, the others are cancelled.
+6. Starving: slots idle, pieces missing and no parent can help -> ``NeedParents`` (at
+   most once per ``refresh_interval``).
+
+Piece state table (``_PIECE``): what happens to a piece on each event.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shoal.swarm.errors import PieceIndexError
+from shoal.swarm.messages import (
+    Cancel,
+    FailReason,
+    NeedParents,
+    ParentFailed,
+    ParentOffer,
+    PeerId,
+    PickerAction,
+    Request,
+)
+from shoal.swarm.pieces import full_mask, lowest
+
+
+class PieceState(enum.Enum):
+    MISSING = "missing"
+    REQUESTED = "requested"
+    DONE = "done"
+
+
+class PieceEvent(enum.Enum):
+    ASK = "ask"
+    LANDED = "landed"
+    LOST = "lost"  # the last request for it failed, stalled or brought bad bytes
+    LOST_COPY = "lost-copy"  # one of several (endgame) requests failed
+
+
+_PIECE: dict[tuple[PieceState, PieceEvent], PieceState] = {
+    (PieceState.MISSING, PieceEvent.ASK): PieceState.REQUESTED,
+    (PieceState.REQUESTED, PieceEvent.ASK): PieceState.REQUESTED,  # endgame duplicate
+    (PieceState.REQUESTED, PieceEvent.LANDED): PieceState.DONE,
+    (PieceState.REQUESTED, PieceEvent.LOST): PieceState.MISSING,
+    (PieceState.REQUESTED, PieceEvent.LOST_COPY): PieceState.REQUESTED,
+    (PieceState.DONE, PieceEvent.LANDED): PieceState.DONE,  # a late duplicate
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PickerPolicy:
+    window: int = 4  #: pieces at the front fetched in order
+    per_parent: int = 3  #: requests in flight to one parent
+    total: int = 12  #: requests in flight in all
+    samples: int = 4  #: rarest-first candidates looked at per pick
+    stall_factor: float = 10.0  #: stalled when a piece runs this many x the mean piece time
+    stall_floor: float = 0.5  #: seconds; never stalled sooner
+    queue_timeout: float = 30.0  #: seconds a request may wait at a parent before it starts
+    ban_seconds: float = 60.0  #: a parent that sent a bad piece is not asked again for this long
+    endgame: int = 4  #: duplicate requests at most, once everything is requested
+    refresh_interval: float = 1.0  #: seconds between NeedParents
+    ewma: float = 0.2  #: weight of the newest piece time in the mean
+
+
+class _Parent:
+    __slots__ = ("has", "inflight", "only", "peer", "pending", "retiring")
+
+    def __init__(self, offer: ParentOffer, full: int) -> None:
+        self.peer = offer.peer
+        self.only = offer.only & full
+        self.has = offer.have & self.only
+        self.pending = offer.fetching & self.only & ~self.has
+        self.inflight = 0
+        self.retiring = False
+
+
+class _Req:
+    __slots__ = ("asked", "parent", "started")
+
+    def __init__(self, parent: PeerId, asked: float) -> None:
+        self.parent = parent
+        self.asked = asked
+        self.started = -1.0
+
+
+class PiecePicker:
+    """Decides the next piece requests of one blob download."""
+
+    def __init__(
+        self,
+        peer: PeerId,
+        blob: str,
+        count: int,
+        policy: PickerPolicy | None = None,
+        *,
+        have: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.peer = peer
+        self.blob = blob
+        self.count = count
+        self.policy = policy or PickerPolicy()
+        self.full = full_mask(count)
+        self.have = have & self.full
+        self.requested = 0  # pieces with at least one request out
+        self._reqs: dict[int, list[_Req]] = {}
+        self._parents: dict[PeerId, _Parent] = {}
+        self._banned: dict[PeerId, float] = {}
+        self._inflight = 0
+        self._mean = 0.0  # mean piece time (started -> landed); 0 until the first
+        self._last_need = float("-inf")
+        self._rng = random.Random(seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PiecePicker {self.blob[:19]} [{self.have.bit_count()}/{self.count} pieces, "
+            f"{self._inflight} in flight, {len(self._parents)} parents, "
+            f"{len(self._banned)} banned | mean piece {self._mean * 1e3:.1f} ms]>"
+        )
+
+    # what the shell reads -----------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.have == self.full
+
+    @property
+    def in_flight(self) -> int:
+        return self._inflight
+
+    @property
+    def idle(self) -> bool:
+        """Room for another request (cheap check before calling ``requests``)."""
+        return self._inflight < self.policy.total and self.have != self.full
+
+    @property
+    def contiguous(self) -> int:
+        """Pieces ready from the start of the blob: what may be streamed to the runtime."""
+        missing = ~self.have & self.full
+        return self.count if not missing else lowest(missing)
+
+    @property
+    def mean_piece_time(self) -> float:
+        return self._mean
+
+    def parents(self) -> list[PeerId]:
+        return [p for p, v in self._parents.items() if not v.retiring]
+
+    def outstanding(self) -> list[tuple[PeerId, int]]:
+        return [(r.parent, i) for i, rs in self._reqs.items() for r in rs]
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` may find a stalled request; ``None`` when nothing is in flight."""
+        limit = self._stall_limit()
+        best: float | None = None
+        for rs in self._reqs.values():
+            for r in rs:
+                t = r.started + limit if r.started >= 0 else r.asked + self.policy.queue_timeout
+                if best is None or t < best:
+                    best = t
+        return best
+
+    # events ---------------------------------------------------------------------------
+
+    def on_parents(self, offers: Sequence[ParentOffer], now: float) -> list[PickerAction]:
+        """A new parent set from the root. Parents left out retire: no new requests."""
+        self._expire_bans(now)
+        keep = set()
+        for o in offers:
+            if o.peer in self._banned:
+                continue
+            keep.add(o.peer)
+            p = self._parents.get(o.peer)
+            if p is None:
+                self._parents[o.peer] = _Parent(o, self.full)
+            else:
+                p.only = o.only & self.full
+                p.has = (p.has | o.have) & p.only
+                p.pending = (p.pending | o.fetching) & p.only & ~p.has
+                p.retiring = False
+        for pid, p in list(self._parents.items()):
+            if pid not in keep:
+                p.retiring = True
+                if p.inflight == 0:
+                    del self._parents[pid]
+        return []
+
+    def on_have(self, parent: PeerId, index: int) -> bool:
+        """``parent`` now holds ``index``; True if that may give an idle slot work."""
+        p = self._parents.get(parent)
+        if p is None:
+            return False
+        bit = (1 << index) & p.only
+        p.has |= bit
+        p.pending &= ~bit
+        return bool(bit & ~self.have & ~self.requested) and self._inflight < self.policy.total
+
+    def on_fetching(self, parent: PeerId, index: int) -> bool:
+        """``parent`` has asked for ``index``: it may be asked for it too (cut-through)."""
+        p = self._parents.get(parent)
+        if p is None:
+            return False
+        bit = (1 << index) & p.only & ~p.has
+        p.pending |= bit
+        return bool(bit & ~self.have & ~self.requested) and self._inflight < self.policy.total
+
+    def on_started(self, parent: PeerId, index: int, now: float) -> None:
+        """The parent began sending ``index``: the stall clock starts."""
+        for r in self._reqs.get(index, ()):
+            if r.parent == parent and r.started < 0:
+                r.started = now
+
+    def on_piece(
+        self, parent: PeerId, index: int, now: float, *, ok: bool = True
+    ) -> list[PickerAction]:
+        """The piece arrived from ``parent``; ``ok`` says whether it matched its hash."""
+        self._check(index)
+        rs = self._reqs.get(index, [])
+        req = next((r for r in rs if r.parent == parent), None)
+        if req is None:
+            return []  # cancelled before, or never asked: ignore
+        if not ok:
+            return self._fail(index, req, FailReason.BAD_PIECE, now)
+        self._remove_req(index, req)
+        self._transition(index, PieceEvent.LANDED)
+        started = req.started if req.started >= 0 else req.asked
+        took = now - started
+        a = self.policy.ewma
+        self._mean = took if self._mean == 0.0 else (1 - a) * self._mean + a * took
+        self.have |= 1 << index
+        actions: list[PickerAction] = []
+        for other in self._reqs.pop(index, []):  # endgame duplicates
+            self._release(other.parent)
+            actions.append(Cancel(other.parent, index))
+        self.requested &= ~(1 << index)
+        return actions
+
+    def on_failed(
+        self, parent: PeerId, index: int, now: float, reason: FailReason = FailReason.UNREACHABLE
+    ) -> list[PickerAction]:
+        """A request ended without the piece (connection error, busy, piece missing)."""
+        self._check(index)
+        req = next((r for r in self._reqs.get(index, []) if r.parent == parent), None)
+        if req is None:
+            return []
+        return self._fail(index, req, reason, now)
+
+    def on_timer(self, now: float) -> list[PickerAction]:
+        """Cancel stalled requests (rule 3); their pieces go back to missing."""
+        limit = self._stall_limit()
+        qt = self.policy.queue_timeout
+        stalled = [
+            (i, r)
+            for i, rs in self._reqs.items()
+            for r in rs
+            if (r.started >= 0 and now - r.started > limit)
+            or (r.started < 0 and now - r.asked > qt)
+        ]
+        actions: list[PickerAction] = []
+        for i, r in stalled:
+            if any(x is r for x in self._reqs.get(i, ())):
+                actions.append(Cancel(r.parent, i))
+                actions += self._fail(i, r, FailReason.SLOW, now)
+        return actions
+
+    # decisions ------------------------------------------------------------------------
+
+    def requests(self, now: float) -> list[PickerAction]:
+        """Fill idle request slots (rules 1, 2, 5, 6)."""
+        pol = self.policy
+        if self._inflight >= pol.total or self.have == self.full:
+            return []
+        actions: list[PickerAction] = []
+        free = self.full & ~self.have & ~self.requested
+        if free:
+            first = lowest(free)
+            window = ((1 << pol.window) - 1) << first
+            for p in list(self._parents.values()):
+                if p.retiring:
+                    continue
+                while p.inflight < pol.per_parent and self._inflight < pol.total:
+                    avail = p.has & free or p.pending & free
+                    if not avail:
+                        break
+                    w = avail & window
+                    index = lowest(w) if w else self._rarest(avail)
+                    self._ask(p, index, now, actions)
+                    free &= ~(1 << index)
+                if self._inflight >= pol.total or not free:
+                    break
+        if not free and self._inflight < pol.total:
+            self._endgame(now, actions)
+        if (
+            free
+            and self._inflight < pol.total // 2
+            and now - self._last_need >= pol.refresh_interval
+        ):
+            self._last_need = now
+            actions.append(NeedParents(self.blob))
+        return actions
+
+    # internals ------------------------------------------------------------------------
+
+    def _rarest(self, avail: int) -> int:
+        best, best_n = -1, 1 << 30
+        views = [p.has | p.pending for p in self._parents.values()]
+        for _ in range(self.policy.samples):
+            r = self._rng.randrange(self.count)
+            x = avail >> r
+            i = r + lowest(x) if x else lowest(avail)
+            n = sum((v >> i) & 1 for v in views)
+            if n < best_n or (n == best_n and i < best):
+                best, best_n = i, n
+        return best
+
+    def _ask(self, p: _Parent, index: int, now: float, actions: list[PickerAction]) -> None:
+        self._transition(index, PieceEvent.ASK)
+        self._reqs.setdefault(index, []).append(_Req(p.peer, now))
+        self.requested |= 1 << index
+        p.inflight += 1
+        self._inflight += 1
+        actions.append(Request(p.peer, index))
+
+    def _endgame(self, now: float, actions: list[PickerAction]) -> None:
+        pol = self.policy
+        dups = sum(len(rs) - 1 for rs in self._reqs.values())
+        if dups >= pol.endgame:
+            return
+        for index in sorted(self._reqs, key=lambda i: min(r.asked for r in self._reqs[i])):
+            if now - min(r.asked for r in self._reqs[index]) < self._mean:
+                return  # the oldest is younger than a piece time: nothing is late yet
+            asked = {r.parent for r in self._reqs[index]}
+            for p in self._parents.values():
+                if (
+                    p.retiring
+                    or p.peer in asked
+                    or p.inflight >= pol.per_parent
+                    or not (p.has >> index) & 1
+                ):
+                    continue
+                self._ask(p, index, now, actions)
+                dups += 1
+                break
+            if dups >= pol.endgame or self._inflight >= pol.total:
+                return
+
+    def _fail(self, index: int, req: _Req, reason: FailReason, now: float) -> list[PickerAction]:
+        self._remove_req(index, req)
+        rs = self._reqs.get(index)
+        if rs:
+            self._transition(index, PieceEvent.LOST_COPY)
+        else:
+            self._transition(index, PieceEvent.LOST)
+            self._reqs.pop(index, None)
+            self.requested &= ~(1 << index)
+        actions: list[PickerAction] = []
+        if reason is not FailReason.REFUSED:
+            actions += self._drop_parent(req.parent, now, reason, index)
+        return actions
+
+    def _drop_parent(
+        self, parent: PeerId, now: float, reason: FailReason, index: int
+    ) -> list[PickerAction]:
+        """Stop using ``parent``: cancel its other requests, report it to the root."""
+        actions: list[PickerAction] = []
+        if reason is FailReason.BAD_PIECE:
+            self._banned[parent] = now + self.policy.ban_seconds
+        if self._parents.pop(parent, None) is None:
+            return actions
+        for i in [i for i, rs in self._reqs.items() if any(r.parent == parent for r in rs)]:
+            for r in [r for r in self._reqs[i] if r.parent == parent]:
+                actions.append(Cancel(parent, i))
+                self._reqs[i].remove(r)
+                self._inflight -= 1
+            if not self._reqs[i]:
+                del self._reqs[i]
+                self._transition(i, PieceEvent.LOST)
+                self.requested &= ~(1 << i)
+        actions.append(ParentFailed(self.peer, self.blob, parent, reason, index))
+        return actions
+
+    def _remove_req(self, index: int, req: _Req) -> None:
+        rs = self._reqs[index]
+        rs.remove(req)
+        if not rs:
+            del self._reqs[index]
+        self._release(req.parent)
+
+    def _release(self, parent: PeerId) -> None:
+        self._inflight -= 1
+        p = self._parents.get(parent)
+        if p is not None:
+            p.inflight -= 1
+            if p.retiring and p.inflight == 0:
+                del self._parents[parent]
+
+    def _transition(self, index: int, event: PieceEvent) -> None:
+        if (self.have >> index) & 1:
+            state = PieceState.DONE
+        elif (self.requested >> index) & 1:
+            state = PieceState.REQUESTED
+        else:
+            state = PieceState.MISSING
+        if (state, event) not in _PIECE:
+            raise PieceIndexError(f"piece {index}: {event.value} when {state.value}")
+
+    def _stall_limit(self) -> float:
+        return max(self.policy.stall_floor, self.policy.stall_factor * self._mean)
+
+    def _expire_bans(self, now: float) -> None:
+        for pid in [p for p, t in self._banned.items() if t <= now]:
+            del self._banned[pid]
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.count:
+            raise PieceIndexError(f"piece {index} outside 0..{self.count - 1}")
