@@ -74,8 +74,12 @@ async def image(tmp_path: Path, origin: OriginRegistry) -> BuiltImage:
     return img
 
 
-def agent_config(origin_address: str, **sections: dict[str, object]) -> Config:
+def agent_config(
+    origin_address: str, cache: Path | None = None, **sections: dict[str, object]
+) -> Config:
+    """An agent on loopback with kernel-chosen ports; a relay unless given a ``cache``."""
     data: dict[str, object] = {
+        "CacheConfig": {"path": str(cache) if cache else "", "capacity": 1 << 30},
         "ProxyConfig": {"port": 0, "listen": "127.0.0.1"},
         "ExporterConfig": {"port": 0},
         "UpstreamConfig": {
@@ -93,6 +97,12 @@ def agent_config(origin_address: str, **sections: dict[str, object]) -> Config:
 @pytest.fixture
 async def agent(origin: OriginRegistry) -> AsyncIterator[Agent]:
     async with Agent(agent_config(origin.address)) as a:
+        yield a
+
+
+@pytest.fixture
+async def cached_agent(tmp_path: Path, origin: OriginRegistry) -> AsyncIterator[Agent]:
+    async with Agent(agent_config(origin.address, cache=tmp_path / "agent-cache")) as a:
         yield a
 
 

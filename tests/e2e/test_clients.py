@@ -53,10 +53,14 @@ async def metric_count(agent: Agent, kind: str) -> float:
     raise AssertionError("DADIP2P_Count missing")
 
 
-@pytest.fixture
-async def audited_agent(tmp_path: Path, origin: OriginRegistry) -> AsyncIterator[Agent]:
+@pytest.fixture(params=["relay", "store"])
+async def audited_agent(
+    request: pytest.FixtureRequest, tmp_path: Path, origin: OriginRegistry
+) -> AsyncIterator[Agent]:
+    """The agent both ways: relaying the origin's bytes, and through its piece store."""
     cfg = agent_config(
         origin.address,
+        cache=tmp_path / "cache" if request.param == "store" else None,
         DeployConfig={"logAudit": True, "logAuditMode": "file", "logDir": str(tmp_path / "log")},
     )
     async with Agent(cfg) as a:

@@ -13,11 +13,14 @@ from types import TracebackType
 
 from aiohttp import web
 
+from shoal.cache.store import PieceStore
 from shoal.config import Config
 from shoal.errors import ShoalError
-from shoal.observability import AuditLog, Metrics
+from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
 from shoal.registry.mirror import Mirror
+from shoal.registry.origin_fetch import OriginFetcher
+from shoal.registry.provider import BlobProvider, OriginProvider
 from shoal.registry.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,25 @@ class Agent:
         self.metrics = Metrics(node_label(config, config.proxy.port), config.deploy.mode)
         self.audit = AuditLog.from_config(config.deploy)
         self.upstream = UpstreamClient(config.upstream)
-        self.mirror = Mirror(config, self.upstream, self.metrics, self.audit)
+        self.store: PieceStore | None = None
+        self.fetcher: OriginFetcher | None = None
+        provider: BlobProvider | None = None
+        if config.cache.path:
+            self.store = PieceStore.from_config(
+                config.cache,
+                disk_meter=lambda n, s: self.metrics.record(MetricType.DISK, n, s),
+                audit=self.audit,
+            )
+            self.metrics.set_cache_source(self.store.usage)
+            self.fetcher = OriginFetcher(
+                self.store,
+                self.upstream,
+                self.metrics,
+                self.audit,
+                concurrency=config.proxy.proxy_concurrency_limit,
+            )
+            provider = OriginProvider(self.store, self.fetcher)
+        self.mirror = Mirror(config, self.upstream, self.metrics, self.audit, provider=provider)
         self._runners: list[web.AppRunner] = []
         self.proxy_port = 0
         self.exporter_port = 0
@@ -52,6 +73,8 @@ class Agent:
 
     async def __aenter__(self) -> Agent:
         try:
+            if self.store is not None:
+                await self.store.open()
             self.proxy_port = await self._serve(self.mirror.app(), self.config.proxy.port)
             self.metrics.node = node_label(self.config, self.proxy_port)
             exporter = self.config.exporter
@@ -94,5 +117,9 @@ class Agent:
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
+        if self.fetcher is not None:
+            await self.fetcher.close()
+        if self.store is not None:
+            await self.store.close()
         await self.upstream.close()
         self.audit.close()

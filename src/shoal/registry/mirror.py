@@ -40,13 +40,17 @@ from shoal.oci.manifest import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from shoal.oci.range import ByteRange, parse_content_range, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
 from shoal.oci.upstream import derive_upstream
+from shoal.registry.access import AccessChecker
 from shoal.registry.hashing import BackgroundVerifier
+from shoal.registry.origin_fetch import Source
+from shoal.registry.provider import BlobProvider
 from shoal.registry.responses import (
     API_VERSION_HEADER,
     error_response,
     oci_error,
     relay_upstream_error,
 )
+from shoal.registry.store_stream import blob_headers, stream_from_store
 from shoal.registry.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -68,12 +72,21 @@ class Mirror:
     """The mirror's handlers; ``app()`` builds the ``aiohttp`` application."""
 
     def __init__(
-        self, config: Config, upstream: UpstreamClient, metrics: Metrics, audit: AuditLog
+        self,
+        config: Config,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        audit: AuditLog,
+        *,
+        provider: BlobProvider | None = None,
+        access: AccessChecker | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
         self.metrics = metrics
         self.audit = audit
+        self.provider = provider
+        self.access = access or AccessChecker(upstream, config.upstream.access_check_ttl)
         self._limit = asyncio.Semaphore(config.proxy.proxy_concurrency_limit)
         self.waiting = 0
 
@@ -190,9 +203,43 @@ class Mirror:
         byte_range = _client_range(request)
         path = f"/v2/{name}/blobs/{digest}"
         pathname = f"/{self.upstream.base_url(host)}{path}"
+        if self.provider is not None:
+            return await self._serve_stored(request, host, name, digest, byte_range, pathname)
         if request.method == "HEAD":
             return await self._head_blob(request, host, path, digest)
         return await self._relay_blob(request, host, path, pathname, digest, byte_range)
+
+    async def _serve_stored(
+        self,
+        request: web.Request,
+        host: str,
+        name: str,
+        digest: Digest,
+        byte_range: ByteRange | None,
+        pathname: str,
+    ) -> web.StreamResponse:
+        """Through the piece store: the origin decides who may read, the store serves."""
+        assert self.provider is not None
+        authorization = request.headers.get("Authorization", "")
+        granted = await self.access.check(host, name, digest, authorization)
+        if request.method == "HEAD":
+            headers = blob_headers(digest)
+            info = self.provider.store.lookup(str(digest))
+            size = info.size if info is not None else granted.size
+            if size is not None:
+                headers["Content-Length"] = str(size)
+            return web.Response(status=200, headers=headers)
+        info = await self.provider.ensure(digest, Source(host, name, authorization))
+        return await stream_from_store(
+            request,
+            self.provider.store,
+            digest,
+            info,
+            byte_range,
+            metrics=self.metrics,
+            audit=self.audit,
+            pathname=pathname,
+        )
 
     async def _head_blob(
         self, request: web.Request, host: str, path: str, digest: Digest

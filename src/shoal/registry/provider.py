@@ -1,0 +1,39 @@
+"""Where the mirror gets a blob it does not relay: something that fills the piece store.
+
+The mirror asks a ``BlobProvider`` to make sure a download of the blob is under way (or
+done) and then streams from the store as pieces land. Without roots, the provider is
+the agent itself fetching from the origin (``OriginProvider``); with roots, it is the
+swarm, which falls back to the origin when no root answers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shoal.cache.blob import BlobInfo
+from shoal.cache.store import PieceStore
+from shoal.oci.digest import Digest
+from shoal.registry.origin_fetch import OriginFetcher, Source
+
+
+class BlobProvider(Protocol):
+    store: PieceStore
+
+    async def ensure(self, digest: Digest, source: Source) -> BlobInfo:
+        """Start or join the blob's download; return its geometry once known."""
+        ...
+
+
+class OriginProvider:
+    """The agent fetches from the origin itself, once per blob, into its store."""
+
+    def __init__(self, store: PieceStore, fetcher: OriginFetcher) -> None:
+        self.store = store
+        self.fetcher = fetcher
+
+    def __repr__(self) -> str:
+        return f"<OriginProvider {self.fetcher!r}>"
+
+    async def ensure(self, digest: Digest, source: Source) -> BlobInfo:
+        info, _ = await self.fetcher.start(digest, source)
+        return info

@@ -1,0 +1,95 @@
+"""Serve a blob (or a range of it) from the piece store, following a download in progress.
+
+The client gets bytes in order as pieces land: each piece is waited for, read and
+written out, so the runtime starts unpacking while later pieces are still arriving. A
+whole-blob answer is hashed once more on its way out and its last chunk held back
+until the digest matches, exactly as on the relay path: whatever filled the store
+(the origin, peers, a crash-surviving journal), the client never takes a wrong blob for
+a whole one. If the download fails, the connection is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from shoal.cache.blob import BlobInfo
+from shoal.cache.layout import pieces_of_range
+from shoal.cache.store import PieceStore
+from shoal.errors import DigestMismatchError, ShoalError
+from shoal.observability import AuditLog, Metrics, MetricType
+from shoal.observability.audit import HTTP_PREAD
+from shoal.oci.digest import Digest
+from shoal.oci.range import ByteRange
+from shoal.registry.hashing import BackgroundVerifier
+from shoal.registry.responses import API_VERSION_HEADER
+
+log = logging.getLogger(__name__)
+
+
+def blob_headers(digest: Digest) -> dict[str, str]:
+    headers = dict(API_VERSION_HEADER)
+    headers.update(
+        {
+            "Content-Type": "application/octet-stream",
+            "Docker-Content-Digest": str(digest),
+            "Accept-Ranges": "bytes",
+        }
+    )
+    return headers
+
+
+async def stream_from_store(
+    request: web.Request,
+    store: PieceStore,
+    digest: Digest,
+    info: BlobInfo,
+    byte_range: ByteRange | None,
+    *,
+    metrics: Metrics,
+    audit: AuditLog,
+    pathname: str,
+) -> web.StreamResponse:
+    key = str(digest)
+    first, last = (0, info.size - 1) if byte_range is None else byte_range.resolve(info.size)
+    out = web.StreamResponse(status=200 if byte_range is None else 206)
+    out.headers.update(blob_headers(digest))
+    if byte_range is not None:
+        out.headers["Content-Range"] = f"bytes {first}-{last}/{info.size}"
+    out.content_length = last - first + 1
+    verifier = BackgroundVerifier(digest) if byte_range is None else None
+    start = time.perf_counter()
+    with audit.timed(HTTP_PREAD, pathname, first) as rec, store.lease(key):
+        await out.prepare(request)
+        pending = b""
+        try:
+            for index in pieces_of_range(info.piece_size, first, last - first + 1):
+                await store.wait_piece(key, index)
+                piece_start = index * info.piece_size
+                lo = max(first, piece_start)
+                hi = min(last + 1, piece_start + info.piece_length(index))
+                data = await store.read_range(key, lo, hi - lo)
+                if verifier is not None:
+                    await verifier.update(data)
+                if pending:
+                    await out.write(pending)
+                    rec.size += len(pending)
+                    metrics.add_bytes(MetricType.PREAD, len(pending))
+                pending = data
+            if verifier is not None and not await verifier.matches():
+                raise DigestMismatchError(f"{key}: stored bytes do not hash to the digest")
+        except ShoalError as exc:
+            log.error("serving %s from the store failed: %s; cutting the response", key, exc)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            raise
+        if pending:
+            await out.write(pending)
+            rec.size += len(pending)
+            metrics.add_bytes(MetricType.PREAD, len(pending))
+        await out.write_eof()
+    metrics.record(MetricType.PREAD, 0, time.perf_counter() - start)
+    return out
