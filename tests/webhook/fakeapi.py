@@ -36,6 +36,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorization: set[str] = set()
         self.events: list[tuple[int, str, dict[str, Any]]] = []
         self.rv = 1000
         self.fail_with: int | None = None
@@ -105,6 +106,7 @@ class FakeApi:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        self.authorization.add(request.headers.get("Authorization", ""))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_with is not None:
