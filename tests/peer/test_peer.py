@@ -86,7 +86,10 @@ async def test_stat_and_verified_reads(store: PieceStore, host: str) -> None:
 async def test_errors_are_answers_and_the_connection_survives(store: PieceStore) -> None:
     digest, data = await add_blob(store, 3, skip=(1,))
     other = "sha256:" + "0" * 64
-    async with PeerServer(store, SECRET, host="127.0.0.1") as server, PeerClient(SECRET) as client:
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", piece_wait=0.1) as server,
+        PeerClient(SECRET) as client,
+    ):
         peer = f"127.0.0.1:{server.port}"
         with pytest.raises(PeerRequestError) as missing:
             await client.read(peer, digest, PIECE, PIECE)
@@ -97,11 +100,43 @@ async def test_errors_are_answers_and_the_connection_survives(store: PieceStore)
         with pytest.raises(PeerRequestError) as beyond:
             await client.read(peer, digest, len(data) - 10, 20)
         assert beyond.value.code is ErrorCode.PIECE_MISSING
-        # cut-through: the moment the piece lands it is served
         await store.write_piece(digest, 1, pieces(data)[1])
         assert bytes(await client.read(peer, digest, PIECE, PIECE)) == pieces(data)[1]
         conn = await client.connection(peer)
         assert conn.requests == 4 and conn.alive
+
+
+async def test_cut_through_reads_wait_for_the_piece(store: PieceStore) -> None:
+    digest, data = await add_blob(store, 4, skip=(2, 3))
+    parts = pieces(data)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", piece_wait=10) as server,
+        PeerClient(SECRET) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        started: list[int] = []
+        waiting = asyncio.create_task(
+            client.read(
+                peer,
+                digest,
+                2 * PIECE,
+                PIECE,
+                sha256=sha(parts[2]),
+                on_start=lambda: started.append(2),
+            )
+        )
+        abandoned = asyncio.create_task(client.read(peer, digest, 3 * PIECE, PIECE))
+        await asyncio.sleep(0.1)
+        # a queued read does not hold up the others on the same connection
+        assert bytes(await client.read(peer, digest, 0, PIECE)) == parts[0]
+        assert not waiting.done() and started == []
+        await store.write_piece(digest, 2, parts[2])  # lands: served at once
+        assert bytes(await asyncio.wait_for(waiting, 5)) == parts[2]
+        assert started == [2]
+        store.abandon_piece(digest, 3)  # nobody fetches it any more
+        with pytest.raises(PeerRequestError) as gave_up:
+            await asyncio.wait_for(abandoned, 5)
+        assert gave_up.value.code is ErrorCode.PIECE_MISSING
 
 
 async def test_multiplexed_reads_on_one_connection(store: PieceStore) -> None:

@@ -177,6 +177,11 @@ class Blob:
             if not fut.done():
                 fut.set_result(None)
 
+    def fail_piece_waiters(self, index: int, exc: BaseException) -> None:
+        for fut in self.waiters.pop(index, ()):
+            if not fut.done():
+                fut.set_exception(exc)
+
     def fail_waiters(self, exc: BaseException) -> None:
         waiters, self.waiters = self.waiters, {}
         for futs in waiters.values():

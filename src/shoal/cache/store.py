@@ -36,10 +36,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from shoal.cache import diskio
 from shoal.cache import journal as jr
@@ -67,6 +68,7 @@ from shoal.errors import BlobUnknownError, DigestMismatchError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 PieceListener = Callable[[str, int], None]
 #: ``disk_meter(nbytes, latency_s)`` per disk read/write: the ``disk`` metrics type
@@ -113,6 +115,9 @@ class PieceStore:
         self._reserved = 0
         self._tick = 0
         self._listeners: list[PieceListener] = []
+        #: threads doing blocking reads and writes; direct writes wait on the device here
+        self.disk_threads = 4
+        self._executor: ThreadPoolExecutor | None = None
         self._opened = False
 
     @classmethod
@@ -180,6 +185,9 @@ class PieceStore:
         self._blobs.clear()
         self._used = 0
         self._opened = False
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown)
 
     # -- queries -------------------------------------------------------------------
 
@@ -311,7 +319,7 @@ class PieceStore:
                 self._reserve(blob, length)
                 try:
                     if self.aio:
-                        await asyncio.to_thread(
+                        await self._disk(
                             diskio.write_direct,
                             blob.fileno(),
                             blob.direct_fileno(),
@@ -319,7 +327,7 @@ class PieceStore:
                             data,
                         )
                     else:
-                        await asyncio.to_thread(
+                        await self._disk(
                             diskio.write_buffered, blob.fileno(), blob.offset(index), data
                         )
                     if blob.present[index]:  # a concurrent writer won
@@ -381,11 +389,24 @@ class PieceStore:
     # -- reading -------------------------------------------------------------------
 
     async def wait_piece(self, digest: str, index: int) -> None:
-        """Return once piece ``index`` is present; ``BlobEvictedError`` if the blob goes."""
+        """Return once piece ``index`` is present.
+
+        Raises ``BlobEvictedError`` if the blob goes, ``PieceMissingError`` if the
+        downloader gives the piece up (``abandon_piece``). Callers bound the wait.
+        """
         blob = self._get(digest)
         if blob.present[index]:
             return
         await blob.waiter(index)
+
+    def abandon_piece(self, digest: str, index: int) -> None:
+        """Nobody is fetching piece ``index`` now: whoever waits for it gets
+        ``PieceMissingError`` (a peer queued on it for cut-through is told PIECE_MISSING)."""
+        blob = self._blobs.get(digest)
+        if blob is not None and not blob.present[index]:
+            blob.fail_piece_waiters(
+                index, PieceMissingError(f"{digest} piece {index} was abandoned")
+            )
 
     async def read_piece(self, digest: str, index: int) -> bytes:
         blob = self._get(digest)
@@ -401,7 +422,7 @@ class PieceStore:
             with self._op(FILEREAD, digest, offset) as rec:
                 await self._ensure_verified(blob, pieces_of_range(blob.piece_size, offset, length))
                 try:
-                    data = await asyncio.to_thread(os.pread, blob.fileno(), length, offset)
+                    data = await self._disk(os.pread, blob.fileno(), length, offset)
                 except OSError as exc:
                     raise PieceReadError(f"{digest} @{offset}: {exc.strerror}") from exc
                 if len(data) != length:
@@ -452,6 +473,12 @@ class PieceStore:
         self._tick += 1
         blob.last_used = self._tick
 
+    async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking file I/O on the store's own threads, never behind hashing work."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.disk_threads, thread_name_prefix="shoal-disk")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     def _reserve(self, blob: Blob, length: int) -> None:
         while self._used + self._reserved + length > self.capacity:
             idle = [b for b in self._blobs.values() if b.pins == 0 and b is not blob]
@@ -479,7 +506,7 @@ class PieceStore:
             if blob.verified[index]:
                 continue
             try:
-                data = await asyncio.to_thread(
+                data = await self._disk(
                     os.pread, blob.fileno(), blob.piece_length(index), blob.offset(index)
                 )
             except OSError as exc:

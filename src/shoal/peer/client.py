@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 
 from shoal.cache import PieceCorruptError
 from shoal.observability import Metrics, MetricType
@@ -63,12 +64,19 @@ def parse_address(peer: str | Address) -> Address:
 
 
 class _Pending:
-    __slots__ = ("buffer", "filled", "future", "length")
+    __slots__ = ("buffer", "filled", "future", "length", "on_start")
 
-    def __init__(self, future: asyncio.Future[object], buffer: memoryview | None, length: int):
+    def __init__(
+        self,
+        future: asyncio.Future[object],
+        buffer: memoryview | None,
+        length: int,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
         self.future = future
         self.buffer = buffer
         self.length = length
+        self.on_start = on_start
         self.filled = 0
 
 
@@ -162,6 +170,8 @@ class PeerConnection(asyncio.BufferedProtocol):
             if pending is not None and pending.length != event.length:
                 raise ProtocolError(f"asked for {pending.length} bytes, peer sends {event.length}")
             self._body = pending
+            if pending is not None and pending.on_start is not None:
+                pending.on_start()
             if pending is not None and pending.buffer is not None:
                 pending.filled = self.conn.read_body_into(pending.buffer)
             else:
@@ -334,11 +344,14 @@ class PeerClient:
         *,
         into: memoryview | bytearray | None = None,
         sha256: bytes | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> memoryview:
         """Bytes ``offset .. offset+length-1`` of ``digest`` from ``peer``.
 
         They land in ``into`` (which must hold ``length`` bytes) or a new buffer. With
-        ``sha256`` they are verified before this returns.
+        ``sha256`` they are verified before this returns (``PieceCorruptError``).
+        ``on_start()`` is called when the answer's first bytes arrive (the swarm's
+        ``on_started``: a cut-through parent may hold the request until the piece lands).
         """
         buffer = memoryview(into if into is not None else bytearray(length)).cast("B")
         if len(buffer) < length:
@@ -349,7 +362,8 @@ class PeerClient:
         async with conn.slots:
             fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
             req = ReadRequest(conn.next_id(), digest, offset, length)
-            await conn.request(req, _Pending(fut, buffer, length), self.request_timeout)
+            pending = _Pending(fut, buffer, length, on_start)
+            await conn.request(req, pending, self.request_timeout)
         if sha256 is not None:
             got = await asyncio.to_thread(_sha256, buffer)
             if got != sha256:

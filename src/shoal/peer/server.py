@@ -6,14 +6,17 @@ Design decisions:
   (``os.sendfile`` under the stock asyncio loop), never through Python. uvloop has no
   sendfile (``NotImplementedError``), so the agent runs the stock loop; under a loop
   without it the server falls back to ``pread`` + ``write`` and logs that once.
-- **One writer per connection.** ``loop.sendfile`` writes to the socket behind the
-  transport's back, so any other write at the same time would splice bytes into the
-  middle of a body. Every answer (stat, data, error, pong) is therefore produced by the
-  connection's single worker task, in request order; requests queue up to
-  ``max_in_flight`` and reading pauses beyond that (back-pressure instead of memory).
-- **Cut-through is the store's job:** a piece is readable the moment it is present and
-  verified, so a peer still downloading a blob already serves what it has. A read of a
-  piece not present gets ``PIECE_MISSING`` at once; the swarm asks someone else.
+- **Requests run concurrently, writes one at a time.** Each request is a task owned
+  by its connection, so a read waiting for a piece still in flight does not hold up a
+  stat or another read. ``loop.sendfile`` writes to the socket behind the transport's
+  back, so every answer is written under the connection's write lock: a frame is never
+  spliced into the middle of a body. Beyond ``max_in_flight`` requests per connection
+  the server stops reading from it (back-pressure instead of memory).
+- **Cut-through:** a read of a piece the store does not have yet, for a blob it does
+  have, waits up to ``piece_wait`` seconds for the piece to land (the swarm hands out
+  parents that are still receiving a piece). The downloader calls
+  ``PieceStore.abandon_piece`` when it gives a piece up; waiting readers are then
+  answered ``PIECE_MISSING`` at once.
 - **Nothing before authentication:** the wire handshake (HMAC over both nonces) must
   finish within ``handshake_timeout`` or the connection is closed; a malformed frame
   closes it with the reason logged.
@@ -65,6 +68,7 @@ class PeerServer:
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
         max_in_flight: int = 16,
+        piece_wait: float = 30.0,
         handshake_timeout: float = 10.0,
     ) -> None:
         self.store = store
@@ -73,6 +77,7 @@ class PeerServer:
         self.metrics = metrics
         self.audit = audit or AuditLog(None)
         self.max_in_flight = max_in_flight
+        self.piece_wait = piece_wait
         self.handshake_timeout = handshake_timeout
         self._secret = secret
         self._host = host
@@ -132,8 +137,8 @@ class _ServerConnection(asyncio.Protocol):
         self.conn = Connection(Role.SERVER, server._secret, node=server.node)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.queue: asyncio.Queue[WireEvent] = asyncio.Queue()
-        self.worker: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._write_lock = asyncio.Lock()
         self._writable = asyncio.Event()
         self._writable.set()
         self._paused_reading = False
@@ -150,7 +155,6 @@ class _ServerConnection(asyncio.Protocol):
         transport.write(self.conn.data_to_send())
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.server.handshake_timeout, self._handshake_expired)
-        self.worker = loop.create_task(self._work(), name=f"peer-serve {self.peer}")
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -163,11 +167,9 @@ class _ServerConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self.abort(exc.message)
             return
+        # only the handshake's Auth comes out here, before any request can be running
         if self.transport is not None and (out := self.conn.data_to_send()):
-            self.queue.put_nowait(_Raw(out))
-        if self.queue.qsize() > self.server.max_in_flight and not self._paused_reading:
-            self._paused_reading = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.write(out)
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
@@ -177,8 +179,8 @@ class _ServerConnection(asyncio.Protocol):
         self.server._connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
-        if self.worker is not None:
-            self.worker.cancel()
+        for task in self.tasks:
+            task.cancel()
         self._writable.set()
 
     def pause_writing(self) -> None:
@@ -194,10 +196,25 @@ class _ServerConnection(asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
             log.debug("peer %s (%s) authenticated", self.peer, event.peer_node)
-        elif isinstance(event, StatRequest | ReadRequest | Ping):
-            self.queue.put_nowait(event)
-        else:
+            return
+        if not isinstance(event, StatRequest | ReadRequest | Ping):
             raise ProtocolError(f"a server does not accept {type(event).__name__}")
+        task = asyncio.get_running_loop().create_task(self._handle(event))
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if len(self.tasks) >= self.server.max_in_flight and not self._paused_reading:
+            self._paused_reading = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.abort(f"answer failed: {exc!r}")
+        if self._paused_reading and len(self.tasks) < self.server.max_in_flight:
+            self._paused_reading = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def _handshake_expired(self) -> None:
         self.abort("no authentication within the handshake timeout")
@@ -208,40 +225,23 @@ class _ServerConnection(asyncio.Protocol):
             self.transport.close()
 
     async def closed(self) -> None:
-        if self.worker is not None:
-            await asyncio.gather(self.worker, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    async def _drain(self) -> None:
-        await self._writable.wait()
+    async def _send(self, event: WireEvent) -> None:
+        async with self._write_lock:
+            assert self.transport is not None
+            self.transport.write(self.conn.send(event))
+            await self._writable.wait()
 
-    def _write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+    # -- answering -------------------------------------------------------------------
 
-    # -- the worker: every write to the socket happens here --------------------------
-
-    async def _work(self) -> None:
-        try:
-            await self._serve()
-        except (ConnectionError, OSError) as exc:
-            self.abort(f"send failed: {exc}")
-
-    async def _serve(self) -> None:
-        while True:
-            event = await self.queue.get()
-            if self._paused_reading and self.queue.qsize() <= self.server.max_in_flight // 2:
-                self._paused_reading = False
-                assert self.transport is not None
-                self.transport.resume_reading()
-            if isinstance(event, _Raw):
-                self._write(event.data)
-            elif isinstance(event, Ping):
-                self._write(self.conn.send(Pong(event.opaque)))
-            elif isinstance(event, StatRequest):
-                self._write(self.conn.send(self._stat(event)))
-            elif isinstance(event, ReadRequest):
-                await self._read(event)
-            await self._drain()
+    async def _handle(self, event: WireEvent) -> None:
+        if isinstance(event, Ping):
+            await self._send(Pong(event.opaque))
+        elif isinstance(event, StatRequest):
+            await self._send(self._stat(event))
+        elif isinstance(event, ReadRequest):
+            await self._read(event)
 
     def _stat(self, req: StatRequest) -> WireEvent:
         start = time.perf_counter()
@@ -256,22 +256,26 @@ class _ServerConnection(asyncio.Protocol):
         return _stat_response(req.request_id, info)
 
     async def _read(self, req: ReadRequest) -> None:
-        server = self.server
+        server, store = self.server, self.server.store
         start = time.perf_counter()
         with server.audit.timed(RPC_PREAD, req.digest, req.offset) as rec:
             try:
-                with server.store.lease(req.digest):
-                    src = await server.store.file_range(req.digest, req.offset, req.length)
+                with store.lease(req.digest) as info:
+                    await self._wait_for_range(info, req)
+                    src = await store.file_range(req.digest, req.offset, req.length)
                     copy = None
                     if not server.sendfile_native:
-                        copy = await server.store.read_range(req.digest, req.offset, req.length)
+                        copy = await store.read_range(req.digest, req.offset, req.length)
                     await server.throttle.consume(req.length)
-                    self._write(self.conn.send(Data(req.request_id, req.length)))
-                    # from here on a failure can only close the connection: body promised
-                    await self._send_body(src.file, src.offset, src.length, copy)
+                    async with self._write_lock:
+                        assert self.transport is not None
+                        self.transport.write(self.conn.send(Data(req.request_id, req.length)))
+                        # from here on a failure can only close the connection: body promised
+                        await self._send_body(src.file, src.offset, src.length, copy)
+                        await self._writable.wait()
             except ShoalError as exc:
                 rec.size = -1
-                self._write(self.conn.send(_error_for(req.request_id, exc)))
+                await self._send(_error_for(req.request_id, exc))
                 return
             rec.size = req.length
         server.reads += 1
@@ -279,9 +283,26 @@ class _ServerConnection(asyncio.Protocol):
         if server.metrics is not None:
             server.metrics.record(MetricType.PEER, req.length, time.perf_counter() - start)
 
+    async def _wait_for_range(self, info: BlobInfo, req: ReadRequest) -> None:
+        if req.offset < 0 or req.length <= 0 or req.offset + req.length > info.size:
+            raise PieceMissingError(f"{req.digest}: range {req.offset}+{req.length} outside blob")
+        first = req.offset // info.piece_size
+        last = (req.offset + req.length - 1) // info.piece_size
+        missing = [i for i in range(first, last + 1) if not info.has(i)]
+        if not missing:
+            return
+        try:
+            async with asyncio.timeout(self.server.piece_wait):
+                for index in missing:
+                    await self.server.store.wait_piece(req.digest, index)
+        except TimeoutError as exc:
+            raise PieceMissingError(
+                f"{req.digest}: pieces {missing} did not arrive in {self.server.piece_wait}s"
+            ) from exc
+
     async def _send_body(self, file: Any, offset: int, length: int, copy: bytes | None) -> None:
         assert self.transport is not None
-        if copy is None and length:
+        if copy is None:
             try:
                 loop = asyncio.get_running_loop()
                 await loop.sendfile(self.transport, file, offset, length, fallback=False)
@@ -292,17 +313,7 @@ class _ServerConnection(asyncio.Protocol):
                 log.warning("sendfile unavailable (%s); copying through Python", exc)
                 self.server.sendfile_native = False
                 copy = os.pread(file.fileno(), length, offset)
-        if copy:
-            self._write(copy)
-
-
-class _Raw(WireEvent):
-    """Queued handshake bytes, so that they too leave through the single writer."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+        self.transport.write(copy)
 
 
 def _stat_response(request_id: int, info: BlobInfo) -> StatResponse:
