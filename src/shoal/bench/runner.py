@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -68,6 +69,9 @@ class ModeResult:
     origin_blob_bytes: int  # blob bodies in the registry's log
     wall_s: float
     skipped: str | None = None
+    #: CPU seconds (user + system) of the mode's own processes, reaped by its end: the
+    #: clients, caches, agents, swarm; not the origin registry, not other users' load
+    own_cpu_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -153,6 +157,7 @@ async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     tx0 = ctx.cluster.tx_bytes(ctx.cluster.origin)
     served0 = len(ctx.origin.served())
     t0 = time.monotonic()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         run = await MODES[mode](ctx)
     except BenchError as exc:
@@ -160,9 +165,11 @@ async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
         run = ModeRun(mode, [], CpuUse(0, 0.0, 0.0), notes=[f"not run: {exc.message}"])
         run.extra["skipped"] = exc.message
     wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     tx = ctx.cluster.tx_bytes(ctx.cluster.origin) - tx0
     blobs = sum(
         r.written for r in ctx.origin.served()[served0:] if r.method == "GET" and "/blobs/" in r.uri
     )
     skipped = str(run.extra.get("skipped")) if "skipped" in run.extra else None
-    return ModeResult(run, tx, blobs, wall, skipped)
+    return ModeResult(run, tx, blobs, wall, skipped, own)
