@@ -85,6 +85,8 @@ class FakeApi:
         app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get)
         app.router.add_put("/api/v1/namespaces/{ns}/secrets/{name}", self._replace)
         app.router.add_delete("/api/v1/namespaces/{ns}/secrets/{name}", self._delete)
+        app.router.add_post("/api/v1/namespaces", self._namespace)
+        app.router.add_delete("/api/v1/namespaces/{ns}", self._namespace)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -162,7 +164,10 @@ class FakeApi:
             for rv, kind, obj in list(self.events):
                 if rv > sent and self._matches(obj, request):
                     line = json.dumps({"type": kind, "object": obj}) + "\n"
-                    await resp.write(line.encode())
+                    try:
+                        await resp.write(line.encode())
+                    except ConnectionResetError:  # the watcher went away
+                        return resp
                 if rv > sent:
                     sent = rv
             async with self._changed:
@@ -200,6 +205,10 @@ class FakeApi:
             return status(409, "Conflict", "the object has been modified")
         body["metadata"]["uid"] = current["metadata"]["uid"]
         return web.json_response(await self.put(body, "MODIFIED"))
+
+    async def _namespace(self, request: web.Request) -> web.Response:
+        """Namespaces are accepted and forgotten: only Secrets are modelled."""
+        return web.json_response({"kind": "Namespace", "apiVersion": "v1"}, status=201)
 
     async def _delete(self, request: web.Request) -> web.Response:
         key = (request.match_info["ns"], request.match_info["name"])
