@@ -30,14 +30,20 @@ def _add_role_args(p: argparse.ArgumentParser) -> None:
 
 def _run_agent(args: argparse.Namespace) -> int:
     from shoal.agent.main import run_agent
+    from shoal.lifecycle import config_from_args, setup_logging
 
-    return run_agent(args)
+    config = config_from_args(args, "agent")
+    setup_logging()
+    return run_agent(config)
 
 
 def _run_root(args: argparse.Namespace) -> int:
+    from shoal.lifecycle import config_from_args, setup_logging
     from shoal.root.main import run_root
 
-    return run_root(args)
+    config = config_from_args(args, "root")
+    setup_logging()
+    return run_root(config)
 
 
 def _run_webhook(args: argparse.Namespace) -> int:

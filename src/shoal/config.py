@@ -35,7 +35,7 @@ class _Section(
     pass
 
 
-class DeployConfig(_Section):
+class DeployConfig(_Section, frozen=True):
     """Which role this process plays and where its logs go."""
 
     mode: Literal["agent", "root"] = "agent"
@@ -48,7 +48,7 @@ class DeployConfig(_Section):
     node_name: str = ""
 
 
-class ExporterConfig(_Section):
+class ExporterConfig(_Section, frozen=True):
     """The Prometheus exporter of ``DADIP2P_*`` metrics."""
 
     enable: bool = True
@@ -57,7 +57,7 @@ class ExporterConfig(_Section):
     standalone_exporter_port: bool = True
 
 
-class ProxyConfig(_Section):
+class ProxyConfig(_Section, frozen=True):
     """The registry mirror the node's container runtime talks to."""
 
     #: listen address; empty means every address of every family (IPv4 and IPv6)
@@ -67,7 +67,7 @@ class ProxyConfig(_Section):
     proxy_concurrency_limit: PositiveInt = 128
 
 
-class P2PConfig(_Section):
+class P2PConfig(_Section, frozen=True):
     """The peer network between agents and roots."""
 
     listen: str = ""
@@ -83,9 +83,15 @@ class P2PConfig(_Section):
     secret_file: str = ""
     #: zone label of this node; the scheduler prefers parents in the same zone
     zone: str = ""
+    #: address other nodes reach this node's peer port at; empty means derive it
+    advertise: str = ""
+    #: seconds an agent waits for a blob's root before fetching from the origin itself
+    root_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    #: blobs this agent may fetch from the origin at once when no root answers
+    fallback_limit: Annotated[int, msgspec.Meta(ge=0)] = 2
 
 
-class CacheConfig(_Section):
+class CacheConfig(_Section, frozen=True):
     """The node's piece store."""
 
     path: str = "/dadi-p2p/cache"
@@ -109,7 +115,7 @@ class CacheConfig(_Section):
         return bool(self.aio_enable)
 
 
-class RegistryConfig(_Section):
+class RegistryConfig(_Section, frozen=True):
     """How to reach one upstream registry."""
 
     #: ``host[:port]`` exactly as it appears in image references
@@ -126,7 +132,7 @@ class RegistryConfig(_Section):
             raise ValueError(f"not a registry host: {self.host!r}")
 
 
-class UpstreamConfig(_Section):
+class UpstreamConfig(_Section, frozen=True):
     """Which registries the mirror serves and how to reach them."""
 
     #: registry used when the request names none (no ``?ns=``, no ``.distributed.`` host)
@@ -151,7 +157,7 @@ class UpstreamConfig(_Section):
         return host == self.default or self.registry(host) is not None
 
 
-class AcceleratorConfig(_Section):
+class AcceleratorConfig(_Section, frozen=True):
     """``/accelerator/<blob URL>`` for overlaybd's on-demand reads."""
 
     enable: bool = True

@@ -1,65 +1,15 @@
-"""``shoal agent``: load the config, apply flag overrides, run until SIGTERM or SIGINT."""
+"""``shoal agent``: run the node agent until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
-import signal
-
-from msgspec.structs import replace as _replace
 
 from shoal.agent.service import Agent
-from shoal.config import Config, check_listen_address, load_config, parse_config
-from shoal.errors import ConfigInvalidError
+from shoal.config import Config
+from shoal.lifecycle import serve_until_signalled
 
 
-def config_from_args(args: argparse.Namespace, role: str) -> Config:
-    config = load_config(args.config) if args.config else parse_config(None)
-    if config.deploy.mode != role:
-        raise ConfigInvalidError(
-            f"config: DeployConfig.mode is {config.deploy.mode!r} but this is `shoal {role}`"
-        )
-    proxy, p2p, exporter = config.proxy, config.p2p, config.exporter
-    if args.listen is not None:
-        listen = check_listen_address(args.listen)
-        proxy = _replace(proxy, listen=listen)
-        p2p = _replace(p2p, listen=listen)
-    for flag, value in (
-        ("--proxy-port", args.proxy_port),
-        ("--p2p-port", args.p2p_port),
-        ("--exporter-port", args.exporter_port),
-    ):
-        if value is not None and not 0 <= value <= 65535:
-            raise ConfigInvalidError(f"{flag}: {value} is not a port")
-    if args.proxy_port is not None:
-        proxy = _replace(proxy, port=args.proxy_port)
-    if args.p2p_port is not None:
-        p2p = _replace(p2p, p2p_port=args.p2p_port)
-    if args.exporter_port is not None:
-        exporter = _replace(exporter, port=args.exporter_port)
-    return config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
-
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-async def serve_until_signalled(agent: Agent) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with agent:
-        await stop.wait()
-
-
-def run_agent(args: argparse.Namespace) -> int:
-    config = config_from_args(args, "agent")
-    setup_logging()
+def run_agent(config: Config) -> int:
     # the stock loop, not uvloop: the peer server needs loop.sendfile, which uvloop lacks,
     # and uvloop measured no faster on the mirror path (bench/mirror_overhead.py)
     asyncio.run(serve_until_signalled(Agent(config)))

@@ -8,7 +8,6 @@ be read back (``agent.proxy_port``), which is how tests run several agents side 
 from __future__ import annotations
 
 import logging
-import socket
 from types import TracebackType
 
 from aiohttp import web
@@ -18,25 +17,13 @@ from shoal.config import Config
 from shoal.errors import ShoalError
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
+from shoal.observability.node import node_label
 from shoal.registry.mirror import Mirror
 from shoal.registry.origin_fetch import OriginFetcher
 from shoal.registry.provider import BlobProvider, OriginProvider
 from shoal.registry.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
-
-
-def node_label(config: Config, port: int) -> str:
-    """The ``node`` label of the metrics: ``IP:port`` of this process."""
-    if config.deploy.node_name:
-        return config.deploy.node_name
-    host = config.proxy.listen
-    if not host or host in ("0.0.0.0", "::"):
-        try:
-            host = socket.gethostbyname(socket.gethostname())
-        except OSError:
-            host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Agent:

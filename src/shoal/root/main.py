@@ -1,11 +1,14 @@
-"""``shoal root``: not built yet."""
+"""``shoal root``: run a root (seed and scheduler) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 
-from shoal.errors import UnsupportedError
+from shoal.config import Config
+from shoal.lifecycle import serve_until_signalled
+from shoal.root.service import Root
 
 
-def run_root(args: argparse.Namespace) -> int:
-    raise UnsupportedError("not yet: this subcommand comes with a later release")
+def run_root(config: Config) -> int:
+    asyncio.run(serve_until_signalled(Root(config)))
+    return 0

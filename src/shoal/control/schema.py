@@ -1,0 +1,129 @@
+"""Bodies of the control API, as msgspec structs (JSON on the wire).
+
+Piece sets travel as hex strings of the integer bitmask (bit i = piece i), the same
+masks ``shoal.swarm`` uses; piece hashes as hex. Root piece hashes are a prefix (the
+root hashes pieces in order as the origin sends them), so a client says how many it
+knows and gets the rest.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.swarm.messages import ParentOffer
+
+
+class Source(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the root fetches the blob if it has to, with the joining client's credentials."""
+
+    host: str
+    name: str
+    authorization: str = ""
+
+
+class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    peer: str
+    zone: str
+    have: str
+    fetching: str
+    only: str = "-1"
+
+    @classmethod
+    def of(cls, offer: ParentOffer) -> Offer:
+        return cls(
+            offer.peer,
+            offer.zone,
+            mask_hex(offer.have),
+            mask_hex(offer.fetching),
+            "-1" if offer.only == -1 else mask_hex(offer.only),
+        )
+
+    def offer(self) -> ParentOffer:
+        only = -1 if self.only == "-1" else hex_mask(self.only)
+        return ParentOffer(self.peer, self.zone, hex_mask(self.have), hex_mask(self.fetching), only)
+
+
+class JoinRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    peer: str
+    blob: str
+    source: Source
+    zone: str = ""
+    have: str = "0"
+    want: int = 0
+    known: int = 0
+
+
+class BlobState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the root knows of a blob; ``hashes`` start at the asker's ``known``."""
+
+    blob: str
+    size: int
+    piece_size: int
+    hashes_from: int
+    hashes: list[str]
+    #: the root holds every piece and the whole digest checked out
+    complete: bool = False
+    #: the origin fetch failed (a digest mismatch, a refusal): why; nobody gets the blob
+    failed: str = ""
+    seed: str = ""
+    parents: list[Offer] = msgspec.field(default_factory=list)
+
+
+class ParentsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    peer: str
+    blob: str
+    want: int = 0
+    known: int = 0
+
+
+class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag=True):
+    pass
+
+
+class HaveReport(Report, frozen=True, tag="have"):
+    blob: str
+    indices: list[int]
+
+
+class FetchingReport(Report, frozen=True, tag="fetching"):
+    blob: str
+    indices: list[int]
+
+
+class AbandonedReport(Report, frozen=True, tag="abandoned"):
+    blob: str
+    indices: list[int]
+
+
+class FailedReport(Report, frozen=True, tag="parent-failed"):
+    blob: str
+    parent: str
+    reason: str
+    index: int = -1
+
+
+class LeaveReport(Report, frozen=True, tag="leave"):
+    blob: str
+
+
+class LoadReport(Report, frozen=True, tag="load"):
+    uploads: int
+    upload_bps: float
+
+
+AnyReport = HaveReport | FetchingReport | AbandonedReport | FailedReport | LeaveReport | LoadReport
+
+
+class UpdateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    peer: str
+    reports: list[AnyReport]
+
+
+def mask_hex(mask: int) -> str:
+    return format(mask, "x")
+
+
+def hex_mask(text: str) -> int:
+    if len(text) > 1 << 16:
+        raise ValueError("piece mask too long")
+    return int(text, 16)

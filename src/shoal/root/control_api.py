@@ -1,0 +1,183 @@
+"""The root's control API: agents join blob swarms, report progress, ask for parents.
+
+Each handler turns a signed JSON body into ``shoal.swarm`` messages for the scheduler
+and its decisions back into JSON. The first join of a blob starts the origin fetch
+(with the joining agent's forwarded credentials) and opens the blob's swarm with this
+root as its seed; every piece the fetch stores is announced to the scheduler at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+from aiohttp import web
+
+from shoal.control.auth import HEADER, verify
+from shoal.control.schema import (
+    AbandonedReport,
+    AnyReport,
+    BlobState,
+    FailedReport,
+    FetchingReport,
+    HaveReport,
+    JoinRequest,
+    LeaveReport,
+    LoadReport,
+    Offer,
+    ParentsRequest,
+    UpdateRequest,
+    hex_mask,
+)
+from shoal.errors import ShoalError
+from shoal.oci.digest import Digest, parse_digest
+from shoal.registry.origin_fetch import Source
+from shoal.registry.responses import error_response
+from shoal.swarm import (
+    Abandoned,
+    AskParents,
+    Assignment,
+    FailReason,
+    Fetching,
+    Have,
+    Join,
+    Leave,
+    Load,
+    ParentFailed,
+    RootMessage,
+    SwarmError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4 << 20
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def report_message(peer: str, report: AnyReport) -> RootMessage:
+    match report:
+        case HaveReport(blob=blob, indices=indices):
+            return Have(peer, blob, tuple(indices))
+        case FetchingReport(blob=blob, indices=indices):
+            return Fetching(peer, blob, tuple(indices))
+        case AbandonedReport(blob=blob, indices=indices):
+            return Abandoned(peer, blob, tuple(indices))
+        case FailedReport(blob=blob, parent=parent, reason=reason, index=index):
+            return ParentFailed(peer, blob, parent, FailReason(reason), index)
+        case LeaveReport(blob=blob):
+            return Leave(peer, blob)
+        case LoadReport(uploads=uploads, upload_bps=bps):
+            return Load(peer, uploads, bps)
+    raise ValueError(f"unknown report {report!r}")
+
+
+class ControlAPI:
+    def __init__(self, root: RootLike, secret: bytes) -> None:
+        self.root = root
+        self._secret = secret
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
+        app.add_routes(
+            [
+                web.post("/swarm/v1/join", self.join),
+                web.post("/swarm/v1/parents", self.parents),
+                web.post("/swarm/v1/update", self.update),
+                web.get("/swarm/v1/blobs/{digest}", self.blob),
+                web.get("/healthz", self.health),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path != "/healthz":
+                body = await request.read()
+                verify(
+                    self._secret,
+                    request.headers.get(HEADER),
+                    request.method,
+                    request.path_qs,
+                    body,
+                    time.time(),
+                )
+            return await handler(request)
+        except ShoalError as exc:
+            return error_response(exc)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+            return web.json_response(
+                {"errors": [{"code": "BAD_REQUEST", "message": str(exc)[:300]}]}, status=400
+            )
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.json_response({"peer": self.root.peer_id})
+
+    async def join(self, request: web.Request) -> web.Response:
+        req = msgspec.json.decode(await request.read(), type=JoinRequest)
+        digest = parse_digest(req.blob)
+        self.root.seen(req.peer)
+        failed = await self.root.open_blob(
+            digest, Source(req.source.host, req.source.name, req.source.authorization)
+        )
+        if failed:
+            return self._state(req.blob, req.known, None, failed)
+        assignment = self.root.schedule(
+            Join(req.peer, req.blob, req.zone, hex_mask(req.have), req.want)
+        )
+        return self._state(req.blob, req.known, assignment, "")
+
+    async def parents(self, request: web.Request) -> web.Response:
+        req = msgspec.json.decode(await request.read(), type=ParentsRequest)
+        self.root.seen(req.peer)
+        failed = self.root.failure(req.blob)
+        assignment = (
+            None if failed else self.root.schedule(AskParents(req.peer, req.blob, req.want))
+        )
+        return self._state(req.blob, req.known, assignment, failed)
+
+    async def update(self, request: web.Request) -> web.Response:
+        req = msgspec.json.decode(await request.read(), type=UpdateRequest)
+        self.root.seen(req.peer)
+        for report in req.reports:
+            try:
+                self.root.schedule(report_message(req.peer, report))
+            except SwarmError as exc:
+                log.debug("report from %s ignored: %s", req.peer, exc)
+        return web.json_response({})
+
+    async def blob(self, request: web.Request) -> web.Response:
+        digest = request.match_info["digest"]
+        known = int(request.query.get("known", "0"))
+        return self._state(digest, known, None, self.root.failure(digest))
+
+    def _state(
+        self, blob: str, known: int, assignment: Assignment | None, failed: str
+    ) -> web.Response:
+        state = self.root.state(blob, known, failed)
+        if assignment is not None:
+            state = msgspec.structs.replace(
+                state, parents=[Offer.of(offer) for offer in assignment.parents]
+            )
+        return web.Response(body=msgspec.json.encode(state), content_type="application/json")
+
+
+class RootLike(Protocol):
+    """What the API needs of the root service."""
+
+    peer_id: str
+
+    def seen(self, peer: str) -> None: ...
+
+    async def open_blob(self, digest: Digest, source: Source) -> str:
+        """Open (or find) the blob's swarm; a non-empty answer says why it cannot be had."""
+        ...
+
+    def failure(self, blob: str) -> str: ...
+
+    def schedule(self, msg: RootMessage) -> Assignment | None: ...
+
+    def state(self, blob: str, known: int, failed: str) -> BlobState: ...

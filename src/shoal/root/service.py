@@ -1,0 +1,267 @@
+"""The root, composed: piece store, origin fetcher, scheduler, peer server, control API.
+
+A root is the seed of the blobs it owns (by rendezvous hashing over the root list) and
+their scheduler. It fetches each blob from the origin once, announces every piece to
+the scheduler as soon as it is stored (so agents start on the head of a blob while its
+tail is on the wire), serves pieces like any peer, and answers agents' joins, reports
+and requests for parents. Its state is soft: after a restart agents simply join again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from types import TracebackType
+
+from aiohttp import web
+
+from shoal.cache.store import PieceStore
+from shoal.config import Config
+from shoal.control.auth import cluster_secret
+from shoal.control.schema import BlobState
+from shoal.errors import DigestMismatchError, ShoalError
+from shoal.observability import AuditLog, Metrics, MetricType
+from shoal.observability.exporter import exporter_app
+from shoal.observability.node import node_label
+from shoal.oci.digest import Digest
+from shoal.peer.server import PeerServer
+from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
+from shoal.registry.upstream import UpstreamClient
+from shoal.root.control_api import ControlAPI
+from shoal.swarm import Assignment, Have, PeerDead, RootMessage, Scheduler
+
+log = logging.getLogger(__name__)
+
+#: seconds without a word from an agent before it counts as dead
+PEER_TIMEOUT = 15.0
+#: seconds a failed blob (digest mismatch at the origin) is refused before a new try
+FAILURE_MEMORY = 30.0
+
+
+class Root:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics(node_label(config, config.proxy.port), "root")
+        self.audit = AuditLog.from_config(config.deploy)
+        self.secret = cluster_secret(config.p2p.secret, config.p2p.secret_file)
+        self.upstream = UpstreamClient(config.upstream)
+        self.store = PieceStore.from_config(
+            config.cache,
+            disk_meter=lambda n, s: self.metrics.record(MetricType.DISK, n, s),
+            audit=self.audit,
+        )
+        self.metrics.set_cache_source(self.store.usage)
+        self.scheduler = Scheduler()
+        self.fetcher = OriginFetcher(
+            self.store,
+            self.upstream,
+            self.metrics,
+            self.audit,
+            on_piece=self._on_piece,
+            concurrency=config.proxy.proxy_concurrency_limit,
+        )
+        self.peer_server = PeerServer(
+            self.store,
+            self.secret,
+            host=config.p2p.listen,
+            port=config.p2p.p2p_port,
+            node="root",
+            throttle_mb=config.p2p.throttle_limit_mb,
+            metrics=self.metrics,
+            audit=self.audit,
+        )
+        self.peer_id = ""
+        self.control_port = 0
+        self.exporter_port = 0
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._opening: dict[str, asyncio.Future[str]] = {}
+        self._last_seen: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runners: list[web.AppRunner] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<Root {self.peer_id} {self.scheduler!r} {self.fetcher!r} "
+            f"[{len(self._last_seen)} agents seen]>"
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Root:
+        try:
+            await self.store.open()
+            await self.peer_server.start()
+            host = self.config.p2p.advertise or _advertise_host(self.config)
+            self.peer_id = f"{host}:{self.peer_server.port}"
+            self.peer_server.node = self.peer_id
+            self.metrics.node = node_label(self.config, self.peer_server.port)
+            api = ControlAPI(self, self.secret)
+            self.control_port = await self._serve(api.app(), self.config.proxy.port)
+            if self.config.exporter.enable:
+                self.exporter_port = await self._serve(
+                    exporter_app(self.metrics), self.config.exporter.port
+                )
+            self._spawn(self._sweep())
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "root %s: control on port %d, metrics on port %s",
+            self.peer_id,
+            self.control_port,
+            self.exporter_port or "off",
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(
+            runner, host=self.config.proxy.listen or None, port=port, reuse_address=True
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
+        bound: int = runner.addresses[0][1]
+        return bound
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners = []
+        await self.peer_server.close()
+        await self.fetcher.close()
+        await self.store.close()
+        await self.upstream.close()
+        self.audit.close()
+
+    # --- what the control API asks of the root ---------------------------------------
+
+    def seen(self, peer: str) -> None:
+        self._last_seen[peer] = time.monotonic()
+
+    def failure(self, blob: str) -> str:
+        entry = self._failed.get(blob)
+        if entry is None:
+            return ""
+        if entry[0] < time.monotonic():
+            del self._failed[blob]
+            return ""
+        return entry[1]
+
+    def schedule(self, msg: RootMessage) -> Assignment | None:
+        return self.scheduler.handle(msg, time.monotonic())
+
+    async def open_blob(self, digest: Digest, source: Source) -> str:
+        key = str(digest)
+        failed = self.failure(key)
+        if failed:
+            return failed
+        try:
+            self.scheduler.swarm(key)
+            return ""
+        except ShoalError:
+            pass
+        waiting = self._opening.get(key)
+        if waiting is None:
+            waiting = asyncio.get_running_loop().create_future()
+            self._opening[key] = waiting
+            try:
+                waiting.set_result(await self._open(digest, source))
+            except ShoalError as exc:
+                waiting.set_result(f"origin fetch failed: {exc.message}")
+            finally:
+                del self._opening[key]
+        return await asyncio.shield(waiting)
+
+    async def _open(self, digest: Digest, source: Source) -> str:
+        key = str(digest)
+        info, flight = await self.fetcher.start(digest, source)
+        now = time.monotonic()
+        self.scheduler.add_blob(key, info.size, info.piece_size, self.peer_id, now)
+        present = tuple(i for i in range(info.piece_count) if info.has(i))
+        if present:
+            self.scheduler.handle(Have(self.peer_id, key, present), now)
+        if flight is not None:
+            self._spawn(self._watch(key, flight))
+        return ""
+
+    async def _watch(self, key: str, flight: Flight) -> None:
+        try:
+            await flight.wait()
+        except DigestMismatchError as exc:
+            log.error("blob %s FAILED for every agent: %s", key, exc.message)
+            self._failed[key] = (time.monotonic() + FAILURE_MEMORY, exc.message)
+            self.scheduler.drop_blob(key)
+        except ShoalError as exc:
+            log.error("origin fetch of %s failed: %s", key, exc.message)
+            self._failed[key] = (time.monotonic() + 5.0, exc.message)
+            self.scheduler.drop_blob(key)
+
+    def _on_piece(self, digest: str, index: int, _sha: bytes) -> None:
+        try:
+            self.scheduler.handle(Have(self.peer_id, digest, (index,)), time.monotonic())
+        except ShoalError:
+            pass  # the swarm was dropped (a failure) while a piece was in flight
+
+    def state(self, blob: str, known: int, failed: str) -> BlobState:
+        info = self.store.lookup(blob)
+        if info is None:
+            return BlobState(
+                blob, 0, 0, known, [], failed=failed or "unknown blob", seed=self.peer_id
+            )
+        hashes: list[str] = []
+        for h in info.hashes[max(known, 0) :]:
+            if h is None:
+                break
+            hashes.append(h.hex())
+        return BlobState(
+            blob,
+            info.size,
+            info.piece_size,
+            known,
+            hashes,
+            complete=info.complete,
+            failed=failed,
+            seed=self.peer_id,
+        )
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(PEER_TIMEOUT / 3)
+            horizon = time.monotonic() - PEER_TIMEOUT
+            for peer, last in list(self._last_seen.items()):
+                if last < horizon:
+                    del self._last_seen[peer]
+                    log.info(
+                        "agent %s silent for %.0fs: dropped from every swarm", peer, PEER_TIMEOUT
+                    )
+                    self.scheduler.handle(PeerDead(peer), time.monotonic())
+
+
+def _advertise_host(config: Config) -> str:
+    listen = config.p2p.listen
+    if listen and listen not in ("0.0.0.0", "::"):
+        return f"[{listen}]" if ":" in listen else listen
+    label = node_label(config, 0)
+    return label.rsplit(":", 1)[0]
