@@ -172,6 +172,9 @@ def test_agent_daemonset_shape(rendered: tuple[str, list[dict[str, Any]]]) -> No
     assert cache["hostPath"]["path"] == "/var/lib/shoal/cache"
     init = spec["initContainers"][0]
     assert init["command"][:2] == ["shoal", "node-setup"]
+    assert "--etc-hosts=/host/etc-hosts" in init["command"]
+    hosts = next(v for v in spec["volumes"] if v["name"] == "etc-hosts")
+    assert hosts["hostPath"] == {"path": "/etc/hosts", "type": "File"}
     if name != "default":
         assert "--mirror=quay.io" in init["command"] and "--mirror=ghcr.io" in init["command"]
         assert {p["containerPort"] for p in agent["ports"]} == {65001, 65012, 65013}

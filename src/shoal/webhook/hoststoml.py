@@ -7,9 +7,19 @@ modes, as Dragonfly and Spegel do it:
 - **distributed** (with the webhook): for each accelerated registry ``<a>.<b>`` the
   directory ``<a>.distributed.<b>:65001`` names the local agent as its one host.
   containerd then sends ``?ns=<a>.distributed.<b>:65001`` and the agent maps it back to
-  ``<a>.<b>``. ``server`` is the *real* registry, not the unresolvable distributed
-  name: when the agent is down containerd falls back to the origin, so a broken agent
-  slows pulls down instead of failing them (the reference system has no such fallback).
+  ``<a>.<b>``. ``server`` is the *real* registry, not the distributed name: when the
+  agent is down containerd falls back to the origin, so a broken agent slows pulls
+  down instead of failing them (the reference system has no such fallback).
+
+  Credentials decide how the agent is named. containerd hands a pull secret's
+  credentials only to the host they were issued for (the kubelet passes the secret's
+  server address along; containerd issues 10540 and 10996), and the cloned
+  ``acr-credential-*-p2p`` secrets are issued for ``<a>.distributed.<b>:65001``. So by
+  default the host entry *is* ``http://<a>.distributed.<b>:65001`` and node-setup makes
+  that name resolve to 127.0.0.1 in the node's ``/etc/hosts`` (``etchosts.py``): the
+  credentials then reach the agent, which passes them to the registry. With
+  ``resolve_locally=False`` the host is the agent's plain URL, which is enough for
+  public images.
 - **mirror** (no webhook, no image rewrite): ``<registry>/hosts.toml`` keeps ``server``
   as the registry and puts the agent before it as a mirror; containerd tries the agent
   first and the registry when the agent fails.
@@ -56,14 +66,25 @@ def _render(server: str, agent: str, comment: str) -> str:
 
 
 def distributed_hosts(
-    registry: str, agent: str, port: int, *, plain_http: bool = False
+    registry: str,
+    agent: str,
+    port: int,
+    *,
+    plain_http: bool = False,
+    resolve_locally: bool = False,
 ) -> HostsFile | None:
-    """The file for ``<a>.distributed.<b>:<port>``; ``None`` if the host cannot take it."""
+    """The file for ``<a>.distributed.<b>:<port>``; ``None`` if the host cannot take it.
+
+    With ``resolve_locally`` the agent is reached by the distributed name itself (which
+    must resolve to the node, see ``etchosts.py``), so credentials issued for that name
+    are sent to it.
+    """
     endpoint = distributed_endpoint(registry, port)
     if endpoint is None:
         return None
+    host = f"http://{endpoint}" if resolve_locally else agent
     comment = f"images rewritten to {endpoint} go to the local agent; {registry} if it fails"
-    return HostsFile(endpoint, _render(server_url(registry, plain_http=plain_http), agent, comment))
+    return HostsFile(endpoint, _render(server_url(registry, plain_http=plain_http), host, comment))
 
 
 def mirror_hosts(registry: str, agent: str, *, plain_http: bool = False) -> HostsFile:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from shoal.config import Config, load_config
 from shoal.errors import ConfigInvalidError
+from shoal.webhook.etchosts import update_hosts_file
 from shoal.webhook.hoststoml import HostsFile, distributed_hosts, is_ours, mirror_hosts
+from shoal.webhook.images import is_distributed
 
 HOSTS_TOML = "hosts.toml"
 
@@ -44,13 +46,16 @@ def plan_files(
     agent: str,
     port: int,
     plain_http: Iterable[str] = (),
+    resolve_locally: bool = False,
 ) -> tuple[list[HostsFile], list[str]]:
     """Every file to write, and the registries that cannot take the distributed form."""
     plain = set(plain_http)
     files: dict[str, HostsFile] = {}
     skipped: list[str] = []
     for reg in dict.fromkeys(distributed):
-        f = distributed_hosts(reg, agent, port, plain_http=reg in plain)
+        f = distributed_hosts(
+            reg, agent, port, plain_http=reg in plain, resolve_locally=resolve_locally
+        )
         if f is None:
             skipped.append(reg)
         else:
@@ -136,9 +141,15 @@ def run_node_setup(args: argparse.Namespace) -> int:
         raise ConfigInvalidError(
             f"--agent must be a URL like http://127.0.0.1:65001, not {agent!r}"
         )
+    local = bool(args.etc_hosts)
     files, skipped = plan_files(
-        distributed, args.mirror or [], agent=agent, port=port, plain_http=plain
-    )
+        distributed, args.mirror or [], agent=agent, port=port, plain_http=plain,
+        resolve_locally=local,
+    )  # fmt: skip
+    if local:
+        endpoints = [f.directory for f in files if is_distributed(f.directory)]
+        if update_hosts_file(Path(args.etc_hosts), endpoints):
+            print(f"node-setup: {args.etc_hosts}: {len(endpoints)} name(s) -> 127.0.0.1")
     out = write_files(Path(args.hosts_dir), files, prune=not args.no_prune)
     out.skipped = skipped
     for name, items in (
@@ -182,6 +193,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--p2p-port", type=int, metavar="PORT", help="port in <a>.distributed.<b>:PORT")
     p.add_argument("--no-prune", action="store_true", help="keep files for unlisted registries")
+    p.add_argument(
+        "--etc-hosts",
+        metavar="FILE",
+        help="the node's hosts file: resolve <a>.distributed.<b> to 127.0.0.1 there, so "
+        "containerd sends the -p2p pull secrets' credentials to the agent",
+    )
     p.add_argument(
         "--containerd-config",
         metavar="FILE",
