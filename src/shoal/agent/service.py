@@ -12,12 +12,17 @@ from types import TracebackType
 
 from aiohttp import web
 
+from shoal.agent.swarm import SwarmProvider
 from shoal.cache.store import PieceStore
 from shoal.config import Config
+from shoal.control.auth import cluster_secret
+from shoal.control.client import ControlClient
 from shoal.errors import ShoalError
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
-from shoal.observability.node import node_label
+from shoal.observability.node import advertise_host, node_label
+from shoal.peer.client import PeerClient
+from shoal.peer.server import PeerServer
 from shoal.registry.mirror import Mirror
 from shoal.registry.origin_fetch import OriginFetcher
 from shoal.registry.provider import BlobProvider, OriginProvider
@@ -34,6 +39,11 @@ class Agent:
         self.upstream = UpstreamClient(config.upstream)
         self.store: PieceStore | None = None
         self.fetcher: OriginFetcher | None = None
+        self.peer_server: PeerServer | None = None
+        self.peer_client: PeerClient | None = None
+        self.control: ControlClient | None = None
+        self.swarm: SwarmProvider | None = None
+        self.peer_id = ""
         provider: BlobProvider | None = None
         if config.cache.path:
             self.store = PieceStore.from_config(
@@ -50,6 +60,23 @@ class Agent:
                 concurrency=config.proxy.proxy_concurrency_limit,
             )
             provider = OriginProvider(self.store, self.fetcher)
+            if config.p2p.roots:
+                secret = cluster_secret(config.p2p.secret, config.p2p.secret_file)
+                self.peer_server = PeerServer(
+                    self.store,
+                    secret,
+                    host=config.p2p.listen,
+                    port=config.p2p.p2p_port,
+                    throttle_mb=config.p2p.throttle_limit_mb,
+                    metrics=self.metrics,
+                    audit=self.audit,
+                )
+                self.peer_client = PeerClient(secret, metrics=self.metrics)
+                self.control = ControlClient(secret, timeout=config.p2p.root_timeout)
+                self.swarm = SwarmProvider(
+                    config, self.store, self.peer_client, self.control, provider, self.metrics
+                )
+                provider = self.swarm
         self.mirror = Mirror(config, self.upstream, self.metrics, self.audit, provider=provider)
         self._runners: list[web.AppRunner] = []
         self.proxy_port = 0
@@ -62,6 +89,12 @@ class Agent:
         try:
             if self.store is not None:
                 await self.store.open()
+            if self.peer_server is not None and self.swarm is not None:
+                await self.peer_server.start()
+                host = self.config.p2p.advertise or advertise_host(self.config)
+                self.peer_id = f"{host}:{self.peer_server.port}"
+                self.peer_server.node = self.peer_id
+                self.swarm.start(self.peer_id)
             self.proxy_port = await self._serve(self.mirror.app(), self.config.proxy.port)
             self.metrics.node = node_label(self.config, self.proxy_port)
             exporter = self.config.exporter
@@ -104,6 +137,14 @@ class Agent:
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
+        if self.swarm is not None:
+            await self.swarm.close()
+        if self.peer_server is not None:
+            await self.peer_server.close()
+        if self.peer_client is not None:
+            await self.peer_client.close()
+        if self.control is not None:
+            await self.control.close()
         if self.fetcher is not None:
             await self.fetcher.close()
         if self.store is not None:

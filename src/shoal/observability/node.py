@@ -18,3 +18,12 @@ def node_label(config: Config, port: int) -> str:
         except OSError:
             host = "127.0.0.1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def advertise_host(config: Config) -> str:
+    """The host part of this node's peer address as other nodes should dial it."""
+    listen = config.p2p.listen
+    if listen and listen not in ("0.0.0.0", "::"):
+        return f"[{listen}]" if ":" in listen else listen
+    label = node_label(config, 0)
+    return label.rsplit(":", 1)[0]

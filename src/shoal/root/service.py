@@ -24,7 +24,7 @@ from shoal.control.schema import BlobState
 from shoal.errors import DigestMismatchError, ShoalError
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
-from shoal.observability.node import node_label
+from shoal.observability.node import advertise_host, node_label
 from shoal.oci.digest import Digest
 from shoal.peer.server import PeerServer
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
@@ -93,7 +93,7 @@ class Root:
         try:
             await self.store.open()
             await self.peer_server.start()
-            host = self.config.p2p.advertise or _advertise_host(self.config)
+            host = self.config.p2p.advertise or advertise_host(self.config)
             self.peer_id = f"{host}:{self.peer_server.port}"
             self.peer_server.node = self.peer_id
             self.metrics.node = node_label(self.config, self.peer_server.port)
@@ -257,11 +257,3 @@ class Root:
                         "agent %s silent for %.0fs: dropped from every swarm", peer, PEER_TIMEOUT
                     )
                     self.scheduler.handle(PeerDead(peer), time.monotonic())
-
-
-def _advertise_host(config: Config) -> str:
-    listen = config.p2p.listen
-    if listen and listen not in ("0.0.0.0", "::"):
-        return f"[{listen}]" if ":" in listen else listen
-    label = node_label(config, 0)
-    return label.rsplit(":", 1)[0]

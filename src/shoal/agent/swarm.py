@@ -1,0 +1,425 @@
+"""The agent joins blob swarms: pieces from parents the root assigns, verified, stored.
+
+``SwarmProvider.ensure`` is what the mirror calls for a blob it does not hold. It joins
+the blob's swarm at its root (rendezvous hashing over the root list, the next root if
+one does not answer) and runs a ``Download``: the swarm's ``PiecePicker`` decides which
+piece to ask of which parent; this shell carries the decisions out over the peer
+protocol, checks every piece against the root's hash before it is stored (and so before
+it is served to anyone), and reports progress to the root in batches. A parent that
+fails, stalls or sends a bad piece is reported and its piece asked elsewhere.
+
+When no root answers, or the root goes away mid-blob and no parent can supply what is
+left, the agent fetches from the origin itself, at most ``P2PConfig.fallbackLimit``
+blobs at a time, and says so in its log and in ``shoal_origin_fallback_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+
+from shoal.cache.blob import BlobInfo
+from shoal.cache.errors import PieceCorruptError
+from shoal.cache.store import PieceStore
+from shoal.config import Config
+from shoal.control.client import ControlClient, RootUnavailableError
+from shoal.control.placement import rank_roots
+from shoal.control.schema import (
+    AbandonedReport,
+    AnyReport,
+    BlobState,
+    FailedReport,
+    FetchingReport,
+    HaveReport,
+    JoinRequest,
+    LoadReport,
+    ParentsRequest,
+    UpdateRequest,
+)
+from shoal.control.schema import Source as WireSource
+from shoal.errors import DigestMismatchError, ShoalError
+from shoal.observability import Metrics
+from shoal.oci.digest import Digest
+from shoal.peer.client import PeerClient
+from shoal.registry.origin_fetch import Source
+from shoal.registry.provider import OriginProvider
+from shoal.swarm import (
+    Cancel,
+    FailReason,
+    NeedParents,
+    ParentFailed,
+    PickerAction,
+    PiecePicker,
+    Request,
+    mask_of,
+)
+
+log = logging.getLogger(__name__)
+
+FALLBACK_METRIC = "shoal_origin_fallback_total"
+FALLBACK_HELP = "Blobs this agent fetched from the origin itself because no root could serve"
+REPORT_INTERVAL = 0.05
+
+
+class BlobFailedError(DigestMismatchError):
+    """The root failed the blob for everyone (its origin content did not match)."""
+
+
+class SwarmProvider:
+    def __init__(
+        self,
+        config: Config,
+        store: PieceStore,
+        peers: PeerClient,
+        control: ControlClient,
+        fallback: OriginProvider,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.peers = peers
+        self.control = control
+        self.fallback = fallback
+        self.metrics = metrics
+        self.peer_id = ""
+        self._downloads: dict[str, Download] = {}
+        self._fallback_limit = asyncio.Semaphore(max(config.p2p.fallback_limit, 1))
+        self._roots_seen: set[str] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SwarmProvider {self.peer_id} [{len(self._downloads)} downloading]>"
+
+    def start(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def close(self) -> None:
+        tasks = [d.task for d in self._downloads.values() if d.task is not None]
+        if self._heartbeat is not None:
+            tasks.append(self._heartbeat)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def ensure(self, digest: Digest, source: Source) -> BlobInfo:
+        key = str(digest)
+        info = self.store.lookup(key)
+        if info is not None and info.complete:
+            return info
+        download = self._downloads.get(key)
+        if download is None:
+            download = Download(self, digest, source)
+            self._downloads[key] = download
+            download.task = asyncio.create_task(download.run())
+            download.task.add_done_callback(lambda _: self._downloads.pop(key, None))
+        return await asyncio.shield(download.geometry)
+
+    async def fetch_from_origin(self, digest: Digest, source: Source, why: str) -> BlobInfo:
+        async with self._fallback_limit:
+            log.warning("fetching %s from the origin %s myself: %s", digest, source.host, why)
+            self.metrics.inc(FALLBACK_METRIC, FALLBACK_HELP)
+            info, flight = await self.fallback.fetcher.start(digest, source)
+            if flight is not None:
+                await flight.wait()
+            done = self.store.lookup(str(digest))
+            return done or info
+
+    def roots_for(self, digest: str) -> list[str]:
+        return rank_roots(digest, self.config.p2p.roots)
+
+    def saw_root(self, root: str) -> None:
+        self._roots_seen.add(root)
+
+    async def _beat(self) -> None:
+        """A load report to every root this agent talks to: its liveness signal."""
+        while True:
+            await asyncio.sleep(2.0)
+            report = UpdateRequest(self.peer_id, [LoadReport(0, 0.0)])
+            for root in list(self._roots_seen):
+                try:
+                    await self.control.update(root, report)
+                except RootUnavailableError:
+                    self._roots_seen.discard(root)
+
+
+class Download:
+    """One blob being fetched from the swarm into the store."""
+
+    def __init__(self, provider: SwarmProvider, digest: Digest, source: Source) -> None:
+        self.p = provider
+        self.digest = digest
+        self.key = str(digest)
+        self.source = source
+        self.geometry: asyncio.Future[BlobInfo] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.root = ""
+        self.hashes: list[bytes | None] = []
+        self.picker: PiecePicker | None = None
+        self._reports: list[AnyReport] = []
+        self._fetches: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._hash_event = asyncio.Event()
+        self._refreshing = False
+        self._helpers: set[asyncio.Task[None]] = set()
+        self.failed: str = ""
+        self.root_lost = False
+
+    def __repr__(self) -> str:
+        return f"<Download {self.key[:19]} root={self.root} {self.picker!r}>"
+
+    # --- the whole life of a download ------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self.geometry.done():
+                self.geometry.set_exception(exc)
+                self.geometry.exception()
+            if self.store_has_blob():
+                await self.p.store.remove(self.key)
+            log.error("download of %s failed: %s", self.key, exc)
+        finally:
+            for task in [*self._fetches.values(), *self._helpers]:
+                task.cancel()
+            await asyncio.gather(*self._fetches.values(), *self._helpers, return_exceptions=True)
+
+    def store_has_blob(self) -> bool:
+        info = self.p.store.lookup(self.key)
+        return info is not None and not info.complete
+
+    async def _run(self) -> None:
+        state = await self._join()
+        if state is None:
+            info = await self.p.fetch_from_origin(self.digest, self.source, "no root answered")
+            self._set_geometry(info)
+            return
+        info = await self.p.store.create(self.key, state.size, piece_size=state.piece_size)
+        self.hashes = [None] * info.piece_count
+        self._take_hashes(state)
+        self._set_geometry(info)
+        have = mask_of(i for i in range(info.piece_count) if info.has(i))
+        self.picker = PiecePicker(self.p.peer_id, self.key, info.piece_count, have=have)
+        loop = asyncio.get_running_loop()
+        self._apply(self.picker.on_parents([o.offer() for o in state.parents], loop.time()))
+        self._spawn(self._report_loop())
+        while not self.picker.done:
+            if self.failed:
+                raise BlobFailedError(f"{self.key}: {self.failed}")
+            if self.root_lost and self._stuck():
+                info = await self.p.fetch_from_origin(
+                    self.digest, self.source, f"root {self.root} went away mid-blob"
+                )
+                return
+            now = loop.time()
+            self._apply(self.picker.on_timer(now))
+            self._apply(self.picker.requests(now))
+            deadline = self.picker.next_deadline()
+            wait = 0.25 if deadline is None else min(max(deadline - now, 0.002), 0.25)
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """Trust the piece hashes only once the root has checked the whole digest."""
+        verify = True
+        for _ in range(100):
+            try:
+                state = await self.p.control.blob(self.root, self.key, len(self.hashes))
+            except RootUnavailableError:
+                break
+            if state.failed:
+                raise BlobFailedError(f"{self.key}: {state.failed}")
+            if state.complete:
+                verify = False
+                break
+            await asyncio.sleep(0.05)
+        await self.p.store.finish(self.key, verify=verify)
+        await self._flush()
+
+    def _stuck(self) -> bool:
+        assert self.picker is not None
+        return self.picker.in_flight == 0
+
+    def _set_geometry(self, info: BlobInfo) -> None:
+        if not self.geometry.done():
+            self.geometry.set_result(info)
+
+    # --- the root ----------------------------------------------------------------------
+
+    async def _join(self) -> BlobState | None:
+        cfg = self.p.config.p2p
+        info = self.p.store.lookup(self.key)
+        have = 0 if info is None else mask_of(i for i in range(info.piece_count) if info.has(i))
+        req = JoinRequest(
+            peer=self.p.peer_id,
+            blob=self.key,
+            source=WireSource(self.source.host, self.source.name, self.source.authorization),
+            zone=cfg.zone,
+            have=format(have, "x"),
+        )
+        for root in self.p.roots_for(self.key):
+            try:
+                state = await self.p.control.join(root, req)
+            except RootUnavailableError as exc:
+                log.warning("root %s for %s: %s", root, self.key, exc.message)
+                continue
+            if state.failed:
+                if "origin fetch failed" in state.failed:
+                    return None  # the root could not reach the origin: try it ourselves
+                raise BlobFailedError(f"{self.key}: {state.failed}")
+            self.root = root
+            self.p.saw_root(root)
+            return state
+        return None
+
+    def _take_hashes(self, state: BlobState) -> None:
+        for offset, text in enumerate(state.hashes):
+            index = state.hashes_from + offset
+            if 0 <= index < len(self.hashes) and self.hashes[index] is None:
+                self.hashes[index] = bytes.fromhex(text)
+        if state.failed:
+            self.failed = state.failed
+        self._hash_event.set()
+
+    def _known(self) -> int:
+        for i, h in enumerate(self.hashes):
+            if h is None:
+                return i
+        return len(self.hashes)
+
+    async def _hash(self, index: int) -> bytes:
+        while True:
+            h = self.hashes[index]
+            if h is not None:
+                return h
+            if self.failed:
+                raise BlobFailedError(f"{self.key}: {self.failed}")
+            self._hash_event.clear()
+            if not self._refreshing:
+                self._spawn(self._refresh_hashes())
+            await self._hash_event.wait()
+
+    async def _refresh_hashes(self) -> None:
+        self._refreshing = True
+        try:
+            state = await self.p.control.blob(self.root, self.key, self._known())
+            self._take_hashes(state)
+        except RootUnavailableError:
+            self.root_lost = True
+            await asyncio.sleep(0.2)
+            self._hash_event.set()
+        finally:
+            self._refreshing = False
+
+    async def _ask_parents(self) -> None:
+        assert self.picker is not None
+        try:
+            state = await self.p.control.parents(
+                self.root, ParentsRequest(self.p.peer_id, self.key, known=self._known())
+            )
+        except RootUnavailableError:
+            self.root_lost = True
+            self._wake.set()
+            return
+        self._take_hashes(state)
+        now = asyncio.get_running_loop().time()
+        self._apply(self.picker.on_parents([o.offer() for o in state.parents], now))
+        self._wake.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._reports or self.root_lost:
+            return
+        reports, self._reports = self._reports, []
+        try:
+            await self.p.control.update(self.root, UpdateRequest(self.p.peer_id, reports))
+        except RootUnavailableError:
+            self.root_lost = True
+
+    # --- acting on the picker's decisions ----------------------------------------------
+
+    def _apply(self, actions: list[PickerAction]) -> None:
+        fetching: list[int] = []
+        for action in actions:
+            if isinstance(action, Request):
+                key = (action.parent, action.index)
+                if key not in self._fetches:
+                    self._fetches[key] = asyncio.create_task(
+                        self._fetch(action.parent, action.index)
+                    )
+                    fetching.append(action.index)
+            elif isinstance(action, Cancel):
+                task = self._fetches.pop((action.parent, action.index), None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(action, ParentFailed):
+                self._reports.append(
+                    FailedReport(self.key, action.parent, action.reason.value, action.index)
+                )
+            elif isinstance(action, NeedParents) and not self.root_lost:
+                self._spawn(self._ask_parents())
+        if fetching:
+            self._reports.append(FetchingReport(self.key, fetching))
+
+    async def _fetch(self, parent: str, index: int) -> None:
+        assert self.picker is not None
+        loop = asyncio.get_running_loop()
+        info = self.p.store.lookup(self.key)
+        if info is None:
+            return
+        reason: FailReason | None = None
+        try:
+            expected = await self._hash(index)
+            self.picker.on_started(parent, index, loop.time())
+            data = await self.p.peers.read(
+                parent,
+                self.key,
+                index * info.piece_size,
+                info.piece_length(index),
+                sha256=expected,
+            )
+            await self.p.store.write_piece(self.key, index, data, sha256=expected)
+        except asyncio.CancelledError:
+            raise
+        except PieceCorruptError:
+            reason = FailReason.BAD_PIECE
+        except ShoalError as exc:
+            log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc)
+            reason = (
+                FailReason.REFUSED if "missing" in exc.message.lower() else (FailReason.UNREACHABLE)
+            )
+        except (OSError, ConnectionError) as exc:
+            log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc)
+            reason = FailReason.UNREACHABLE
+        finally:
+            self._fetches.pop((parent, index), None)
+        now = loop.time()
+        if reason is None:
+            self._apply(self.picker.on_piece(parent, index, now))
+            self._reports.append(HaveReport(self.key, [index]))
+        else:
+            if reason is FailReason.BAD_PIECE:
+                log.warning("parent %s sent a bad piece %d of %s: banned", parent, index, self.key)
+                self._apply(self.picker.on_piece(parent, index, now, ok=False))
+            else:
+                self._apply(self.picker.on_failed(parent, index, now, reason))
+            self._reports.append(AbandonedReport(self.key, [index]))
+        self._wake.set()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)

@@ -1,0 +1,82 @@
+"""The agent's side of the control API: signed JSON requests to a root."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import TypeVar
+
+import aiohttp
+import msgspec
+
+from shoal.control.auth import HEADER, sign
+from shoal.control.schema import BlobState, JoinRequest, ParentsRequest, UpdateRequest
+from shoal.errors import UpstreamUnavailableError
+
+T = TypeVar("T")
+
+
+class RootUnavailableError(UpstreamUnavailableError):
+    """The root did not answer, or answered with an error."""
+
+
+class ControlClient:
+    def __init__(self, secret: bytes, *, timeout: float = 5.0) -> None:
+        self._secret = secret
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 3.0))
+        )
+
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(self, root: str, method: str, path: str, body: bytes, kind: type[T]) -> T:
+        headers = {
+            HEADER: sign(self._secret, method, path, body, time.time()),
+            "Content-Type": "application/json",
+        }
+        try:
+            async with self._session.request(
+                method, f"http://{root}{path}", data=body, headers=headers
+            ) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise RootUnavailableError(
+                        f"root {root} answered HTTP {resp.status}: {payload[:200]!r}"
+                    )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise RootUnavailableError(f"root {root} unreachable: {type(exc).__name__}") from exc
+        try:
+            return msgspec.json.decode(payload, type=kind)
+        except msgspec.DecodeError as exc:
+            raise RootUnavailableError(f"root {root} sent an invalid answer") from exc
+
+    async def join(self, root: str, req: JoinRequest) -> BlobState:
+        return await self._call(root, "POST", "/swarm/v1/join", msgspec.json.encode(req), BlobState)
+
+    async def parents(self, root: str, req: ParentsRequest) -> BlobState:
+        return await self._call(
+            root, "POST", "/swarm/v1/parents", msgspec.json.encode(req), BlobState
+        )
+
+    async def update(self, root: str, req: UpdateRequest) -> None:
+        await self._call(root, "POST", "/swarm/v1/update", msgspec.json.encode(req), dict)
+
+    async def blob(self, root: str, digest: str, known: int) -> BlobState:
+        return await self._call(
+            root, "GET", f"/swarm/v1/blobs/{digest}?known={known}", b"", BlobState
+        )
+
+
+__all__ = ["ControlClient", "RootUnavailableError"]
