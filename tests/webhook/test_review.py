@@ -178,6 +178,16 @@ def test_ephemeral_container_update() -> None:
         "docker.distributed.io:65001/library/busybox:1.36"
     )
     assert out["metadata"] == with_debug["metadata"]
+    # a second debug container: the first, already there, is never touched again
+    hub_cfg = AccelerateConfig(registries=("docker.io",))
+    with_two = json.loads(json.dumps(with_debug))
+    with_two["spec"]["ephemeralContainers"][0]["image"] = "alpine:3.20"  # as if never rewritten
+    with_two["spec"]["ephemeralContainers"].append({"name": "debugger-fghij", "image": "busybox"})
+    upd2 = admission_review(
+        with_two, operation="UPDATE", sub_resource="ephemeralcontainers", old=with_debug
+    )
+    d2 = review(upd2, "pod", hub_cfg)
+    assert [op["path"] for op in d2.patch] == ["/spec/ephemeralContainers/1/image"]
     # on a Pod that was never accelerated, nothing happens
     plain = deployment_pod(labels=ON)
     plain["spec"]["ephemeralContainers"] = with_debug["spec"]["ephemeralContainers"]

@@ -23,7 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from shoal.webhook.config import AccelerateConfig, SecretConfig
 from shoal.webhook.kube import KubeApiError, KubeClient
@@ -190,7 +190,7 @@ class SecretController:
                     backoff = min(backoff * 2, 60.0)
 
     async def _on_event(self, kind: str, obj: dict[str, object]) -> None:
-        secret: Secret = obj  # type: ignore[assignment]
+        secret = cast(Secret, obj)
         meta = secret.get("metadata") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         if is_managed(secret):

@@ -114,7 +114,10 @@ def review(body: object, trigger: Trigger, cfg: AccelerateConfig) -> Decision:
     if operation == "CREATE" and sub == "":
         return _on_create(base, cast(Pod, pod), trigger, cfg)
     if operation == "UPDATE" and sub == "ephemeralcontainers":
-        return _on_ephemeral(base, cast(Pod, pod), trigger, cfg)
+        old = request.get("oldObject")
+        return _on_ephemeral(
+            base, cast(Pod, pod), old if isinstance(old, dict) else {}, trigger, cfg
+        )
     return _nothing(base, f"operation {operation} {sub or ''} is not handled".replace("  ", " "))
 
 
@@ -138,10 +141,11 @@ def _selected(pod: Pod, trigger: Trigger, cfg: AccelerateConfig) -> str | None:
 
 
 def _image_ops(
-    pod: Pod, fields: tuple[str, ...], cfg: AccelerateConfig
+    pod: Pod, fields: tuple[str, ...], cfg: AccelerateConfig, skip: frozenset[str] = frozenset()
 ) -> tuple[list[PatchOperation], dict[str, str], dict[str, str], int]:
     """Patch operations for the images, the originals by container, the endpoints by
-    registry, and how many images were already in the distributed form."""
+    registry, and how many images were already in the distributed form. Containers
+    named in ``skip`` are left as they are."""
     patterns = HostPatterns.of(cfg.registries)
     ops: list[PatchOperation] = []
     originals: dict[str, str] = {}
@@ -156,7 +160,7 @@ def _image_ops(
             if not isinstance(container, dict):
                 continue
             image = container.get("image")
-            if not isinstance(image, str):
+            if not isinstance(image, str) or container.get("name") in skip:
                 continue
             key = f"{fieldname}/{container.get('name', i)}"
             ref = parse_image(image)
@@ -243,14 +247,21 @@ def _on_create(base: Decision, pod: Pod, trigger: Trigger, cfg: AccelerateConfig
     )
 
 
-def _on_ephemeral(base: Decision, pod: Pod, trigger: Trigger, cfg: AccelerateConfig) -> Decision:
+def _on_ephemeral(
+    base: Decision, pod: Pod, old: Mapping[str, Any], trigger: Trigger, cfg: AccelerateConfig
+) -> Decision:
     why_not = _selected(pod, trigger, cfg)
     if why_not is not None:
         return _nothing(base, why_not)
     annotations = pod.get("metadata", {}).get("annotations") or {}
     if annotations.get(cfg.mode_annotation) != cfg.label_value:
         return _nothing(base, "ephemeral container on a Pod that was not accelerated")
-    ops, _, _, _ = _image_ops(pod, ("ephemeralContainers",), cfg)
+    # ephemeral containers cannot change once added: touch only the new ones, or the
+    # API server would refuse the whole update (and with it the user's debug container)
+    old_spec = old.get("spec")
+    existing = old_spec.get("ephemeralContainers") if isinstance(old_spec, dict) else None
+    names = frozenset(c.get("name", "") for c in existing or [] if isinstance(c, dict))
+    ops, _, _, _ = _image_ops(pod, ("ephemeralContainers",), cfg, skip=names)
     if not ops:
         return _nothing(base, "no ephemeral container image to rewrite")
     return Decision(
