@@ -95,3 +95,29 @@ AcceleratorConfig:
 {{- include "shoal.webhookName" . }}-tls
 {{- end -}}
 {{- end -}}
+
+{{/* The webhook's config file (shoal.webhook.config). */}}
+{{- define "shoal.webhookConfig" -}}
+ServerConfig:
+  port: {{ int .Values.webhook.port }}
+  tlsCertFile: /etc/shoal/tls/tls.crt
+  tlsKeyFile: /etc/shoal/tls/tls.key
+AccelerateConfig:
+  labelKey: {{ .Values.webhook.labelKey | quote }}
+  labelValue: {{ .Values.webhook.labelValue | quote }}
+  modeAnnotation: {{ .Values.webhook.labelKey | quote }}
+  p2pPort: {{ int .Values.proxyPort }}
+  registries:
+    {{- $regs := list }}
+    {{- range .Values.upstream.registries }}{{ $regs = append $regs .host }}{{ end }}
+    {{- range .Values.webhook.extraRegistryPatterns }}{{ $regs = append $regs . }}{{ end }}
+    {{- if .Values.upstream.default }}{{ $regs = append $regs .Values.upstream.default }}{{ end }}
+    {{- range ($regs | uniq) }}
+    - {{ . | quote }}
+    {{- else }} []
+    {{- end }}
+SecretConfig:
+  enable: {{ .Values.webhook.secrets.enable }}
+  syncTimeout: {{ .Values.webhook.secrets.syncTimeout }}
+  resyncPeriod: {{ .Values.webhook.secrets.resyncPeriod }}
+{{- end -}}
