@@ -249,7 +249,16 @@ def test_metrics_objects(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         assert f"DADIP2P_{metric}" in exprs
 
 
-def test_bad_tls_mode_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("webhook.tls.mode=nope", "/webhook/tls/mode"),
+        ("p2p.v2.imagetag=1", "additional properties 'imagetag' not allowed"),
+        ("p2p.v2.p2pPort=70000", "/p2p/v2/p2pPort"),
+    ],
+)
+def test_bad_values_are_refused(setting: str, message: str) -> None:
+    """values.schema.json: a typo in a values file fails the install, it is not ignored."""
     with pytest.raises(subprocess.CalledProcessError) as info:
-        render("--set", "webhook.tls.mode=nope")
-    assert "webhook.tls.mode must be" in info.value.stderr
+        render("--set", setting)
+    assert message in info.value.stderr
