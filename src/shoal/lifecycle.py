@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from msgspec.structs import replace as _replace
@@ -48,10 +49,13 @@ def setup_logging() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def serve_until_signalled(service: AbstractAsyncContextManager[object]) -> None:
+async def serve_until_signalled(
+    make: Callable[[], AbstractAsyncContextManager[object]],
+) -> None:
+    """Build the service inside the running loop, run it until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with service:
+    async with make():
         await stop.wait()

@@ -210,8 +210,12 @@ class Download:
         while not self.picker.done:
             if self.failed:
                 raise BlobFailedError(f"{self.key}: {self.failed}")
-            if self.root_lost and self._stuck():
-                info = await self.p.fetch_from_origin(
+            if self.root_lost:
+                # pieces the root had not fetched yet are nowhere in the swarm: stop
+                # waiting on parents and take what is missing from the origin
+                for task in list(self._fetches.values()):
+                    task.cancel()
+                await self.p.fetch_from_origin(
                     self.digest, self.source, f"root {self.root} went away mid-blob"
                 )
                 return
@@ -244,10 +248,6 @@ class Download:
             await asyncio.sleep(0.05)
         await self.p.store.finish(self.key, verify=verify)
         await self._flush()
-
-    def _stuck(self) -> bool:
-        assert self.picker is not None
-        return self.picker.in_flight == 0
 
     def _set_geometry(self, info: BlobInfo) -> None:
         if not self.geometry.done():

@@ -10,5 +10,5 @@ from shoal.root.service import Root
 
 
 def run_root(config: Config) -> int:
-    asyncio.run(serve_until_signalled(Root(config)))
+    asyncio.run(serve_until_signalled(lambda: Root(config)))
     return 0

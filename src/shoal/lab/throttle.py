@@ -1,0 +1,105 @@
+"""A TCP forwarder with one shared byte budget: a slow link in front of a local server.
+
+On one machine without network namespaces, this is how the demo gives the origin the
+egress of a busy registry: every byte from the origin to any client passes one token
+bucket, so N clients pulling at once share the rate, as on a real saturated uplink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+CHUNK = 64 << 10
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(rate / 20, CHUNK)
+        self._tokens = self.burst
+        self._last = 0.0
+        self._lock = asyncio.Lock()
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._last:
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= n
+            if self._tokens < 0:
+                await asyncio.sleep(-self._tokens / self.rate)
+
+
+class ThrottledForwarder:
+    """``async with ThrottledForwarder(target_port, rate) as fwd:`` listens on ``fwd.port``."""
+
+    def __init__(self, target_host: str, target_port: int, rate_bytes: float) -> None:
+        self.target = (target_host, target_port)
+        self.bucket = TokenBucket(rate_bytes)
+        self.port = 0
+        self.bytes_down = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> ThrottledForwarder:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            self._tasks.discard(task)
+            return
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, throttle=False),
+                self._pipe(up_reader, writer, throttle=True),
+            )
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(OSError):
+                    await w.wait_closed()
+            self._tasks.discard(task)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, throttle: bool
+    ) -> None:
+        try:
+            while data := await reader.read(CHUNK):
+                if throttle:
+                    await self.bucket.take(len(data))
+                    self.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write_eof()
