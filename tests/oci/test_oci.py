@@ -78,6 +78,8 @@ def test_upstream_derivation_order() -> None:
     assert derive_upstream(dist, "127.0.0.1:65001", "") == real
     assert derive_upstream(None, "127.0.0.1:65001", "default.io") == "default.io"
     assert derive_upstream("docker.io", None, "") == "registry-1.docker.io"
+    assert derive_upstream(None, "docker.distributed.io:65001", "") == "registry-1.docker.io"
+    assert derive_upstream("docker.distributed.io:65001", None, "") == "registry-1.docker.io"
     with pytest.raises(UpstreamUnknownError):
         derive_upstream(None, "127.0.0.1:65001", "")
     with pytest.raises(UpstreamUnknownError):

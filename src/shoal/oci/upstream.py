@@ -58,7 +58,8 @@ def derive_upstream(ns: str | None, host_header: str | None, default: str) -> st
     if host_header:
         mapped_host = undistribute(host_header)
         if mapped_host is not None:
-            return check_host(mapped_host)
+            check_host(mapped_host)
+            return DOCKER_HUB_ALIASES.get(mapped_host, mapped_host)
     if default:
         return default
     raise UpstreamUnknownError(
