@@ -32,6 +32,7 @@ from shoal.control.schema import (
     FailedReport,
     FetchingReport,
     HaveReport,
+    HoldRequest,
     JoinRequest,
     LoadReport,
     ParentsRequest,
@@ -133,15 +134,33 @@ class SwarmProvider:
         self._roots_seen.add(root)
 
     async def _beat(self) -> None:
-        """A load report to every root this agent talks to: its liveness signal."""
+        """Every 2 s: a load report to the roots (liveness), and to a root that restarted
+        (a new incarnation, its soft state gone) the list of whole blobs held here."""
+        incarnations: dict[str, str] = {}
         while True:
             await asyncio.sleep(2.0)
-            report = UpdateRequest(self.peer_id, [LoadReport(0, 0.0)])
-            for root in list(self._roots_seen):
+            for root in self.config.p2p.roots:
                 try:
-                    await self.control.update(root, report)
+                    health = await self.control.health(root)
+                    if incarnations.get(root) != health.incarnation:
+                        held = self._held_for(root)
+                        if held:
+                            await self.control.hold(root, HoldRequest(self.peer_id, held))
+                    incarnations[root] = health.incarnation
+                    if root in self._roots_seen:
+                        await self.control.update(
+                            root, UpdateRequest(self.peer_id, [LoadReport(0, 0.0)])
+                        )
                 except RootUnavailableError:
-                    self._roots_seen.discard(root)
+                    incarnations.pop(root, None)
+
+    def _held_for(self, root: str) -> list[str]:
+        held = []
+        for digest in self.store.digests():
+            info = self.store.lookup(digest)
+            if info is not None and info.complete and self.roots_for(digest)[0] == root:
+                held.append(digest)
+        return held
 
 
 class Download:

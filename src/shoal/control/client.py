@@ -10,7 +10,14 @@ import aiohttp
 import msgspec
 
 from shoal.control.auth import HEADER, sign
-from shoal.control.schema import BlobState, JoinRequest, ParentsRequest, UpdateRequest
+from shoal.control.schema import (
+    BlobState,
+    Health,
+    HoldRequest,
+    JoinRequest,
+    ParentsRequest,
+    UpdateRequest,
+)
 from shoal.errors import UpstreamUnavailableError
 
 T = TypeVar("T")
@@ -72,6 +79,12 @@ class ControlClient:
 
     async def update(self, root: str, req: UpdateRequest) -> None:
         await self._call(root, "POST", "/swarm/v1/update", msgspec.json.encode(req), dict)
+
+    async def hold(self, root: str, req: HoldRequest) -> None:
+        await self._call(root, "POST", "/swarm/v1/hold", msgspec.json.encode(req), dict)
+
+    async def health(self, root: str) -> Health:
+        return await self._call(root, "GET", "/healthz", b"", Health)
 
     async def blob(self, root: str, digest: str, known: int) -> BlobState:
         return await self._call(

@@ -76,6 +76,19 @@ class ParentsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     known: int = 0
 
 
+class HoldRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``peer`` holds these whole blobs (said to a root that restarted and forgot)."""
+
+    peer: str
+    blobs: list[str]
+
+
+class Health(msgspec.Struct, frozen=True):
+    peer: str
+    #: changes every time the root process starts: its soft state is then empty
+    incarnation: str
+
+
 class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag=True):
     pass
 

@@ -24,6 +24,8 @@ from shoal.control.schema import (
     FailedReport,
     FetchingReport,
     HaveReport,
+    Health,
+    HoldRequest,
     JoinRequest,
     LeaveReport,
     LoadReport,
@@ -86,6 +88,7 @@ class ControlAPI:
                 web.post("/swarm/v1/join", self.join),
                 web.post("/swarm/v1/parents", self.parents),
                 web.post("/swarm/v1/update", self.update),
+                web.post("/swarm/v1/hold", self.hold),
                 web.get("/swarm/v1/blobs/{digest}", self.blob),
                 web.get("/healthz", self.health),
             ]
@@ -114,7 +117,15 @@ class ControlAPI:
             )
 
     async def health(self, _: web.Request) -> web.Response:
-        return web.json_response({"peer": self.root.peer_id})
+        health = Health(self.root.peer_id, self.root.incarnation)
+        return web.Response(body=msgspec.json.encode(health), content_type="application/json")
+
+    async def hold(self, request: web.Request) -> web.Response:
+        req = msgspec.json.decode(await request.read(), type=HoldRequest)
+        self.root.seen(req.peer)
+        for blob in req.blobs[:10000]:
+            self.root.hold(req.peer, parse_digest(blob))
+        return web.json_response({})
 
     async def join(self, request: web.Request) -> web.Response:
         req = msgspec.json.decode(await request.read(), type=JoinRequest)
@@ -169,8 +180,13 @@ class RootLike(Protocol):
     """What the API needs of the root service."""
 
     peer_id: str
+    incarnation: str
 
     def seen(self, peer: str) -> None: ...
+
+    def hold(self, peer: str, digest: Digest) -> None:
+        """``peer`` holds the whole blob: a parent as soon as its swarm opens."""
+        ...
 
     async def open_blob(self, digest: Digest, source: Source) -> str:
         """Open (or find) the blob's swarm; a non-empty answer says why it cannot be had."""

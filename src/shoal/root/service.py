@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Coroutine
 from types import TracebackType
@@ -30,7 +31,7 @@ from shoal.peer.server import PeerServer
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
 from shoal.registry.upstream import UpstreamClient
 from shoal.root.control_api import ControlAPI
-from shoal.swarm import Assignment, Have, PeerDead, RootMessage, Scheduler
+from shoal.swarm import Assignment, Have, Join, PeerDead, RootMessage, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Root:
         self._failed: dict[str, tuple[float, str]] = {}
         self._opening: dict[str, asyncio.Future[str]] = {}
         self._last_seen: dict[str, float] = {}
+        self._holders: dict[str, set[str]] = {}
+        self.incarnation = secrets.token_hex(8)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
 
@@ -160,6 +163,17 @@ class Root:
     def seen(self, peer: str) -> None:
         self._last_seen[peer] = time.monotonic()
 
+    def hold(self, peer: str, digest: Digest) -> None:
+        key = str(digest)
+        try:
+            swarm = self.scheduler.swarm(key)
+        except ShoalError:
+            holders = self._holders.setdefault(key, set())
+            if len(holders) < 64:
+                holders.add(peer)
+            return
+        self.scheduler.handle(Join(peer, key, have=swarm.full), time.monotonic())
+
     def failure(self, blob: str) -> str:
         entry = self._failed.get(blob)
         if entry is None:
@@ -198,7 +212,9 @@ class Root:
         key = str(digest)
         info, flight = await self.fetcher.start(digest, source)
         now = time.monotonic()
-        self.scheduler.add_blob(key, info.size, info.piece_size, self.peer_id, now)
+        swarm = self.scheduler.add_blob(key, info.size, info.piece_size, self.peer_id, now)
+        for holder in self._holders.pop(key, ()):
+            self.scheduler.handle(Join(holder, key, have=swarm.full), now)
         present = tuple(i for i in range(info.piece_count) if info.has(i))
         if present:
             self.scheduler.handle(Have(self.peer_id, key, present), now)
