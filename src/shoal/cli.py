@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole system on this machine and pull an image")
     p.add_argument("--layers", type=int, default=4, help="layers in the generated image")
     p.add_argument("--layer-mib", type=int, default=16, help="MiB per layer")
+    p.add_argument("--nodes", type=int, default=8, help="agents (nodes) pulling at once")
+    p.add_argument(
+        "--origin-mib", type=float, default=32, help="the origin's egress, MiB/s (a busy registry)"
+    )
     p.add_argument("--workdir", metavar="DIR", help="keep files here (default: a temp dir)")
     p.set_defaults(handler=_run_demo)
 

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 FALLBACK_METRIC = "shoal_origin_fallback_total"
 FALLBACK_HELP = "Blobs this agent fetched from the origin itself because no root could serve"
 REPORT_INTERVAL = 0.05
+#: seconds between asks for piece hashes the root has not computed yet
+HASH_POLL = 0.02
 
 
 class BlobFailedError(DigestMismatchError):
@@ -328,9 +330,13 @@ class Download:
             await self._hash_event.wait()
 
     async def _refresh_hashes(self) -> None:
+        """Ask the root for hashes it computed since; paced, so waiting is not polling."""
         self._refreshing = True
         try:
-            state = await self.p.control.blob(self.root, self.key, self._known())
+            known = self._known()
+            state = await self.p.control.blob(self.root, self.key, known)
+            if not state.hashes:
+                await asyncio.sleep(HASH_POLL)
             self._take_hashes(state)
         except RootUnavailableError:
             self.root_lost = True

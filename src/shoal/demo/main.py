@@ -1,9 +1,11 @@
-"""``shoal demo``: a real origin registry, a real agent process, one image pulled through it.
+"""``shoal demo``: the peer-to-peer system on one machine, beside the standard pull.
 
-Everything is real and local: Debian's docker-registry on loopback holding a generated
-multi-layer image, ``shoal agent`` started as its own process from a config file, and
-the image pulled through the agent's mirror. The bytes that left the origin are read
-from the origin's own log, so the figure does not depend on shoal reporting honestly.
+Everything is real and local: Debian's docker-registry holding a generated multi-layer
+image behind a throttling forwarder (the egress of a busy registry), then ``shoal root``
+and eight ``shoal agent`` processes started from config files. Eight nodes pull the
+image at once straight from the origin, then eight pull it at once through their own
+agents. Bytes from the origin are read from the origin's own log, so the figure does not
+depend on shoal reporting honestly; every pulled blob is checked against its digest.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import argparse
 import asyncio
 import hashlib
 import shutil
-import sys
+import statistics
 import tempfile
 from pathlib import Path
 
-import aiohttp
-import yaml
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from shoal.errors import ShoalError
-from shoal.lab.image import build_image, oci_layout_blob, push_image
+from shoal.lab.cluster import LocalCluster
+from shoal.lab.image import BuiltImage, build_image, oci_layout_blob, push_image
 from shoal.lab.origin import OriginRegistry
-from shoal.lab.ports import free_port
-from shoal.registry.pull import make_progress, pull_image
+from shoal.lab.throttle import ThrottledForwarder
+from shoal.registry.pull import PullResult, pull_image
 
 MiB = 1 << 20
 
@@ -35,147 +37,132 @@ class DemoFailedError(ShoalError):
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.layers < 1 or args.layer_mib < 1:
-        raise DemoFailedError("--layers and --layer-mib must be at least 1")
+    if args.layers < 1 or args.layer_mib < 1 or args.nodes < 1 or args.origin_mib <= 0:
+        raise DemoFailedError("--layers, --layer-mib, --nodes and --origin-mib must be positive")
     console = Console()
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(_demo(console, workdir, args.layers, args.layer_mib))
+        asyncio.run(_demo(console, workdir, args))
     else:
         with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
-            asyncio.run(_demo(console, Path(tmp), args.layers, args.layer_mib))
+            asyncio.run(_demo(console, Path(tmp), args))
     return 0
 
 
-async def _start_agent(
-    workdir: Path, origin: OriginRegistry
-) -> tuple[asyncio.subprocess.Process, int, int]:
-    proxy_port, exporter_port = free_port(), free_port()
-    config = {
-        "DeployConfig": {
-            "mode": "agent",
-            "logAudit": True,
-            "logAuditMode": "file",
-            "logDir": str(workdir / "agent-log"),
-        },
-        "ExporterConfig": {"enable": True, "port": exporter_port},
-        "ProxyConfig": {"listen": "127.0.0.1", "port": proxy_port},
-        "CacheConfig": {"path": str(workdir / "agent-cache")},
-        "UpstreamConfig": {
-            "default": origin.address,
-            "registries": [{"host": origin.address, "plainHTTP": True}],
-        },
-    }
-    cfg_path = workdir / "agent.yaml"
-    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = (workdir / "agent.log").open("ab")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shoal",
-        "agent",
-        "--config",
-        str(cfg_path),
-        stdout=log,
-        stderr=log,
-        stdin=asyncio.subprocess.DEVNULL,
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        console=console,
     )
-    log.close()
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            if proc.returncode is not None:
-                tail = (workdir / "agent.log").read_text(errors="replace")[-500:]
-                raise DemoFailedError(f"the agent exited: {tail}")
-            try:
-                async with session.get(f"http://127.0.0.1:{proxy_port}/v2/") as resp:
-                    if resp.status == 200:
-                        return proc, proxy_port, exporter_port
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.terminate()
-    await proc.wait()
-    raise DemoFailedError("the agent did not start listening")
 
 
-async def _agent_counts(exporter_port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
+async def _pull_all(
+    console: Console,
+    ref: str,
+    dests: list[Path],
+    mirrors: list[str | None],
+) -> list[PullResult]:
+    with _progress(console) as progress:
 
-    url = f"http://127.0.0.1:{exporter_port}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        text = await resp.text()
-    return {
-        s.labels["type"]: s.value
-        for fam in text_string_to_metric_families(text)
-        if fam.name == "DADIP2P_Count"
-        for s in fam.samples
-    }
+        async def one(i: int) -> PullResult:
+            task = progress.add_task(f"node {i + 1}", total=None)
+            result = await pull_image(
+                ref,
+                dests[i],
+                mirror=mirrors[i],
+                plain_http=True,
+                progress=progress,
+                total_task=task,
+            )
+            return result
+
+        return await asyncio.gather(*(one(i) for i in range(len(dests))))
 
 
-def _check_layout(dest: Path, digests: tuple[str, ...]) -> None:
-    for digest in digests:
-        data = oci_layout_blob(dest, digest).read_bytes()
-        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
-            raise DemoFailedError(f"pulled blob {digest} does not match its digest")
+def _check(dest: Path, image: BuiltImage) -> None:
+    for blob in image.blobs():
+        data = oci_layout_blob(dest, blob.digest).read_bytes()
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != blob.digest:
+            raise DemoFailedError(f"pulled blob {blob.digest} does not match its digest")
 
 
-async def _demo(console: Console, workdir: Path, layers: int, layer_mib: int) -> None:
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+
+
+async def _demo(console: Console, workdir: Path, args: argparse.Namespace) -> None:
     if shutil.which("docker-registry") is None:
         raise DemoFailedError("docker-registry is missing: run `make install` first")
+    nodes = args.nodes
     console.rule("[bold]shoal demo")
-    console.print(f"building an image of {layers} layers x {layer_mib} MiB of random bytes")
     image = build_image(
         workdir / "image",
         repo="shoal/demo",
         tag="latest",
-        layer_sizes=[layer_mib * MiB] * layers,
+        layer_sizes=[args.layer_mib * MiB] * args.layers,
         with_index=True,
+    )
+    size = image.total_size
+    console.print(
+        f"image: {args.layers} layers x {args.layer_mib} MiB of random bytes ({size / MiB:.1f} MiB)"
     )
     async with OriginRegistry(workdir / "origin") as origin:
         await push_image(origin.url, image)
-        ref = f"{origin.address}/{image.repo}:{image.tag}"
-        console.print(f"origin registry (docker-registry) at {origin.url} holds {ref}")
-        proc, proxy_port, exporter_port = await _start_agent(workdir, origin)
-        try:
-            console.print(f"agent (pid {proc.pid}) mirrors it on http://127.0.0.1:{proxy_port}")
+        rate = args.origin_mib * MiB
+        async with ThrottledForwarder("127.0.0.1", origin.port, rate) as busy:
+            address = f"127.0.0.1:{busy.port}"
+            ref = f"{address}/{image.repo}:{image.tag}"
+            console.print(
+                f"origin: docker-registry behind a {args.origin_mib} MiB/s link at {address}"
+            )
+            console.print(f"\n[bold]{nodes} nodes pull straight from the origin, all at once")
             before = origin.blob_bytes_served()
-            console.print("\n[bold]pull straight from the origin")
-            with make_progress(console) as progress:
-                direct = await pull_image(
-                    ref, workdir / "direct", plain_http=True, progress=progress
+            direct = await _pull_all(
+                console, ref, [workdir / f"direct{i}" for i in range(nodes)], [None] * nodes
+            )
+            direct_bytes = origin.blob_bytes_served() - before
+            for i in range(nodes):
+                _check(workdir / f"direct{i}", image)
+            console.print(
+                f"\n[bold]a root and {nodes} agents start; each node pulls through "
+                "its own agent, all at once"
+            )
+            async with LocalCluster(workdir / "cluster", address, agents=nodes) as cluster:
+                before = origin.blob_bytes_served()
+                mirrors: list[str | None] = [f"http://{a.mirror}" for a in cluster.agents]
+                shoal = await _pull_all(
+                    console, ref, [workdir / f"shoal{i}" for i in range(nodes)], mirrors
                 )
-            direct_origin = origin.blob_bytes_served() - before
-            _check_layout(workdir / "direct", direct.blobs)
-            before = origin.blob_bytes_served()
-            console.print("\n[bold]pull through the shoal agent")
-            with make_progress(console) as progress:
-                mirrored = await pull_image(
-                    ref,
-                    workdir / "via-agent",
-                    mirror=f"http://127.0.0.1:{proxy_port}",
-                    progress=progress,
-                )
-            agent_origin = origin.blob_bytes_served() - before
-            _check_layout(workdir / "via-agent", mirrored.blobs)
-            counts = await _agent_counts(exporter_port)
-        finally:
-            proc.terminate()
-            await proc.wait()
-    table = Table(title=f"{ref}: {image.total_size / MiB:.1f} MiB in {len(image.blobs())} blobs")
-    table.add_column("pull")
-    table.add_column("time", justify="right")
-    table.add_column("MiB from origin", justify="right")
-    table.add_column("MiB through agent", justify="right")
-    table.add_column("digests")
-    table.add_row("direct", f"{direct.seconds:.2f} s", f"{direct_origin / MiB:.1f}", "-", "ok")
-    table.add_row(
-        "via agent",
-        f"{mirrored.seconds:.2f} s",
-        f"{agent_origin / MiB:.1f}",
-        f"{counts.get('pread', 0) / MiB:.1f}",
-        "ok",
+                shoal_bytes = origin.blob_bytes_served() - before
+            for i in range(nodes):
+                _check(workdir / f"shoal{i}", image)
+    bound = size / rate
+    table = Table(
+        title=f"{nodes} nodes pull {size / MiB:.0f} MiB; origin link {args.origin_mib} MiB/s"
     )
+    for col in ("pull", "p50", "p95", "max", "MiB from origin", "digests"):
+        table.add_column(col, justify="right" if col != "pull" else "left")
+    for name, results, sent in (("direct", direct, direct_bytes), ("shoal", shoal, shoal_bytes)):
+        times = [r.seconds for r in results]
+        table.add_row(
+            name,
+            f"{statistics.median(times):.2f} s",
+            f"{_p95(times):.2f} s",
+            f"{max(times):.2f} s",
+            f"{sent / MiB:.1f}",
+            "ok",
+        )
     console.print()
     console.print(table)
-    console.print("Every blob came from the origin through the agent (no peers yet: one agent).")
+    cut = 100 * (1 - _p95([r.seconds for r in shoal]) / _p95([r.seconds for r in direct]))
+    console.print(
+        f"shoal cut the p95 pull time by {cut:.0f} % and read the origin "
+        f"{shoal_bytes / size:.2f} times (one copy of the image is "
+        f"{size / MiB:.1f} MiB; one copy through the origin link takes "
+        f"{bound:.2f} s)."
+    )

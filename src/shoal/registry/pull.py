@@ -19,6 +19,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -57,8 +58,11 @@ async def pull_image(
     plain_http: bool = False,
     credentials: tuple[str, str] | None = None,
     progress: Progress | None = None,
+    total_task: TaskID | None = None,
     concurrency: int = 4,
 ) -> PullResult:
+    """Pull ``image`` into ``dest``; with ``total_task`` only that bar advances (one per
+    pull when many run at once), else a bar per blob plus a total."""
     start = time.perf_counter()
     host, repo, ref = split_image(image)
     blob_dir = dest / "blobs" / "sha256"
@@ -75,16 +79,18 @@ async def pull_image(
         _write_blob(blob_dir, digest, body)
         manifest = parse_manifest(body)
         blobs: list[Descriptor] = [manifest["config"], *manifest["layers"]]
-        total_task = (
-            progress.add_task("total", total=sum(b["size"] for b in blobs))
-            if progress is not None
-            else None
-        )
+        per_blob = total_task is None
+        if progress is not None:
+            total = sum(b["size"] for b in blobs)
+            if total_task is None:
+                total_task = progress.add_task("total", total=total)
+            else:
+                progress.update(total_task, total=total)
         limit = asyncio.Semaphore(concurrency)
 
         async def one(desc: Descriptor) -> None:
             async with limit:
-                await _fetch_blob(client, repo, desc, blob_dir, progress, total_task)
+                await _fetch_blob(client, repo, desc, blob_dir, progress, total_task, per_blob)
 
         await asyncio.gather(*(one(b) for b in blobs))
     index = {
@@ -131,14 +137,15 @@ async def _fetch_blob(
     desc: Descriptor,
     blob_dir: Path,
     progress: Progress | None,
-    total_task: object,
+    total_task: TaskID | None,
+    per_blob: bool,
 ) -> None:
     digest = parse_digest(desc["digest"])
     final = blob_dir / digest.hex
     tmp = final.with_suffix(".partial")
     task = (
         progress.add_task(desc["digest"][7:19], total=desc["size"])
-        if progress is not None
+        if progress is not None and per_blob
         else None
     )
     verifier = DigestVerifier(digest)
@@ -147,9 +154,11 @@ async def _fetch_blob(
             async for chunk in resp.content.iter_chunked(CHUNK):
                 verifier.update(chunk)
                 out.write(chunk)
-                if progress is not None and task is not None:
-                    progress.advance(task, len(chunk))
-                    progress.advance(total_task, len(chunk))  # type: ignore[arg-type]
+                if progress is not None:
+                    if task is not None:
+                        progress.advance(task, len(chunk))
+                    if total_task is not None:
+                        progress.advance(total_task, len(chunk))
     if verifier.size != desc["size"] or not verifier.matches():
         tmp.unlink(missing_ok=True)
         raise DigestMismatchError(f"blob {digest}: received bytes do not match the manifest")
