@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 
 from shoal.swarm import (
     AskParents,
@@ -23,6 +23,7 @@ from shoal.swarm import (
 PS = 1 << 20
 N = 16  # pieces
 FULL = full_mask(N)
+STRIPE = [mask_of(range(s, N, 4)) for s in range(4)]
 
 
 def sched(**kw: int) -> Scheduler:
@@ -41,107 +42,148 @@ def names(a: Assignment) -> list[str]:
     return [o.peer for o in a.parents]
 
 
-def test_first_agent_gets_the_seed_fetching_everything() -> None:
+def join_all(s: Scheduler, n: int) -> dict[str, Assignment]:
+    """Join n agents, applying pushed updates as the real shell would."""
+    latest: dict[str, Assignment] = {}
+    for i in range(n):
+        a = assign(s, Join(f"n{i}", "b"))
+        latest[a.peer] = a
+        for u in s.take_updates(0.0):
+            latest[u.peer] = u
+    return latest
+
+
+def stripe_parents(a: Assignment) -> dict[int, str]:
+    out = {}
+    for o in a.parents:
+        if o.spare:
+            continue
+        for st, mask in enumerate(STRIPE):
+            if o.only & mask == mask:
+                out[st] = o.peer
+    return out
+
+
+def test_first_agent_gets_the_seed_for_every_stripe_fetching_everything() -> None:
     s = sched()
-    a = assign(s, Join("n1", "b"))
-    (seed,) = a.parents
-    assert seed.peer == "root"
-    assert seed.have == 0 and seed.fetching == seed.only  # cut-through on the origin fetch
+    (seed,) = assign(s, Join("n0", "b")).parents
+    assert seed.peer == "root" and seed.only == FULL
+    assert seed.have == 0 and seed.fetching == FULL  # cut-through on the origin fetch
     assert "1 agents" in repr(s.swarm("b"))
 
 
-def test_seed_children_get_disjoint_stripes_that_cover_every_piece() -> None:
+def test_the_seed_sends_each_stripe_to_one_child_once_the_forest_stands() -> None:
     s = sched(stripes=4)
-    onlys = []
-    for i in range(4):
-        a = assign(s, Join(f"n{i}", "b"))
-        (seed,) = [o for o in a.parents if o.peer == "root"]
-        onlys.append(seed.only)
-    for x in range(4):
-        for y in range(x + 1, 4):
-            assert onlys[x] & onlys[y] == 0
-    assert sum(onlys) == FULL
-    # a fifth agent does not get the seed: its slots are taken and others are useful
-    s.handle(Fetching("n0", "b", (0, 4)), 0.0)
-    assert "root" not in names(assign(s, Join("n4", "b")))
+    latest = join_all(s, 4)
+    swarm = s.swarm("b")
+    assert [len(k) for k in swarm.seed_kids] == [1, 1, 1, 1]
+    assert [len(p) for p in swarm.provisional] == [0, 0, 0, 0]
+    seed_only = [o.only for a in latest.values() for o in a.parents if o.peer == "root"]
+    assert sorted(seed_only) == sorted(STRIPE)  # disjoint stripes covering every piece
+    for a in latest.values():
+        assert sorted(stripe_parents(a)) == [0, 1, 2, 3]  # a parent in every stripe
 
 
-def test_a_starved_seed_child_takes_the_unheld_stripes() -> None:
+def test_forest_is_shallow_and_no_uplink_is_oversubscribed() -> None:
     s = sched(stripes=4)
-    a = assign(s, Join("n0", "b"))
-    assert a.parents[-1].only == mask_of(range(0, N, 4))
-    a = assign(s, AskParents("n0", "b"))
-    assert a.parents[-1].only == FULL
+    latest = join_all(s, 84)
+    swarm = s.swarm("b")
+    assert swarm.interior == [21, 21, 21, 21]
+    kids: dict[str, int] = {}
+    for a in latest.values():
+        sp = stripe_parents(a)
+        assert sorted(sp) == [0, 1, 2, 3]
+        for p in sp.values():
+            kids[p] = kids.get(p, 0) + 1
+    assert kids.pop("root") == 4
+    assert max(kids.values()) <= 4
+    depth_limit = 2 + math.ceil(math.log(21, 4))
+    assert "provisional [0, 0, 0, 0]" in repr(swarm)
+
+    def depth(peer: str, st: int) -> int:
+        d = 1
+        while (p := stripe_parents(latest[peer])[st]) != "root":
+            peer, d = p, d + 1
+        return d
+
+    assert max(depth(f"n{i}", st) for i in range(84) for st in range(4)) <= depth_limit
 
 
-def test_cut_through_offers_a_parent_whose_pieces_are_in_flight() -> None:
+def test_cut_through_offers_what_a_parent_is_fetching() -> None:
     s = sched()
-    assign(s, Join("x", "b"))
-    s.handle(Fetching("x", "b", (0, 1, 2)), 0.1)
-    a = assign(s, Join("y", "b"), 0.2)
-    (x,) = [o for o in a.parents if o.peer == "x"]
-    assert x.have == 0 and x.fetching == mask_of([0, 1, 2])
-    s.handle(Have("x", "b", (0,)), 0.3)
-    (x,) = [o for o in assign(s, AskParents("y", "b"), 0.4).parents if o.peer == "x"]
-    assert x.have == 1 and x.fetching == mask_of([1, 2])
+    latest = join_all(s, 5)
+    (p4,) = [o for o in latest["n4"].parents if o.peer != "root"][:1]
+    s.handle(Fetching(p4.peer, "b", tuple(range(N))), 0.1)
+    s.handle(Have(p4.peer, "b", (0, 1, 2, 3)), 0.2)
+    offer = next(o for o in assign(s, AskParents("n4", "b"), 0.3).parents if o.peer == p4.peer)
+    assert offer.have == mask_of([0, 1, 2, 3]) & offer.only
+    assert offer.fetching == FULL & ~mask_of([0, 1, 2, 3]) & offer.only
 
 
 def test_same_zone_parents_are_preferred() -> None:
-    s = sched(parents=5)
-    for i in range(10):
-        for zone in ("a", "b"):
-            assign(s, Join(f"{zone}{i}", "b", zone=zone, have=FULL))
-    a = assign(s, Join("me", "b", zone="a"))
-    others = [o for o in a.parents if o.peer != "root"]
-    assert len(others) >= 4
-    assert all(o.zone == "a" for o in others)
-
-
-def test_load_is_spread_over_parents() -> None:
-    s = sched(parents=2, child_slots=2, sample=64)
-    for i in range(8):
-        assign(s, Join(f"full{i}", "b", have=FULL))
-    count: Counter[str] = Counter()
-    for i in range(8):
-        for o in assign(s, Join(f"new{i}", "b")).parents:
-            count[o.peer] += 1
-    full = {p: c for p, c in count.items() if p.startswith("full")}
-    assert len(full) == 8 and max(full.values()) <= 2  # all used, nobody above its slots
-
-
-def test_bad_piece_bans_the_parent_for_the_reporter_then_for_all() -> None:
-    s = sched(global_ban_reporters=2)
-    assign(s, Join("bad", "b", have=FULL))
-    for who in ("y", "z", "w"):
-        assert "bad" in names(assign(s, Join(who, "b")))
-    s.handle(ParentFailed("y", "b", "bad", FailReason.BAD_PIECE, 3), 1.0)
-    assert "bad" not in names(assign(s, AskParents("y", "b"), 1.0))
-    assert "bad" in names(assign(s, AskParents("w", "b"), 1.0))
-    s.handle(ParentFailed("z", "b", "bad", FailReason.BAD_PIECE, 3), 2.0)
-    assert "bad" not in names(assign(s, AskParents("w", "b"), 2.0))
-    # bans end
-    assert "bad" in names(assign(s, AskParents("w", "b"), 100.0))
-
-
-def test_slow_parent_is_avoided() -> None:
-    s = sched(parents=2, sample=64)
-    assign(s, Join("slow", "b", have=FULL))
-    assign(s, Join("quick", "b", have=FULL))
-    assign(s, Join("x", "b"))
-    s.handle(ParentFailed("x", "b", "slow", FailReason.SLOW, 1), 1.0)
-    assert names(assign(s, Join("y", "b"), 1.5))[0] == "quick"
-
-
-def test_complete_agent_frees_its_parents_and_dead_ones_vanish() -> None:
     s = sched()
-    a = assign(s, Join("n", "b"))
-    assert names(a) == ["root"]
-    s.handle(Have("root", "b", tuple(range(N))), 1.0)
-    s.handle(Have("n", "b", tuple(range(N))), 1.0)
+    for i in range(16):
+        assign(s, Join(f"{'ab'[i % 2]}{i}", "b", zone="ab"[i % 2]))
+        s.take_updates(0.0)
+    a = assign(s, Join("me", "b", zone="a"))
+    zones = [o.zone for o in a.parents if o.peer != "root"]
+    assert zones.count("a") >= 3 and zones.count("a") > zones.count("b")
+
+
+def test_spares_are_flagged_and_are_not_tree_parents() -> None:
+    s = sched(spares=2)
+    join_all(s, 12)
+    a = assign(s, AskParents("n11", "b"))
+    spares = [o for o in a.parents if o.spare]
+    assert len(spares) == 2
+    assert not {o.peer for o in spares} & set(stripe_parents(a).values())
+    assert all(o.only == -1 for o in spares)
+
+
+def test_bad_piece_moves_the_reporter_away_then_bans_for_all() -> None:
+    s = sched(global_ban_reporters=2)
+    latest = join_all(s, 20)
+    bad = stripe_parents(latest["n19"])[0]
+    assert bad != "root"
+    kids = [p for p, a in latest.items() if bad in stripe_parents(a).values()]
+    s.handle(ParentFailed(kids[0], "b", bad, FailReason.BAD_PIECE, 3), 1.0)
+    (update,) = s.take_updates(1.0)
+    assert update.peer == kids[0] and bad not in names(update)
+    s.handle(ParentFailed(kids[1], "b", bad, FailReason.BAD_PIECE, 3), 2.0)
+    s.take_updates(2.0)
+    assert bad not in names(assign(s, Join("late", "b"), 2.0))
+
+
+def test_slow_parent_is_replaced_for_the_reporter() -> None:
+    s = sched()
+    latest = join_all(s, 20)
+    slow = stripe_parents(latest["n19"])[1]
+    s.handle(ParentFailed("n19", "b", slow, FailReason.SLOW, 1), 1.0)
+    (update,) = s.take_updates(1.0)
+    assert slow not in names(update) and sorted(stripe_parents(update)) == [0, 1, 2, 3]
+    assert slow not in names(assign(s, AskParents("n19", "b"), 1.5))
+
+
+def test_dead_parent_children_are_pushed_new_parents() -> None:
+    s = sched()
+    latest = join_all(s, 40)
+    victim = stripe_parents(latest["n39"])[2]
+    orphans = {p for p, a in latest.items() if victim in names(a)}
+    s.handle(PeerDead(victim), 1.0)
+    updates = {u.peer: u for u in s.take_updates(1.0)}
+    assert set(updates) == orphans
+    for u in updates.values():
+        assert victim not in names(u) and sorted(stripe_parents(u)) == [0, 1, 2, 3]
+
+
+def test_complete_agent_frees_its_slots_and_leavers_vanish() -> None:
+    s = sched()
+    join_all(s, 4)
     swarm = s.swarm("b")
-    assert swarm.seed_children == 0 and swarm.complete == 1
-    assert "n" in names(assign(s, Join("m", "b")))
-    s.handle(PeerDead("n"), 2.0)
-    assert "n" not in names(assign(s, AskParents("m", "b"), 2.0))
-    s.handle(Leave("m", "b"), 3.0)
-    assert swarm.agents() == 0
+    s.handle(Have("root", "b", tuple(range(N))), 1.0)
+    s.handle(Have("n3", "b", tuple(range(N))), 1.0)
+    assert swarm.complete == 1
+    assert assign(s, AskParents("n3", "b")).parents == ()
+    s.handle(Leave("n3", "b"), 2.0)
+    assert swarm.agents() == 3 and swarm.complete == 0
+    assert "n3" not in names(assign(s, Join("n9", "b"), 2.0))

@@ -126,8 +126,9 @@ RootMessage = (
 class ParentOffer:
     """One parent and what it holds (``have``) or is fetching (``fetching``) right now.
 
-    ``only`` limits what the agent may ask of this parent (the seed serves each child a
+    ``only`` limits what the agent may ask of this parent (a stripe parent sends one
     stripe of the pieces); ``-1`` is every piece. Apply it to later news from the parent.
+    A ``spare`` parent is asked only for pieces no other parent holds or is fetching.
     """
 
     peer: PeerId
@@ -135,6 +136,7 @@ class ParentOffer:
     have: int
     fetching: int
     only: int = -1
+    spare: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ returns actions to carry out (``Request``, ``Cancel``, ``ParentFailed`` for the 
 
 Rules:
 
-1. Limits: at most ``per_parent`` requests to one parent and ``total`` in all.
+1. Limits: at most ``per_parent`` requests to one parent and ``total`` in all; each
+   request goes to the least-busy parent that can serve one (spreads uplink load). A
+   ``spare`` parent is asked only for pieces no other parent holds or is fetching.
 2. Order: the first ``window`` missing pieces come first, lowest index first, so the
    runtime can be streamed in order; beyond the window, the rarest among this agent's
    parents (sampled: ``samples`` random candidates, fewest parents holding it), so that
@@ -92,7 +94,7 @@ class PickerPolicy:
 
 
 class _Parent:
-    __slots__ = ("has", "inflight", "only", "peer", "pending", "retiring")
+    __slots__ = ("has", "inflight", "only", "peer", "pending", "retiring", "spare")
 
     def __init__(self, offer: ParentOffer, full: int) -> None:
         self.peer = offer.peer
@@ -101,6 +103,11 @@ class _Parent:
         self.pending = offer.fetching & self.only & ~self.has
         self.inflight = 0
         self.retiring = False
+        self.spare = offer.spare
+
+
+def _busy(p: _Parent) -> int:
+    return p.inflight
 
 
 class _Req:
@@ -204,6 +211,7 @@ class PiecePicker:
                 self._parents[o.peer] = _Parent(o, self.full)
             else:
                 p.only = o.only & self.full
+                p.spare = o.spare
                 p.has = (p.has | o.have) & p.only
                 p.pending = (p.pending | o.fetching) & p.only & ~p.has
                 p.retiring = False
@@ -304,19 +312,29 @@ class PiecePicker:
         if free:
             first = lowest(free)
             window = ((1 << pol.window) - 1) << first
-            for p in list(self._parents.values()):
-                if p.retiring:
+            # one request at a time to the least-busy parent that can serve one, so that
+            # requests (and so the load on parents' uplinks) spread over every parent
+            primary = 0
+            for p in self._parents.values():
+                if not p.spare and not p.retiring:
+                    primary |= p.has | p.pending
+            spare_free = free & ~primary
+            ready = [
+                p
+                for p in self._parents.values()
+                if not p.retiring and (p.has | p.pending) & (spare_free if p.spare else free)
+            ]
+            while ready and free and self._inflight < pol.total:
+                p = min(ready, key=_busy)
+                lim = free & ~primary if p.spare else free
+                avail = p.has & lim or p.pending & lim
+                if not avail or p.inflight >= pol.per_parent:
+                    ready.remove(p)
                     continue
-                while p.inflight < pol.per_parent and self._inflight < pol.total:
-                    avail = p.has & free or p.pending & free
-                    if not avail:
-                        break
-                    w = avail & window
-                    index = lowest(w) if w else self._rarest(avail)
-                    self._ask(p, index, now, actions)
-                    free &= ~(1 << index)
-                if self._inflight >= pol.total or not free:
-                    break
+                w = avail & window
+                index = lowest(w) if w else self._rarest(avail)
+                self._ask(p, index, now, actions)
+                free &= ~(1 << index)
         if not free and self._inflight < pol.total:
             self._endgame(now, actions)
         if (

@@ -1,42 +1,49 @@
 """The root's scheduler: who is in each blob's swarm, what each holds, whom to fetch from.
 
 One ``Scheduler`` per root; one ``BlobSwarm`` per blob the root owns. It is a pure state
-machine: messages in (``handle(msg, now)``), ``Assignment`` decisions out, time passed
-in, randomness from a seeded ``random.Random`` so that the simulator is reproducible.
+machine: messages in (``handle(msg, now)``), ``Assignment`` decisions out (the answer to
+``Join``/``AskParents``, plus unsolicited updates for other agents in ``take_updates()``),
+time passed in, randomness from a seeded ``random.Random`` so the simulator reproduces.
 
-Goal: keep every node's upload busy. A fixed tree with fan-out f caps each level at 1/f
-of a link; a mesh in which every agent has a handful of parents that hold (or are
-fetching) pieces it lacks, and every agent has about as many children as parents,
-lets each upload run near full rate, so a node finishes near S/B plus a few piece times.
+The goal is that every node's upload stays busy. A fixed tree with fan-out f caps each
+level at B/f; a random mesh wastes uplink when the pieces a node holds are not the ones
+its children want (simulated here: 1.3-1.8x the bound at 20-100 nodes). So the scheduler
+builds a *striped forest* (SplitStream's idea) and keeps a small mesh beside it:
 
-Rules (the scoring table ``SCORE`` below holds the weights):
-
-1. Candidates for a requester: a random sample of the blob's members (half from the
-   requester's zone when it has one), its current parents, and the seed. Never itself,
-   a peer it banned (bad piece) or reported slow within the ban time, a peer banned
-   globally (bad pieces reported by ``global_ban_reporters`` different agents), or a dead
-   peer. Sampling bounds the cost of a decision at 10,000 members.
-2. Score = ``useful`` x fraction of ``useful_enough`` pieces the candidate holds or is
-   fetching that the requester lacks (fetching counts half: cut-through, served when it
-   lands) + ``free`` x share of its upload slots not taken by children (over every blob:
-   one uplink) + ``zone`` if in the requester's zone - ``slow`` per recent slow report.
-   A candidate with nothing useful and no free slot is not offered. The best
-   ``parents`` are offered, best first.
-3. The seed (the root; its pieces arrive from the origin) is offered to a requester only
-   when some stripe has no child, or when nothing else offered is useful to the
-   requester and the seed has fewer than ``seed_slots`` children; and then only for a
-   *stripe* of the pieces (piece index mod ``stripes``): each piece leaves the root
-   about once and the swarm spreads it. A new child of the seed takes the least-held
-   stripe; a child that asks again (it is starved) also takes every stripe no child
-   holds, so every stripe stays covered as children come, go and die (BitTorrent's
-   super-seeding, made deterministic). This keeps the origin read once and the root's
-   uplink carrying new bytes, not copies.
-4. A member that holds every piece stops being a child (its parents' slots are freed)
-   and stays a parent until it leaves.
+1. The blob's pieces are split into ``stripes`` stripes (piece index mod ``stripes``).
+   Each agent gets a *home* stripe (the least populated one in its zone, then overall)
+   and, for every
+   stripe, exactly one *stripe parent* that sends it that stripe's pieces.
+2. An agent is an interior node of its home stripe's tree only: it has ``stripes`` child
+   slots there (so its uplink carries ``stripes`` x B/``stripes`` = B) and is a leaf of
+   every other tree (its downlink takes ``stripes`` x B/``stripes`` = B). The seed (the
+   root) takes ``seed_fanout`` child per stripe, so its uplink carries each piece about
+   once: new bytes, not copies, and the origin read once.
+3. A stripe parent is the shallowest interior node of that stripe with a free slot
+   (a heap by depth fills trees breadth first), preferring the requester's zone (if
+   at most one level deeper); never itself, a dead peer, a peer banned globally or
+   by the requester. With no interior node yet, the seed stands in (``provisional``);
+   when the stripe's first interior nodes join, provisional children move under them
+   and get an update (``take_updates``). An interior node takes the place of a leaf
+   that sits higher than any free slot and the leaf moves under it (update), so
+   interior nodes stay at the top and a tree is about log_stripes(n) deep.
+4. Beside the stripe parents each agent gets ``spares`` mesh parents (``spare=True`` in
+   the offer): scored by the table ``SCORE`` (pieces it holds or fetches that the
+   requester lacks, free upload, same zone, minus recent slow reports), picked from a
+   random sample of ``sample`` members so a decision costs the same at 10,000 members.
+   The picker asks a spare only for pieces no stripe parent can give: spares cover a
+   slow or broken tree without stealing its uplink.
+5. A parent reported slow, bad or unreachable, or dead, or leaving: its tree children
+   get new stripe parents (updates); a bad piece bans it for the reporter, bad pieces
+   from ``global_ban_reporters`` agents ban it for all, for ``ban_seconds``.
+6. An agent that holds every piece frees its tree slots (parents' slots reopen) and
+   stays a parent until it leaves.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,18 +67,18 @@ from shoal.swarm.messages import (
 )
 from shoal.swarm.pieces import full_mask, mask_of, piece_count
 
-#: weights of the parent score (rule 2)
+#: weights of the spare-parent score (rule 4)
 SCORE: dict[str, float] = {"useful": 2.0, "free": 1.5, "zone": 1.0, "slow": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerPolicy:
-    parents: int = 6  #: parents per assignment
-    sample: int = 32  #: random candidates scored per assignment
-    child_slots: int = 6  #: children an agent serves before it counts as loaded
-    seed_slots: int = 8  #: cap on the seed's children per blob (starved agents past the stripes)
-    stripes: int = 4  #: the seed's pieces are split into this many stripes
-    useful_enough: int = 8  #: pieces that make a parent fully useful (score 1)
+    stripes: int = 4  #: stripes per blob = child slots of an interior node
+    seed_fanout: int = 1  #: children of the seed per stripe
+    spares: int = 0  #: mesh parents besides the stripe parents (see rule 4)
+    sample: int = 32  #: random candidates scored per spare choice
+    child_slots: int = 6  #: spare children a peer takes before it counts as loaded
+    useful_enough: int = 8  #: pieces that make a spare fully useful (score 1)
     ban_seconds: float = 60.0  #: a parent reported bad or slow is not offered again to that agent
     slow_memory: float = 30.0  #: seconds a slow report counts against a parent
     global_ban_reporters: int = 2  #: distinct agents reporting bad pieces ban a parent for all
@@ -94,7 +101,7 @@ class _Peer:
     def __init__(self, peer: PeerId, zone: str) -> None:
         self.id = peer
         self.zone = zone
-        self.children = 0  # agents, over all blobs, that have this peer as a parent
+        self.children = 0  # spare children over all blobs
         self.uploads = 0  # last reported active uploads
         self.slow: list[float] = []  # times of slow reports
         self.bad_reporters: set[PeerId] = set()
@@ -105,15 +112,28 @@ class _Peer:
 class _Member:
     """A peer in one blob's swarm."""
 
-    __slots__ = ("bans", "fetching", "have", "parents", "peer", "seed_stripes")
+    __slots__ = (
+        "bans",
+        "depth",
+        "fetching",
+        "have",
+        "home",
+        "kids",
+        "peer",
+        "spares",
+        "stripe_parent",
+    )
 
-    def __init__(self, peer: _Peer, have: int) -> None:
+    def __init__(self, peer: _Peer, have: int, stripes: int) -> None:
         self.peer = peer
         self.have = have
         self.fetching = 0
-        self.parents: list[PeerId] = []
+        self.home = -1
+        self.depth = 0  # in the home stripe's tree; the seed's children are at 1
+        self.stripe_parent: list[PeerId | None] = [None] * stripes
+        self.kids: set[PeerId] = set()  # tree children (in the home stripe's tree)
+        self.spares: list[PeerId] = []
         self.bans: dict[PeerId, float] = {}  # parent -> until
-        self.seed_stripes = 0  # stripes it holds from the seed, as a bit set of stripe numbers
 
 
 class BlobSwarm:
@@ -129,52 +149,48 @@ class BlobSwarm:
         self.full = full_mask(self.count)
         self.seed = seed
         self.policy = policy
+        k = policy.stripes
+        self.stripe_masks = [mask_of(range(s, self.count, k)) for s in range(k)]
         self.members: dict[PeerId, _Member] = {seed.peer.id: seed}
+        self.interior = [0] * k
+        self.zone_interior: dict[str, list[int]] = {}
+        self.seed_kids: list[set[PeerId]] = [set() for _ in range(k)]
+        self.provisional: list[set[PeerId]] = [set() for _ in range(k)]  # seed stands in
+        # interior nodes with a free slot, by depth: (depth, seq, peer)
+        self.slots: list[list[tuple[int, int, PeerId]]] = [[] for _ in range(k)]
+        self.zone_slots: dict[tuple[int, str], list[tuple[int, int, PeerId]]] = {}
+        # leaves by the depth they sit at: (depth, seq, leaf, its parent)
+        self.leaves: list[list[tuple[int, int, PeerId, PeerId]]] = [[] for _ in range(k)]
+        self.seq = itertools.count()
         self._order: list[PeerId] = []  # agents, for O(1) random sampling
         self._pos: dict[PeerId, int] = {}
-        self._zones: dict[str, list[PeerId]] = {}
-        self._zpos: dict[PeerId, int] = {}
-        self.stripe_holders = [0] * policy.stripes
-        self.stripe_masks = [
-            mask_of(range(s, self.count, policy.stripes)) for s in range(policy.stripes)
-        ]
-        self.seed_children = 0
         self.complete = 0
 
     def __repr__(self) -> str:
-        fetched = self.seed.have.bit_count()
         return (
-            f"<BlobSwarm {self.blob[:19]} [{self.count} pieces, seed has {fetched} | "
-            f"{len(self._order)} agents, {self.complete} complete | "
-            f"seed children {self.seed_children}, stripes held {self.stripe_holders}]>"
+            f"<BlobSwarm {self.blob[:19]} [{self.count} pieces, seed has "
+            f"{self.seed.have.bit_count()} | {len(self._order)} agents, {self.complete} "
+            f"complete | interior per stripe {self.interior}, provisional "
+            f"{[len(p) for p in self.provisional]}]>"
         )
 
-    # membership bookkeeping -------------------------------------------------------
+    def agents(self) -> int:
+        return len(self._order)
 
     def _add(self, m: _Member) -> None:
         pid = m.peer.id
         self.members[pid] = m
         self._pos[pid] = len(self._order)
         self._order.append(pid)
-        if m.peer.zone:
-            zl = self._zones.setdefault(m.peer.zone, [])
-            self._zpos[pid] = len(zl)
-            zl.append(pid)
 
     def _remove(self, pid: PeerId) -> _Member:
         m = self.members.pop(pid)
-        for lst, pos in ((self._order, self._pos), (self._zones.get(m.peer.zone), self._zpos)):
-            if lst is None or pid not in pos:
-                continue
-            i = pos.pop(pid)
-            last = lst.pop()
-            if last != pid:
-                lst[i] = last
-                pos[last] = i
+        i = self._pos.pop(pid)
+        last = self._order.pop()
+        if last != pid:
+            self._order[i] = last
+            self._pos[last] = i
         return m
-
-    def agents(self) -> int:
-        return len(self._order)
 
 
 class Scheduler:
@@ -185,6 +201,7 @@ class Scheduler:
         self._rng = random.Random(seed)
         self._peers: dict[PeerId, _Peer] = {}
         self._blobs: dict[str, BlobSwarm] = {}
+        self._outbox: dict[tuple[PeerId, str], None] = {}
         self._handlers: dict[type, Callable[..., Assignment | None]] = {
             Join: self._join,
             AskParents: self._ask,
@@ -198,7 +215,10 @@ class Scheduler:
         }
 
     def __repr__(self) -> str:
-        return f"<Scheduler [{len(self._blobs)} blobs, {len(self._peers)} peers]>"
+        return (
+            f"<Scheduler [{len(self._blobs)} blobs, {len(self._peers)} peers, "
+            f"{len(self._outbox)} updates queued]>"
+        )
 
     # API ----------------------------------------------------------------------------
 
@@ -213,7 +233,7 @@ class Scheduler:
         """
         if blob in self._blobs:
             return self._blobs[blob]
-        sm = _Member(self._peer(seed, zone), 0)
+        sm = _Member(self._peer(seed, zone), 0, self.policy.stripes)
         swarm = BlobSwarm(blob, size, piece_size, sm, self.policy)
         sm.fetching = swarm.full
         self._blobs[blob] = swarm
@@ -223,7 +243,7 @@ class Scheduler:
         swarm = self._blobs.pop(blob, None)
         if swarm is not None:
             for m in swarm.members.values():
-                self._release_parents(swarm, m)
+                self._release_spares(m)
 
     def swarm(self, blob: str) -> BlobSwarm:
         try:
@@ -235,6 +255,17 @@ class Scheduler:
         """Apply one message; ``Join`` and ``AskParents`` answer with an ``Assignment``."""
         return self._handlers[type(msg)](msg, now)
 
+    def take_updates(self, now: float) -> list[Assignment]:
+        """New parent sets for agents that did not ask (their tree changed): push them."""
+        out = []
+        for pid, blob in self._outbox:
+            swarm = self._blobs.get(blob)
+            m = swarm.members.get(pid) if swarm is not None else None
+            if swarm is not None and m is not None and m.have != swarm.full:
+                out.append(self._offers(swarm, m))
+        self._outbox.clear()
+        return out
+
     # handlers -----------------------------------------------------------------------
 
     def _join(self, msg: Join, now: float) -> Assignment:
@@ -243,17 +274,19 @@ class Scheduler:
         if m is None:
             peer = self._peer(msg.peer, msg.zone)
             peer.dead = False
-            m = _Member(peer, msg.have & swarm.full)
+            m = _Member(peer, msg.have & swarm.full, self.policy.stripes)
             swarm._add(m)
             if m.have == swarm.full:
                 swarm.complete += 1
+                return Assignment(m.peer.id, swarm.blob, ())
+            self._place(swarm, m, now)
         else:
             m.have |= msg.have & swarm.full
-        return self._assign(swarm, m, now, msg.want)
+        return self._assign(swarm, m, now)
 
     def _ask(self, msg: AskParents, now: float) -> Assignment:
         swarm = self.swarm(msg.blob)
-        return self._assign(swarm, self._member(swarm, msg.peer), now, msg.want)
+        return self._assign(swarm, self._member(swarm, msg.peer), now)
 
     def _have(self, msg: Have, now: float) -> None:
         swarm = self.swarm(msg.blob)
@@ -264,7 +297,9 @@ class Scheduler:
         m.fetching &= ~bits
         if not was and m.have == swarm.full and m is not swarm.seed:
             swarm.complete += 1
-            self._release_parents(swarm, m)
+            self._release_spares(m)
+            for s in range(self.policy.stripes):
+                self._unparent(swarm, m, s)
 
     def _fetching(self, msg: Fetching, now: float) -> None:
         swarm = self.swarm(msg.blob)
@@ -285,23 +320,28 @@ class Scheduler:
         m = self._member(swarm, msg.peer)
         m.bans[msg.parent] = now + self.policy.ban_seconds
         parent = self._peers.get(msg.parent)
-        if parent is None:
-            return
-        if msg.reason is FailReason.BAD_PIECE:
-            parent.bad_reporters.add(msg.peer)
-            if len(parent.bad_reporters) >= self.policy.global_ban_reporters:
-                parent.banned_until = now + self.policy.ban_seconds
-                parent.bad_reporters.clear()
-        elif msg.reason is FailReason.SLOW:
-            parent.slow.append(now)
-        if msg.parent in m.parents:
-            m.parents.remove(msg.parent)
-            self._unlink(swarm, m, msg.parent)
+        if parent is not None:
+            if msg.reason is FailReason.BAD_PIECE:
+                parent.bad_reporters.add(msg.peer)
+                if len(parent.bad_reporters) >= self.policy.global_ban_reporters:
+                    parent.banned_until = now + self.policy.ban_seconds
+                    parent.bad_reporters.clear()
+            elif msg.reason is FailReason.SLOW:
+                parent.slow.append(now)
+        if msg.parent in m.spares:
+            m.spares.remove(msg.parent)
+            if parent is not None and parent.children > 0:
+                parent.children -= 1
+        for s, p in enumerate(m.stripe_parent):
+            if p == msg.parent and p != swarm.seed.peer.id:
+                self._unparent(swarm, m, s)
+                self._stripe_parent(swarm, m, s, now)
+                self._outbox[(m.peer.id, swarm.blob)] = None
 
     def _leave(self, msg: Leave, now: float) -> None:
         swarm = self._blobs.get(msg.blob)
         if swarm is not None and msg.peer in swarm.members and msg.peer != swarm.seed.peer.id:
-            self._drop_member(swarm, msg.peer)
+            self._drop_member(swarm, msg.peer, now)
 
     def _dead(self, msg: PeerDead, now: float) -> None:
         peer = self._peers.get(msg.peer)
@@ -310,9 +350,245 @@ class Scheduler:
         peer.dead = True
         for swarm in self._blobs.values():
             if msg.peer in swarm.members and msg.peer != swarm.seed.peer.id:
-                self._drop_member(swarm, msg.peer)
+                self._drop_member(swarm, msg.peer, now)
 
-    # internals ----------------------------------------------------------------------
+    # the forest (rules 1-3, 5, 6) ---------------------------------------------------------
+
+    def _place(self, swarm: BlobSwarm, m: _Member, now: float) -> None:
+        """A new agent: give it a home stripe and a parent in every stripe."""
+        k = self.policy.stripes
+        zone_count = swarm.zone_interior.setdefault(m.peer.zone, [0] * k)
+        home = min(range(k), key=lambda st: (zone_count[st], swarm.interior[st]))
+        zone_count[home] += 1
+        m.home = home
+        swarm.interior[home] += 1
+        self._stripe_parent(swarm, m, home, now)  # first: it decides the node's depth
+        for s in range(k):
+            if s != home:
+                self._stripe_parent(swarm, m, s, now)
+        # children the seed was standing in for move under the new interior node
+        for orphan in sorted(swarm.provisional[home]):
+            if len(m.kids) >= k:
+                break
+            o = swarm.members.get(orphan)
+            if o is None or o is m:
+                continue
+            self._unparent(swarm, o, home)
+            self._link(swarm, o, home, m)
+            self._outbox[(orphan, swarm.blob)] = None
+        self._offer_slots(swarm, m)
+
+    def _offer_slots(self, swarm: BlobSwarm, p: _Member) -> None:
+        if len(p.kids) < self.policy.stripes and not p.peer.dead:
+            entry = (p.depth, next(swarm.seq), p.peer.id)
+            heapq.heappush(swarm.slots[p.home], entry)
+            if p.peer.zone:
+                heapq.heappush(swarm.zone_slots.setdefault((p.home, p.peer.zone), []), entry)
+
+    def _pop_slot(
+        self, swarm: BlobSwarm, heap: list[tuple[int, int, PeerId]], m: _Member, s: int, now: float
+    ) -> _Member | None:
+        """The shallowest interior node of stripe ``s`` with a free slot ``m`` may use."""
+        skipped = []
+        found = None
+        while heap:
+            depth, _, pid = heap[0]
+            c = swarm.members.get(pid)
+            if c is None or c.home != s or c.depth != depth or len(c.kids) >= self.policy.stripes:
+                heapq.heappop(heap)  # stale: lazily dropped
+                continue
+            if c is m or not self._usable(c.peer, m, now):
+                skipped.append(heapq.heappop(heap))
+                continue
+            found = c
+            break
+        for e in skipped:
+            heapq.heappush(heap, e)
+        return found
+
+    def _stripe_parent(self, swarm: BlobSwarm, m: _Member, s: int, now: float) -> None:
+        seed = swarm.seed
+        if s == m.home and len(swarm.seed_kids[s]) < self.policy.seed_fanout:
+            self._link(swarm, m, s, seed)
+            return
+        best = self._pop_slot(swarm, swarm.slots[s], m, s, now)
+        zone = m.peer.zone
+        if zone:
+            local = self._pop_slot(swarm, swarm.zone_slots.get((s, zone), []), m, s, now)
+            if local is not None and (best is None or local.depth <= best.depth + 1):
+                best = local
+        if s == m.home and self._displace(swarm, m, s, best):
+            return
+        if best is not None:
+            self._link(swarm, m, s, best)
+            return
+        # nobody yet: the seed stands in
+        m.stripe_parent[s] = seed.peer.id
+        swarm.provisional[s].add(m.peer.id)
+
+    def _displace(self, swarm: BlobSwarm, m: _Member, s: int, slot: _Member | None) -> bool:
+        """An interior node joining its tree takes the place of a leaf that sits higher
+        than any free slot; the leaf moves under it. Interior nodes stay near the top, so
+        a tree of n interior nodes is about log_stripes(n) deep, and its capacity grows
+        with each (``stripes`` slots)."""
+        heap = swarm.leaves[s]
+        limit = slot.depth + 1 if slot is not None else 1 << 30
+        while heap:
+            depth, _, leaf_id, parent_id = heap[0]
+            leaf = swarm.members.get(leaf_id)
+            parent = swarm.members.get(parent_id)
+            if (
+                leaf is None
+                or parent is None
+                or leaf.stripe_parent[s] != parent_id
+                or parent.depth + 1 != depth
+                or parent.peer.dead
+            ):
+                heapq.heappop(heap)
+                continue
+            if depth >= limit or leaf is m or not self._usable(parent.peer, m, now=0.0):
+                return False
+            heapq.heappop(heap)
+            self._unparent(swarm, leaf, s, reopen=False)
+            self._link(swarm, m, s, parent)
+            self._link(swarm, leaf, s, m)
+            self._outbox[(leaf_id, swarm.blob)] = None
+            return True
+        return False
+
+    def _link(self, swarm: BlobSwarm, child: _Member, s: int, parent: _Member) -> None:
+        child.stripe_parent[s] = parent.peer.id
+        if parent is swarm.seed:
+            swarm.seed_kids[s].add(child.peer.id)
+            if s == child.home:
+                child.depth = 1
+            return
+        parent.kids.add(child.peer.id)
+        if s == child.home:
+            child.depth = parent.depth + 1
+        else:
+            heapq.heappush(
+                swarm.leaves[s], (parent.depth + 1, next(swarm.seq), child.peer.id, parent.peer.id)
+            )
+
+    def _unparent(self, swarm: BlobSwarm, child: _Member, s: int, *, reopen: bool = True) -> None:
+        pid = child.stripe_parent[s]
+        child.stripe_parent[s] = None
+        swarm.provisional[s].discard(child.peer.id)
+        if pid is None:
+            return
+        if pid == swarm.seed.peer.id:
+            swarm.seed_kids[s].discard(child.peer.id)  # (provisional ones are not in it)
+            return
+        parent = swarm.members.get(pid)
+        if parent is not None and child.peer.id in parent.kids:
+            parent.kids.discard(child.peer.id)
+            if reopen and parent.peer.banned_until <= 0:
+                self._offer_slots(swarm, parent)
+
+    def _drop_member(self, swarm: BlobSwarm, pid: PeerId, now: float) -> None:
+        m = swarm._remove(pid)
+        if m.have == swarm.full:
+            swarm.complete -= 1
+        self._release_spares(m)
+        for s in range(self.policy.stripes):
+            self._unparent(swarm, m, s)
+        if m.home >= 0:
+            swarm.interior[m.home] -= 1
+            swarm.zone_interior[m.peer.zone][m.home] -= 1
+        for kid in sorted(m.kids):
+            c = swarm.members.get(kid)
+            if c is None:
+                continue
+            c.stripe_parent[m.home] = None
+            if c.have != swarm.full:
+                self._stripe_parent(swarm, c, m.home, now)
+                self._outbox[(kid, swarm.blob)] = None
+        m.kids.clear()
+
+    # spares (rule 4) and the answer ----------------------------------------------------
+
+    def _assign(self, swarm: BlobSwarm, m: _Member, now: float) -> Assignment:
+        if m is swarm.seed or m.have == swarm.full:
+            return Assignment(m.peer.id, swarm.blob, ())
+        # a stripe parent that is gone or banned is replaced; a provisional seed is
+        # replaced once the stripe has an interior node
+        for s, pid in enumerate(m.stripe_parent):
+            c = swarm.members.get(pid) if pid is not None else None
+            if c is None or not self._usable(c.peer, m, now) or m.peer.id in swarm.provisional[s]:
+                self._unparent(swarm, m, s)
+                self._stripe_parent(swarm, m, s, now)
+        tree = set(m.stripe_parent)
+        scored: list[tuple[float, PeerId]] = []
+        for pid in self._candidates(swarm, m):
+            cand = swarm.members.get(pid)
+            if (
+                cand is None
+                or pid in tree
+                or cand is swarm.seed
+                or not self._usable(cand.peer, m, now)
+            ):
+                continue
+            sc = self._score(m, cand, now)
+            if sc >= 0.0:
+                scored.append((sc + self._rng.random() * 1e-3, pid))
+        scored.sort(reverse=True)
+        self._release_spares(m)
+        m.spares = [pid for _, pid in scored[: self.policy.spares]]
+        for pid in m.spares:
+            self._peers[pid].children += 1
+        return self._offers(swarm, m)
+
+    def _offers(self, swarm: BlobSwarm, m: _Member) -> Assignment:
+        only: dict[PeerId, int] = {}
+        for s, pid in enumerate(m.stripe_parent):
+            if pid is not None:
+                only[pid] = only.get(pid, 0) | swarm.stripe_masks[s]
+        offers = []
+        for pid, mask in only.items():
+            c = swarm.members[pid]
+            offers.append(
+                ParentOffer(pid, c.peer.zone, c.have & mask, c.fetching & mask & ~c.have, mask)
+            )
+        for pid in m.spares:
+            sp = swarm.members.get(pid)
+            if sp is not None and pid not in only:
+                offers.append(ParentOffer(pid, sp.peer.zone, sp.have, sp.fetching, -1, spare=True))
+        return Assignment(m.peer.id, swarm.blob, tuple(offers))
+
+    def _release_spares(self, m: _Member) -> None:
+        for pid in m.spares:
+            peer = self._peers.get(pid)
+            if peer is not None and peer.children > 0:
+                peer.children -= 1
+        m.spares = []
+
+    def _candidates(self, swarm: BlobSwarm, m: _Member) -> set[PeerId]:
+        k = self.policy.sample
+        out: set[PeerId] = set(m.spares)
+        order = swarm._order
+        out.update(order if len(order) <= k else self._rng.sample(order, k))
+        out.discard(m.peer.id)
+        return out
+
+    def _score(self, m: _Member, c: _Member, now: float) -> float:
+        lacks = ~m.have
+        useful = (c.have & lacks).bit_count() + 0.5 * (c.fetching & ~c.have & lacks).bit_count()
+        peer = c.peer
+        free = max(0.0, 1.0 - max(peer.children, peer.uploads) / self.policy.child_slots)
+        if useful == 0 and free == 0.0:
+            return -1.0
+        if peer.slow:
+            horizon = now - self.policy.slow_memory
+            peer.slow = [t for t in peer.slow if t > horizon]
+        return (
+            SCORE["useful"] * min(1.0, useful / self.policy.useful_enough)
+            + SCORE["free"] * free
+            + (SCORE["zone"] if peer.zone and peer.zone == m.peer.zone else 0.0)
+            - SCORE["slow"] * len(peer.slow)
+        )
+
+    # small helpers ----------------------------------------------------------------------
 
     def _peer(self, pid: PeerId, zone: str) -> _Peer:
         peer = self._peers.get(pid)
@@ -328,28 +604,6 @@ class Scheduler:
             raise PeerNotJoinedError(f"{pid} has not joined {swarm.blob}")
         return m
 
-    def _drop_member(self, swarm: BlobSwarm, pid: PeerId) -> None:
-        m = swarm._remove(pid)
-        if m.have == swarm.full:
-            swarm.complete -= 1
-        self._release_parents(swarm, m)
-
-    def _release_parents(self, swarm: BlobSwarm, m: _Member) -> None:
-        for p in m.parents:
-            self._unlink(swarm, m, p)
-        m.parents = []
-
-    def _unlink(self, swarm: BlobSwarm, child: _Member, parent: PeerId) -> None:
-        peer = self._peers.get(parent)
-        if peer is not None and peer.children > 0:
-            peer.children -= 1
-        if parent == swarm.seed.peer.id:
-            swarm.seed_children -= 1
-            for s in range(self.policy.stripes):
-                if child.seed_stripes >> s & 1:
-                    swarm.stripe_holders[s] -= 1
-            child.seed_stripes = 0
-
     def _usable(self, peer: _Peer, m: _Member, now: float) -> bool:
         if peer.dead or peer.banned_until > now:
             return False
@@ -360,104 +614,3 @@ class Scheduler:
             return False
         del m.bans[peer.id]
         return True
-
-    def _score(self, m: _Member, c: _Member, now: float) -> float:
-        lacks = ~m.have
-        useful = (c.have & lacks).bit_count() + 0.5 * (c.fetching & ~c.have & lacks).bit_count()
-        peer = c.peer
-        load = max(peer.children, peer.uploads) / self.policy.child_slots
-        free = max(0.0, 1.0 - load)
-        if useful == 0 and free == 0.0:
-            return -1.0
-        if peer.slow:
-            horizon = now - self.policy.slow_memory
-            peer.slow = [t for t in peer.slow if t > horizon]
-        return (
-            SCORE["useful"] * min(1.0, useful / self.policy.useful_enough)
-            + SCORE["free"] * free
-            + (SCORE["zone"] if peer.zone and peer.zone == m.peer.zone else 0.0)
-            - SCORE["slow"] * len(peer.slow)
-        )
-
-    def _candidates(self, swarm: BlobSwarm, m: _Member) -> set[PeerId]:
-        k = self.policy.sample
-        out: set[PeerId] = set(m.parents)
-        zone = m.peer.zone
-        if zone and zone in swarm._zones:
-            zl = swarm._zones[zone]
-            out.update(zl if len(zl) <= k // 2 else self._rng.sample(zl, k // 2))
-            k -= k // 2
-        order = swarm._order
-        out.update(order if len(order) <= k else self._rng.sample(order, k))
-        out.discard(m.peer.id)
-        return out
-
-    def _assign(self, swarm: BlobSwarm, m: _Member, now: float, want: int) -> Assignment:
-        want = want or self.policy.parents
-        seed_id = swarm.seed.peer.id
-        if m is swarm.seed or m.have == swarm.full:
-            return Assignment(m.peer.id, swarm.blob, ())
-        scored: list[tuple[float, PeerId]] = []
-        for pid in self._candidates(swarm, m):
-            c = swarm.members.get(pid)
-            if c is None or pid == seed_id or not self._usable(c.peer, m, now):
-                continue
-            s = self._score(m, c, now)
-            if s >= 0.0:
-                scored.append((s + self._rng.random() * 1e-3, pid))
-        scored.sort(reverse=True)
-        chosen = [pid for _, pid in scored[: want - 1 if want > 1 else want]]
-        # the seed: keep it if already a parent; add it if it has a free slot or the
-        # requester would otherwise have nothing to fetch (rule 3)
-        has_seed = seed_id in m.parents
-        lacks = ~m.have
-        others_useful = any(
-            (swarm.members[p].have | swarm.members[p].fetching) & lacks for p in chosen
-        )
-        if has_seed:
-            self._take_stripes(swarm, m, unheld_only=True)
-        elif self._usable(swarm.seed.peer, m, now) and (
-            0 in swarm.stripe_holders
-            or (not others_useful and swarm.seed_children < self.policy.seed_slots)
-        ):
-            has_seed = True
-            self._take_stripes(swarm, m, unheld_only=False)
-            swarm.seed_children += 1
-            swarm.seed.peer.children += 1
-        if not has_seed and len(scored) > len(chosen):
-            chosen.append(scored[len(chosen)][1])
-        # re-link: children counts follow the new parent set
-        old = set(m.parents)
-        new = set(chosen)
-        for p in old - new - {seed_id}:
-            self._unlink(swarm, m, p)
-        for p in new - old:
-            self._peers[p].children += 1
-        m.parents = [*chosen, seed_id] if has_seed else chosen
-        offers = [self._offer(swarm, swarm.members[p]) for p in chosen]
-        if has_seed:
-            only = 0
-            for s in range(self.policy.stripes):
-                if m.seed_stripes >> s & 1:
-                    only |= swarm.stripe_masks[s]
-            seed = swarm.seed
-            offers.append(
-                ParentOffer(
-                    seed.peer.id, seed.peer.zone, seed.have & only, seed.fetching & only, only
-                )
-            )
-        return Assignment(m.peer.id, swarm.blob, tuple(offers))
-
-    def _take_stripes(self, swarm: BlobSwarm, m: _Member, *, unheld_only: bool) -> None:
-        holders = swarm.stripe_holders
-        if unheld_only:
-            take = [s for s, h in enumerate(holders) if h == 0]
-        else:
-            take = [min(range(len(holders)), key=holders.__getitem__)]
-        for s in take:
-            holders[s] += 1
-            m.seed_stripes |= 1 << s
-
-    @staticmethod
-    def _offer(swarm: BlobSwarm, c: _Member) -> ParentOffer:
-        return ParentOffer(c.peer.id, c.peer.zone, c.have, c.fetching)
