@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run_bench)
 
     p = sub.add_parser("sim", help="simulate the scheduler at thousands of nodes")
+    from shoal.sim.main import add_arguments as _add_sim_arguments
+
+    _add_sim_arguments(p)
     p.set_defaults(handler=_run_sim)
     return parser
 

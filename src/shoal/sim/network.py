@@ -1,0 +1,190 @@
+"""Flow-level network model: links shared among active transfers, time passed in.
+
+Each node has an upload capacity and a download capacity in bytes/s (the download side
+already folded with the node's disk write speed: what it receives must be written). A
+transfer (``Flow``) goes from one node's uplink to another's downlink. Its rate is
+
+    rate(f) = min(up_share(src, f), down_share(dst, f))
+
+where ``up_share`` is a water-filling (max-min fair) of the sender's uplink over its
+flows, each capped by what the receiving end would give it (its downlink split evenly
+over its flows), and ``down_share`` is the same on the receiver's side. This is exact
+max-min fairness whenever each flow's bottleneck is one link with its neighbours' shares
+not binding — one transfer, flows sharing one link, chains, stars — and never exceeds a
+capacity (a flow's rate is at most its share on both links, and shares on a link sum to
+at most its capacity). In a mesh it is an approximation of global max-min: leftover
+capacity is handed out one link deep, not propagated through the whole graph.
+
+Why not exact global max-min: with 10,000 nodes each holding ~10 flows, the whole mesh
+is one connected component, and progressive filling over it on every one of ~10^7
+flow starts and ends is out of reach in Python. Here a start or end recomputes only the
+two links it touches (``depth=1``), or also the links of their neighbours' flows
+(``depth=2``, closer to global max-min, about deg times the work). Changes made at
+the same simulated time are settled once (``settle``), which batches the many events
+that happen at equal times. A flow's remaining bytes are advanced lazily, only when its
+rate changes; its completion sits in the caller's heap keyed by a version number, so a
+stale entry is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+EPS = 1e-9
+
+
+class Flow:
+    __slots__ = (
+        "dshare",
+        "dst",
+        "finish",
+        "payload",
+        "rate",
+        "remaining",
+        "size",
+        "src",
+        "t0",
+        "ushare",
+        "version",
+    )
+
+    def __init__(
+        self, src: int, dst: int, size: float, now: float, payload: tuple[int, int]
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.size = size
+        self.remaining = size
+        self.t0 = now
+        self.rate = 0.0
+        self.ushare = 0.0
+        self.dshare = 0.0
+        self.finish = float("inf")
+        self.version = 0
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return (
+            f"<Flow {self.src}->{self.dst} [{self.remaining:.0f}/{self.size:.0f} B left, "
+            f"{self.rate / 1e6:.1f} MB/s]>"
+        )
+
+
+def waterfill(capacity: float, caps: list[float]) -> list[float]:
+    """Max-min fair split of ``capacity`` among demands capped at ``caps``."""
+    n = len(caps)
+    if n == 0:
+        return []
+    even = capacity / n
+    if min(caps) >= even:
+        return [even] * n
+    order = sorted(range(n), key=caps.__getitem__)
+    out = [0.0] * n
+    left = capacity
+    k = n
+    for idx in order:
+        share = left / k
+        c = caps[idx]
+        if c < share:
+            out[idx] = c
+            left -= c
+            k -= 1
+        else:
+            for j in order[n - k :]:
+                out[j] = share
+            break
+    return out
+
+
+class Network:
+    """Nodes with up/down capacities and the flows between them."""
+
+    def __init__(self, *, depth: int = 1) -> None:
+        self.up: list[float] = []
+        self.down: list[float] = []
+        self.ups: list[list[Flow]] = []
+        self.downs: list[list[Flow]] = []
+        self.depth = depth
+        self._dirty_up: set[int] = set()
+        self._dirty_down: set[int] = set()
+        self.flows = 0
+
+    def __repr__(self) -> str:
+        return f"<Network [{len(self.up)} nodes, {self.flows} flows]>"
+
+    def add_node(self, up: float, down: float) -> int:
+        self.up.append(up)
+        self.down.append(down)
+        self.ups.append([])
+        self.downs.append([])
+        return len(self.up) - 1
+
+    def start(self, src: int, dst: int, size: float, now: float, payload: tuple[int, int]) -> Flow:
+        f = Flow(src, dst, size, now, payload)
+        self.ups[src].append(f)
+        self.downs[dst].append(f)
+        self.flows += 1
+        self._touch(src, dst)
+        return f
+
+    def stop(self, f: Flow, now: float) -> None:
+        """End ``f`` (completed or cancelled); the rates around it change at ``settle``."""
+        self.ups[f.src].remove(f)
+        self.downs[f.dst].remove(f)
+        self.flows -= 1
+        f.version += 1  # any heap entry for it is now stale
+        f.remaining = max(0.0, f.remaining - f.rate * (now - f.t0))
+        f.t0 = now
+        f.rate = 0.0
+        self._touch(f.src, f.dst)
+
+    def _touch(self, src: int, dst: int) -> None:
+        self._dirty_up.add(src)
+        self._dirty_down.add(dst)
+        if self.depth > 1:
+            for g in self.downs[dst]:
+                self._dirty_up.add(g.src)
+            for g in self.ups[src]:
+                self._dirty_down.add(g.dst)
+
+    def settle(self, now: float, schedule: Callable[[Flow], None]) -> None:
+        """Recompute rates around every link touched since the last call.
+
+        ``schedule(flow)`` is called for each flow whose completion time changed (its
+        ``finish`` and ``version`` are already updated); push it on the event heap.
+        """
+        up, down, ups, downs = self.up, self.down, self.ups, self.downs
+        changed: dict[Flow, None] = {}  # ordered: runs are reproducible
+        for n in self._dirty_up:
+            fl = ups[n]
+            if not fl:
+                continue
+            caps = [down[f.dst] / len(downs[f.dst]) for f in fl]
+            for f, s in zip(fl, waterfill(up[n], caps), strict=True):
+                if s != f.ushare:
+                    f.ushare = s
+                    changed[f] = None
+        for n in self._dirty_down:
+            fl = downs[n]
+            if not fl:
+                continue
+            caps = [up[f.src] / len(ups[f.src]) for f in fl]
+            for f, s in zip(fl, waterfill(down[n], caps), strict=True):
+                if s != f.dshare:
+                    f.dshare = s
+                    changed[f] = None
+        self._dirty_up.clear()
+        self._dirty_down.clear()
+        for f in changed:
+            rate = min(f.ushare, f.dshare)
+            if rate == f.rate:
+                continue
+            f.remaining -= f.rate * (now - f.t0)
+            f.t0 = now
+            f.rate = rate
+            f.version += 1
+            f.finish = now + f.remaining / rate if rate > 0 else float("inf")
+            schedule(f)
+
+    def rate_out(self, node: int) -> float:
+        return sum(f.rate for f in self.ups[node])

@@ -1,0 +1,54 @@
+"""What a simulation run is made of: the cluster, the image, the policies.
+
+Units: bytes, bytes per second, seconds. The CLI speaks Gbit/s and MB/s and converts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from shoal.swarm import PickerPolicy, SchedulerPolicy
+
+GBIT = 1e9 / 8  # bytes/s in one Gbit/s
+MB = 1e6
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    nodes: int = 1000  #: agents pulling at once
+    roots: int = 1  #: root replicas; blobs map to them by rendezvous hashing
+    layers: tuple[int, ...] = (512 * MIB,) * 8  #: layer (blob) sizes, bytes, in pull order
+    link_bps: float = 10 * GBIT  #: every node's and root's link, each direction, bytes/s
+    origin_bps: float = 10 * GBIT  #: the origin registry's egress, bytes/s
+    disk_bps: float = math.inf  #: write speed of every node's disk, bytes/s
+    piece_size: int = 4 * MIB  #: bytes per piece
+    seed: int = 1  #: random seed: the same seed gives the same run
+    #: layers an agent fetches at once; 0 = every layer of the manifest (the agent
+    #: joins all its swarms when it serves the manifest; see docs/swarm.md)
+    concurrent_layers: int = 0
+    stragglers: float = 0.0  #: fraction of nodes whose links run slower
+    slowdown: float = 4.0  #: a straggler's link is this many times slower
+    die: float = 0.0  #: fraction of nodes that die mid-pull
+    unpack_bps: float = 0.0  #: decompression rate, bytes of layer per s; 0 = not modelled
+    zones: int = 1  #: zones, nodes spread round-robin
+    tick: float = 0.05  #: seconds between picker timer checks
+    depth: int = 1  #: network model recompute depth (see network.py)
+    max_time: float = 0.0  #: stop here (simulated s); 0 = 50 x the physical bound
+    picker: PickerPolicy = field(default_factory=PickerPolicy)
+    scheduler: SchedulerPolicy = field(default_factory=SchedulerPolicy)
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(self.layers)
+
+    def bound(self) -> float:
+        """Physical lower bound on any node's pull time (no decompression).
+
+        Every node must receive every byte through its link and disk; every byte must
+        leave the origin at least once.
+        """
+        s = self.image_bytes
+        return max(s / min(self.link_bps, self.disk_bps), s / self.origin_bps)
