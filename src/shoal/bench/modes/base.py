@@ -129,26 +129,30 @@ async def run_skopeo(
             ends[node.role] = seconds if code == 0 else None
             ctx.on_node_done(node.role, seconds if code == 0 else None)
 
-        waits = [wait_one(i, node) for i, node in enumerate(ctx.nodes)]
+        waits = [asyncio.ensure_future(wait_one(i, node)) for i, node in enumerate(ctx.nodes)]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), ctx.timeout_s)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=ctx.timeout_s)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
         cpu = await meter.stop()
     finally:
         await gate.aclose()
     results = []
     for node in ctx.nodes:
         seconds = ends.get(node.role)
+        hosts = blob_hosts(logs / f"{node.role}.log")
         if node.role not in ends:
-            results.append(NodeResult(node.role, None, f"no finish in {ctx.timeout_s:.0f}s"))
+            error = f"no finish in {ctx.timeout_s:.0f}s"
+            results.append(NodeResult(node.role, None, error, hosts))
             continue
         if seconds is None:
-            results.append(NodeResult(node.role, None, last_line(logs / f"{node.role}.log")))
+            error = last_line(logs / f"{node.role}.log")
+            results.append(NodeResult(node.role, None, error, hosts))
             continue
-        error = check_layout(layouts[node.role], ctx.workload.image)
-        hosts = blob_hosts(logs / f"{node.role}.log")
-        results.append(NodeResult(node.role, None if error else seconds, error, hosts))
+        wrong = check_layout(layouts[node.role], ctx.workload.image)
+        results.append(NodeResult(node.role, None if wrong else seconds, wrong, hosts))
     return results, cpu
 
 

@@ -221,12 +221,17 @@ async def _wait_seeded(netns: str, ip: str, hashes: list[bytes], timeout_s: floa
 async def _watch(
     ctx: BenchContext, gate: Gate, done_files: dict[str, Path], layers: int, start: float
 ) -> dict[str, float]:
-    """Poll each node's hook log until it lists every layer; a node's time is its last."""
+    """Poll each node's hook log until it lists every layer; a node's time is its last.
+
+    A node whose client exited before that is given up on (reported as failed).
+    """
     finished: dict[str, float] = {}
+    gone: set[str] = set()
+    procs = {role: gate.parked[i].proc for i, role in enumerate(done_files)}
     deadline = time.monotonic() + ctx.timeout_s
-    while len(finished) < len(done_files) and time.monotonic() < deadline:
-        for i, (role, path) in enumerate(done_files.items()):
-            if role in finished:
+    while len(finished) + len(gone) < len(done_files) and time.monotonic() < deadline:
+        for role, path in done_files.items():
+            if role in finished or role in gone:
                 continue
             try:
                 lines = path.read_text().split("\n")
@@ -236,11 +241,9 @@ async def _watch(
             if len(stamps) >= layers:
                 finished[role] = max(stamps) - start
                 ctx.on_node_done(role, finished[role])
-            elif gate.parked[i].proc.returncode is not None:
-                finished.pop(role, None)
-                done_files = {k: v for k, v in done_files.items() if k != role}
+            elif procs[role].returncode is not None:
+                gone.add(role)
                 ctx.on_node_done(role, None)
-                break
         await asyncio.sleep(0.05)
     return finished
 

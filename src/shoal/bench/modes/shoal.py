@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -29,13 +29,22 @@ P2P_PORT = 65002
 ROOT_PROBE_S = 3.0
 
 
-def node_config(ctx: BenchContext, host: Host, mode: str, roots: list[str], cache: Path) -> str:
+def node_config(
+    ctx: BenchContext, host: Host, mode: str, roots: list[str], cache: Path, secret: str
+) -> str:
+    """An agent's or a root's config; a root's control API is on its ``ProxyConfig.port``."""
     origin = ctx.workload.registry_host
     doc = {
         "DeployConfig": {"mode": mode, "nodeName": f"{host.ip}:{AGENT_PORT}"},
         "ExporterConfig": {"enable": False},
         "ProxyConfig": {"port": AGENT_PORT},
-        "P2PConfig": {"p2pPort": P2P_PORT, "roots": roots},
+        "P2PConfig": {
+            "p2pPort": P2P_PORT,
+            "roots": roots,
+            "secret": secret,
+            # the namespace's hostname resolves to the machine's address, not this host's
+            "advertise": host.ip,
+        },
         "CacheConfig": {"path": str(cache), "capacity": 4 * ctx.workload.image.total_size},
         "UpstreamConfig": {
             "default": origin,
@@ -51,19 +60,26 @@ async def run_shoal(ctx: BenchContext) -> ModeRun:
     logs.mkdir(exist_ok=True)
     procs: list[asyncio.subprocess.Process] = []
     notes: list[str] = []
+    secret = secrets.token_hex(16)
     try:
-        roots = await _start_roots(ctx, base, procs)
+        roots = await _start_roots(ctx, base, procs, secret)
         if roots:
             notes.append(f"{len(roots)} root(s): {', '.join(roots)}")
-        else:
+        elif ctx.cluster.roots:
             notes.append(
                 "no roots: `shoal root` is not built yet, so every agent relays from the "
                 "origin; these figures are the agent without the swarm"
             )
+        else:
+            notes.append(
+                "no roots (--roots 0): every agent relays from the origin; these figures "
+                "are the agent without the swarm"
+            )
         for node in ctx.nodes:
             cfg = base / node.role / "agent.yml"
             cfg.parent.mkdir(exist_ok=True)
-            cfg.write_text(node_config(ctx, node, "agent", roots, base / node.role / "cache"))
+            cache = base / node.role / "cache"
+            cfg.write_text(node_config(ctx, node, "agent", roots, cache, secret))
             procs.append(await _spawn(node.netns, cfg, logs / f"agent-{node.role}.log"))
         await asyncio.gather(
             *(
@@ -102,7 +118,7 @@ async def _spawn(netns: str, cfg: Path, log_path: Path) -> asyncio.subprocess.Pr
 
 
 async def _start_roots(
-    ctx: BenchContext, base: Path, procs: list[asyncio.subprocess.Process]
+    ctx: BenchContext, base: Path, procs: list[asyncio.subprocess.Process], secret: str
 ) -> list[str]:
     """Start ``shoal root`` on each root host; [] when that command is not built yet."""
     hosts = ctx.cluster.roots
@@ -112,7 +128,7 @@ async def _start_roots(
     for host in hosts:
         cfg = base / host.role / "root.yml"
         cfg.parent.mkdir(exist_ok=True)
-        cfg.write_text(node_config(ctx, host, "root", [], base / host.role / "cache"))
+        cfg.write_text(node_config(ctx, host, "root", [], base / host.role / "cache", secret))
         log = base / "logs" / f"{host.role}.log"
         proc = await _spawn(host.netns, cfg, log)
         procs.append(proc)
@@ -126,8 +142,8 @@ async def _start_roots(
             return []
         raise BenchError(f"shoal root on {host.role} exited {proc.returncode}: {text[-200:]}")
     for host, proc, log in started:
-        await _wait_tcp(host.netns, host.ip, P2P_PORT, proc, log)
-    return [f"{host.ip}:{P2P_PORT}" for host in hosts]
+        await _wait_up(host.netns, f"http://{host.ip}:{AGENT_PORT}/", proc, log)
+    return [f"{host.ip}:{AGENT_PORT}" for host in hosts]
 
 
 async def _wait_up(
@@ -140,31 +156,11 @@ async def _wait_up(
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
-        raise BenchError(f"shoal agent in {netns} exited: {last_line(log)}")
+        raise BenchError(f"shoal in {netns} exited: {last_line(log)}")
     dead.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await dead
     waiter.result()
-
-
-async def _wait_tcp(
-    netns: str, ip: str, port: int, proc: asyncio.subprocess.Process, log: Path
-) -> None:
-    probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.returncode is not None:
-            raise BenchError(f"shoal root in {netns} exited {proc.returncode}")
-        check = await asyncio.create_subprocess_exec(
-            *in_netns(netns, [sys.executable, "-c", probe]),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        if await check.wait() == 0:
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"shoal root in {netns} not listening on {port} after 30s")
-        await asyncio.sleep(0.2)
 
 
 async def _stop_all(procs: list[asyncio.subprocess.Process]) -> None:
