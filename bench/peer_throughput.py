@@ -88,6 +88,62 @@ def measure_tcp(size: int) -> float:
         child.wait(timeout=60)
 
 
+def sendfile_source(path: Path, size: int, piece: int) -> None:
+    """Serve ``path`` with ``loop.sendfile`` piece by piece, as the peer server does."""
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        class Source(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.task = loop.create_task(self.send(transport))
+
+            async def send(self, transport: asyncio.Transport) -> None:
+                with path.open("rb") as fh:
+                    for offset in range(0, size, piece):
+                        await loop.sendfile(transport, fh, offset, min(piece, size - offset))
+                done.set_result(None)
+
+        server = await loop.create_server(Source, "127.0.0.1", 0)
+        say({"port": server.sockets[0].getsockname()[1]})
+        await done
+        server.close()
+
+    asyncio.run(serve())
+
+
+def measure_sendfile(path: Path, size: int, piece: int) -> float:
+    """The platform's floor for (c) without shoal: sendfile in pieces to a plain reader."""
+    child = _spawn(
+        [
+            "--role",
+            "sendfile-source",
+            "--dir",
+            str(path),
+            "--size",
+            str(size),
+            "--piece-size",
+            str(piece),
+        ]
+    )
+    try:
+        port = _read_json(child)["port"]
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            buf = memoryview(bytearray(piece))
+            start = time.perf_counter()
+            got = 0
+            while got < size:
+                n = sock.recv_into(buf)
+                if not n:
+                    raise SystemExit("sendfile source went away")
+                got += n
+            return size / (time.perf_counter() - start)
+    finally:
+        child.wait(timeout=60)
+
+
 # -- (b) sha256 -------------------------------------------------------------------------
 
 
@@ -259,6 +315,8 @@ def main() -> None:
 
     if args.role == "tcp-sink":
         return tcp_sink(size)
+    if args.role == "sendfile-source":
+        return sendfile_source(Path(args.dir), size, piece)
     if args.role == "seed":
         return asyncio.run(seed(Path(args.dir), size, piece, aio))
     if args.role == "leech":
@@ -287,6 +345,9 @@ def main() -> None:
             f"user {result['cpu_user']:.2f} s sys {result['cpu_sys']:.2f} s)"
         )
         print(f"receiver peak RSS                    {result['peak_rss'] / 2**20:6.0f} MiB")
+        seed_file = next((workdir / "seed" / "blobs" / "sha256").iterdir()) / "data"
+        floor = measure_sendfile(seed_file, size, piece)
+        print(f"(d) loop.sendfile alone, piece by piece {floor / 1e9:6.2f} GB/s  (for comparison)")
         print(f"ratio = (c) / min(a, b)              {rate / min(tcp, sha):6.2f}")
     finally:
         if not args.dir:

@@ -31,6 +31,7 @@ from shoal.cache import PieceCorruptError
 from shoal.observability import Metrics, MetricType
 from shoal.peer.errors import PeerRequestError, PeerUnavailableError
 from shoal.wire import (
+    HEADER_SIZE,
     Authenticated,
     AuthFailedError,
     Connection,
@@ -111,6 +112,11 @@ class PeerConnection(asyncio.BufferedProtocol):
             if body is not None and body.buffer is not None:
                 return body.buffer[body.filled : body.filled + self.conn.body_remaining]
             return self._rbuf[: self.conn.body_remaining]
+        # read a frame header alone, so that a Data body that follows goes straight into
+        # its piece buffer instead of through the codec's buffer (one more recv per frame)
+        have = self.conn.buffered
+        if have < HEADER_SIZE:
+            return self._rbuf[: HEADER_SIZE - have]
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -178,6 +178,11 @@ class Connection:
 
     # -- receiving a body in place -------------------------------------------------
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet turned into events."""
+        return len(self._buf)
+
     def read_body_into(self, dest: memoryview) -> int:
         """Move already-buffered body bytes into ``dest``; return how many."""
         n = min(len(self._buf), self.body_remaining, len(dest))
