@@ -6,14 +6,15 @@ transfer (``Flow``) goes from one node's uplink to another's downlink. Its rate 
 
     rate(f) = min(up_share(src, f), down_share(dst, f))
 
-where ``up_share`` is a water-filling (max-min fair) of the sender's uplink over its
-flows, each capped by what the receiving end would give it (its downlink split evenly
-over its flows), and ``down_share`` is the same on the receiver's side. This is exact
-max-min fairness whenever each flow's bottleneck is one link with its neighbours' shares
-not binding — one transfer, flows sharing one link, chains, stars — and never exceeds a
-capacity (a flow's rate is at most its share on both links, and shares on a link sum to
-at most its capacity). In a mesh it is an approximation of global max-min: leftover
-capacity is handed out one link deep, not propagated through the whole graph.
+where ``up_share`` is a water-filling (max-min fair split) of the sender's uplink over
+its flows, each capped by the receiving end's even share (its downlink over its flow
+count), and ``down_share`` is a water-filling of the receiver's downlink over its flows,
+each capped by its ``up_share``. This is exact max-min fairness for one transfer, flows
+sharing one link, a slow receiver beside a fast one, chains and stars (the tests work
+them by hand), and it never exceeds a capacity: a flow's rate is at most its share on
+both links, and the shares on a link sum to at most its capacity. In a mesh it
+approximates global max-min: leftovers are handed on one link deep, not through the
+whole graph.
 
 Why not exact global max-min: with 10,000 nodes each holding ~10 flows, the whole mesh
 is one connected component, and progressive filling over it on every one of ~10^7
@@ -155,6 +156,7 @@ class Network:
         """
         up, down, ups, downs = self.up, self.down, self.ups, self.downs
         changed: dict[Flow, None] = {}  # ordered: runs are reproducible
+        dirty_down = self._dirty_down
         for n in self._dirty_up:
             fl = ups[n]
             if not fl:
@@ -164,12 +166,12 @@ class Network:
                 if s != f.ushare:
                     f.ushare = s
                     changed[f] = None
-        for n in self._dirty_down:
+                    dirty_down.add(f.dst)
+        for n in dirty_down:
             fl = downs[n]
             if not fl:
                 continue
-            caps = [up[f.src] / len(ups[f.src]) for f in fl]
-            for f, s in zip(fl, waterfill(down[n], caps), strict=True):
+            for f, s in zip(fl, waterfill(down[n], [f.ushare for f in fl]), strict=True):
                 if s != f.dshare:
                     f.dshare = s
                     changed[f] = None

@@ -1,0 +1,109 @@
+"""The network model against cases worked by hand."""
+
+from __future__ import annotations
+
+import heapq
+
+import pytest
+
+from shoal.sim.network import Flow, Network, waterfill
+
+
+def run(net: Network, flows: list[Flow]) -> dict[int, float]:
+    """Drive the network to the end; finish time per flow (by index in ``flows``)."""
+    heap: list[tuple[float, int, Flow, int]] = []
+    seq = 0
+
+    def schedule(f: Flow) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(heap, (f.finish, seq, f, f.version))
+
+    net.settle(0.0, schedule)
+    done: dict[int, float] = {}
+    while heap:
+        t, _, f, version = heapq.heappop(heap)
+        if f.version != version:
+            continue
+        net.stop(f, t)
+        done[flows.index(f)] = t
+        net.settle(t, schedule)
+    return done
+
+
+def test_waterfill_gives_leftovers_to_the_unconstrained() -> None:
+    assert waterfill(100, [100, 100]) == [50, 50]
+    assert waterfill(100, [30, 100]) == [30, 70]
+    assert waterfill(90, [10, 20, 100]) == [10, 20, 60]
+    assert waterfill(10, []) == []
+
+
+def test_one_transfer_runs_at_the_slower_end() -> None:
+    net = Network(depth=2)
+    a, b = net.add_node(100.0, 0.0), net.add_node(0.0, 40.0)
+    f = net.start(a, b, 1000.0, 0.0, (0, 0))
+    assert run(net, [f]) == {0: pytest.approx(25.0)}
+
+
+def test_two_transfers_share_an_uplink_then_one_takes_it_all() -> None:
+    net = Network(depth=2)
+    a = net.add_node(100.0, 0.0)
+    b, c = net.add_node(0.0, 100.0), net.add_node(0.0, 100.0)
+    f1 = net.start(a, b, 500.0, 0.0, (0, 0))
+    f2 = net.start(a, c, 1000.0, 0.0, (0, 1))
+    done = run(net, [f1, f2])
+    # 50 B/s each: f1 ends at 10 s; f2 has 500 B left and gets the whole 100 B/s
+    assert done == {0: pytest.approx(10.0), 1: pytest.approx(15.0)}
+
+
+def test_a_slow_receiver_leaves_its_share_to_the_other() -> None:
+    net = Network(depth=2)
+    a = net.add_node(100.0, 0.0)
+    b, c = net.add_node(0.0, 30.0), net.add_node(0.0, 100.0)
+    f1 = net.start(a, b, 300.0, 0.0, (0, 0))
+    f2 = net.start(a, c, 700.0, 0.0, (0, 1))
+    net.settle(0.0, lambda f: None)
+    assert f1.rate == pytest.approx(30.0) and f2.rate == pytest.approx(70.0)
+    assert f1.finish == pytest.approx(10.0) and f2.finish == pytest.approx(10.0)
+
+
+def test_a_chain_runs_every_hop_at_line_rate() -> None:
+    net = Network(depth=2)
+    a, b, c = (net.add_node(100.0, 100.0) for _ in range(3))
+    f1 = net.start(a, b, 1000.0, 0.0, (0, 0))
+    f2 = net.start(b, c, 1000.0, 0.0, (0, 1))
+    assert run(net, [f1, f2]) == {0: pytest.approx(10.0), 1: pytest.approx(10.0)}
+
+
+def test_two_senders_share_a_downlink() -> None:
+    net = Network(depth=2)
+    a, b = net.add_node(100.0, 0.0), net.add_node(100.0, 0.0)
+    c = net.add_node(0.0, 100.0)
+    f1 = net.start(a, c, 1000.0, 0.0, (0, 0))
+    f2 = net.start(b, c, 500.0, 0.0, (0, 1))
+    assert run(net, [f1, f2]) == {0: pytest.approx(15.0), 1: pytest.approx(10.0)}
+
+
+def test_a_late_flow_slows_the_running_one_from_then_on() -> None:
+    net = Network(depth=2)
+    a = net.add_node(100.0, 0.0)
+    b, c = net.add_node(0.0, 100.0), net.add_node(0.0, 100.0)
+    f1 = net.start(a, b, 1000.0, 0.0, (0, 0))
+    net.settle(0.0, lambda f: None)
+    f2 = net.start(a, c, 200.0, 5.0, (0, 1))  # f1 has 500 B left at 5 s
+    net.settle(5.0, lambda f: None)
+    assert f1.finish == pytest.approx(5.0 + 500.0 / 50.0)
+    assert f2.finish == pytest.approx(9.0)
+    assert "2 flows" in repr(net)
+
+
+def test_depth_one_never_oversubscribes_but_hands_out_leftovers_late() -> None:
+    """The simulator's default: only the two links a change touches are refilled."""
+    net = Network(depth=1)
+    a, b = net.add_node(100.0, 0.0), net.add_node(100.0, 0.0)
+    c = net.add_node(0.0, 100.0)
+    f1 = net.start(a, c, 1000.0, 0.0, (0, 0))
+    f2 = net.start(b, c, 500.0, 0.0, (0, 1))
+    done = run(net, [f1, f2])
+    # f1 keeps 50 B/s after f2 ends (its sender's link is not refilled): 20 s, not 15
+    assert done == {0: pytest.approx(20.0), 1: pytest.approx(10.0)}

@@ -1,0 +1,119 @@
+"""A small swarm simulated end to end (the big runs are benchmarks, run by hand)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shoal.cli import main
+from shoal.sim.baseline import standard_pull
+from shoal.sim.engine import SwarmSim, rendezvous
+from shoal.sim.main import parse_image
+from shoal.sim.params import GBIT, MIB, SimParams
+from shoal.sim.report import quantile, stats, unpacked
+
+SMALL = SimParams(nodes=50, roots=2, layers=(16 * MIB,) * 4, piece_size=1 * MIB, link_bps=1 * GBIT)
+
+
+def p95(p: SimParams) -> tuple[float, float, int]:
+    out = SwarmSim(p).run()
+    s = stats(out.layer_done, out.dead, p.layers, 0.0, out.origin_bytes, out.origin_peak_bps)
+    return s.p95, out.origin_bytes, s.unfinished
+
+
+def test_fifty_nodes_finish_near_the_bound_with_one_origin_copy() -> None:
+    t, origin, unfinished = p95(SMALL)
+    assert unfinished == 0
+    assert origin == SMALL.image_bytes  # each blob read from the origin exactly once
+    assert t <= 1.5 * SMALL.bound()
+
+
+def test_runs_are_reproducible() -> None:
+    assert p95(SMALL) == p95(SMALL)
+
+
+def test_stragglers_and_deaths_do_not_stop_the_others() -> None:
+    p = SimParams(
+        nodes=40,
+        layers=(8 * MIB,) * 2,
+        piece_size=1 * MIB,
+        link_bps=1 * GBIT,
+        stragglers=0.1,
+        die=0.1,
+    )
+    out = SwarmSim(p).run()
+    s = stats(out.layer_done, out.dead, p.layers, 0.0, out.origin_bytes, out.origin_peak_bps)
+    assert sum(out.dead) >= 1
+    assert s.unfinished == 0 and s.nodes + sum(out.dead) == 40
+    assert out.origin_bytes == p.image_bytes
+
+
+def test_standard_pull_shares_the_origin() -> None:
+    p = SimParams(nodes=10, layers=(100 * MIB,), link_bps=1 * GBIT, origin_bps=1 * GBIT)
+    done, peak = standard_pull(p)
+    # ten nodes share 1 Gbit/s: each gets a tenth
+    assert all(d[0] == pytest.approx(10 * 100 * MIB / GBIT) for d in done)
+    assert peak == pytest.approx(GBIT)
+
+
+def test_rendezvous_spreads_blobs_and_is_stable() -> None:
+    roots = ["r0", "r1", "r2"]
+    owners = [rendezvous(f"sha256:{i}", roots) for i in range(300)]
+    assert all(60 < owners.count(r) < 140 for r in range(3))
+    # removing a root moves only its own blobs
+    moved = [
+        i
+        for i in range(300)
+        if owners[i] != 2 and rendezvous(f"sha256:{i}", roots[:2]) != owners[i]
+    ]
+    assert moved == []
+
+
+def test_report_arithmetic() -> None:
+    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert quantile([float(i) for i in range(1, 101)], 0.95) == 95.0
+    # unpacking one layer at a time, each once downloaded and the previous one unpacked
+    assert unpacked([1.0, 1.5], [100, 100], 100.0) == pytest.approx(3.0)
+    assert unpacked([1.0, 5.0], [100, 100], 100.0) == pytest.approx(6.0)
+    assert parse_image("2x1MiB,512KiB") == (MIB, MIB, 512 * 1024)
+
+
+def test_cli_runs_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    js, png = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["sim", "--nodes", "12", "--image", "2x8MiB", "--piece-mib", "1"]
+    assert main([*argv, "--link-gbit", "1", "--json", str(js), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "shoal" in out and "standard pull" in out and "reduction" in out
+    data = json.loads(js.read_text())
+    assert data["shoal"]["origin_bytes"] == 16 * MIB
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_rejects_a_bad_image(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--image", "lots"]) == 2
+    assert "bad --image" in capsys.readouterr().err
+
+
+def test_bench_replay_hook_says_when_there_is_nothing_to_compare(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = {
+        "options": {
+            "nodes": 8,
+            "roots": 1,
+            "rate_mbit": 100,
+            "origin_rate_mbit": 100,
+            "layers": 2,
+            "layer_mib": 4,
+        },
+        "layer_bytes": 4 * MIB,
+        "tcp_goodput": 0.95,
+        "modes": [{"mode": "direct", "p95_s": 7.0}],
+    }
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps(bench))
+    assert main(["sim", "--from-bench", str(f), "--piece-mib", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "no shoal result" in out and "direct: simulated p95" in out
