@@ -1,11 +1,13 @@
 """Blob geometry: how a blob is cut into pieces, and the digest form the store accepts.
 
 The default piece size is 4 MiB, chosen by measurement (``bench/peer_throughput.py
---piece-size``, figures in ``docs/peer.md``): at 1 MiB the per-piece overhead (one
-request, one thread hop for hashing, one journal record) costs throughput; at 8 MiB
-throughput is flat but a swarm has half as many units to spread and a streaming reader
-waits longer for its first piece. Large blobs get larger pieces so that no blob has
-more than ``MAX_PIECES`` (which bounds the stat frame's bitfield and hash list).
+--piece-size``, 1 GiB, figures in ``docs/peer.md``). Throughput on the shared 2-core
+test machine was too noisy to rank the sizes, so the receiver's CPU per GiB decided:
+1 MiB pieces cost 2.0 s, 4 MiB 1.4 s, 8 MiB 1.2 s (per-piece overhead: a request, two
+thread hops, a journal record). 8 MiB saves little more, while a swarm has half as many
+units to spread and a streaming reader waits twice as long for its first piece. Large
+blobs get larger pieces so that no blob has more than ``MAX_PIECES`` (which bounds the
+stat frame's bitfield and hash list).
 """
 
 from __future__ import annotations
