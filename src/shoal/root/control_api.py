@@ -139,6 +139,9 @@ class ControlAPI:
         assignment = self.root.schedule(
             Join(req.peer, req.blob, req.zone, hex_mask(req.have), req.want)
         )
+        if assignment is not None:
+            log.debug("%s joins %s: parents %s", req.peer, req.blob[:19],
+                     [p.peer for p in assignment.parents])
         return self._state(req.blob, req.known, assignment, "")
 
     async def parents(self, request: web.Request) -> web.Response:

@@ -165,6 +165,7 @@ class Root:
 
     def hold(self, peer: str, digest: Digest) -> None:
         key = str(digest)
+        log.info("%s holds %s", peer, key)
         try:
             swarm = self.scheduler.swarm(key)
         except ShoalError:
