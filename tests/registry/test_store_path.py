@@ -81,3 +81,24 @@ async def test_a_cached_private_blob_is_served_only_to_clients_the_origin_accept
                 assert r.status == 401
         assert a.metrics.meters[MetricType.PREAD].count == served
     assert private_origin.blob_gets(layer.digest) == 1
+
+
+async def test_accelerator_ranges_come_from_the_store_after_the_access_check(
+    tmp_path: Path, private_origin: OriginRegistry, private_image: BuiltImage
+) -> None:
+    layer = private_image.layers[0]
+    data = layer.path.read_bytes()
+    cfg = agent_config(private_origin.address, cache=tmp_path / "cache")
+    blob_url = f"http://{private_origin.address}/v2/{private_image.repo}/blobs/{layer.digest}"
+    async with Agent(cfg) as a, aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{a.proxy_port}/accelerator/{blob_url}"
+        good = {"Authorization": basic_authorization(USER, PASSWORD), "Range": "bytes=10-4105"}
+        async with s.get(url, headers=good) as r:
+            assert r.status == 206
+            assert await r.read() == data[10:4106]
+        async with s.get(url, headers={"Range": "bytes=10-4105"}) as r:
+            assert r.status == 401
+        assert a.store is not None
+        info = a.store.lookup(layer.digest)
+        assert info is not None
+    assert private_origin.blob_gets(layer.digest) == 1

@@ -407,17 +407,24 @@ class Mirror:
         if host not in allowed:
             raise AccessDeniedError(f"host {host} is not in the accelerator's allow-list")
         digest: Digest | None = None
+        name = ""
         for pattern in _ACCEL_PATHS:
             m = pattern.fullmatch(url.raw_path)
             if m is not None:
                 found = m.groupdict()
                 if "name" in found:
-                    check_name(found["name"])
+                    name = check_name(found["name"])
                 digest = parse_digest(found.get("digest") or f"sha256:{found['hex']}")
                 break
         else:
             raise AccessDeniedError("only blob paths are accelerated")
         pathname = f"/{url}"
+        registry_url = self.upstream.base_url(host)
+        if self.provider is not None and name and f"{url.scheme}://{host}" == registry_url:
+            # a registry blob URL: the same access check, then the swarm serves the range
+            return await self._serve_stored(
+                request, host, name, digest, _client_range(request), pathname
+            )
         return await self._relay_blob(
             request, host, url.raw_path, pathname, digest, _client_range(request), url=str(url)
         )
