@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import mmap
 import os
 import threading
+
+from shoal.cache.errors import PieceCorruptError
 
 ALIGN = 4096
 Buffer = bytes | bytearray | memoryview
@@ -102,3 +105,43 @@ def _scratch_buffer(size: int) -> memoryview:
         buf = aligned_buffer(size)
         _scratch.buf = buf
     return buf[:size]
+
+
+def sha256_of(data: bytes | bytearray | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def check_and_write(
+    direct: bool,
+    fd: int,
+    direct_fd: int,
+    offset: int,
+    data: bytes | bytearray | memoryview,
+    sha256: bytes | None,
+    known: bytes | None,
+    what: str,
+) -> bytes:
+    """Runs on a disk thread: nothing is written unless the bytes match ``known``."""
+    if sha256 is None:
+        sha256 = sha256_of(data)
+    if known is not None and known != sha256:
+        raise PieceCorruptError(f"{what}: sha256 mismatch")
+    if direct:
+        write_direct(fd, direct_fd, offset, data)
+    else:
+        write_buffered(fd, offset, data)
+    return sha256
+
+
+def hash_file(fd: int, size: int) -> bytes:
+    h = hashlib.sha256()
+    buf = bytearray(4 << 20)
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - offset)]], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "short read while hashing")
+        h.update(view[:n])
+        offset += n
+    return h.digest()

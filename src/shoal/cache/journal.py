@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import os
+import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -136,3 +137,12 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def create_files(directory: Path, meta: BlobMeta) -> None:
+    """A fresh blob directory: meta written, data file sized (sparse)."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    write_meta(directory, meta)
+    with data_path(directory).open("wb") as fh:
+        fh.truncate(meta.size)

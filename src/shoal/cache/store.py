@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -277,7 +276,7 @@ class PieceStore:
             hashes=None if hashes is None else [h.hex() for h in hashes],
         )
         try:
-            await asyncio.to_thread(_create_files, directory, meta)
+            await asyncio.to_thread(jr.create_files, directory, meta)
             blob = _load_blob(directory)
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
@@ -296,10 +295,12 @@ class PieceStore:
     ) -> bytes:
         """Store piece ``index``; return its sha256.
 
-        ``sha256`` is the hash of ``data`` if the caller already computed it (a peer
-        client verifies on receipt); otherwise the store computes it. Either way it must
-        match the piece's known hash, if any, or ``PieceCorruptError`` is raised and
-        nothing is written. Writing a piece already present is a no-op.
+        ``sha256`` is the hash of ``data`` if the caller already computed it; otherwise
+        the store computes it, on the same disk thread that then writes the piece (one
+        thread hop per piece: the cheapest verified path for a downloader that got the
+        piece hashes from the root at ``create``). Either way it must match the piece's
+        known hash, if any, or ``PieceCorruptError`` is raised and nothing is written.
+        Writing a piece already present is a no-op.
         """
         blob = self._get(digest)
         length = blob.piece_length(index)
@@ -311,25 +312,23 @@ class PieceStore:
         blob.pins += 1
         try:
             with self._op(FILEWRITE, digest, blob.offset(index)) as rec:
-                if sha256 is None:
-                    sha256 = await asyncio.to_thread(_sha256, data)
                 known = blob.hashes[index]
-                if known is not None and known != sha256:
+                if sha256 is not None and known is not None and known != sha256:
                     raise PieceCorruptError(f"{digest} piece {index}: sha256 mismatch")
                 self._reserve(blob, length)
                 try:
-                    if self.aio:
-                        await self._disk(
-                            diskio.write_direct,
-                            blob.fileno(),
-                            blob.direct_fileno(),
-                            blob.offset(index),
-                            data,
-                        )
-                    else:
-                        await self._disk(
-                            diskio.write_buffered, blob.fileno(), blob.offset(index), data
-                        )
+                    # one thread hop: hash (when not given), check, then write
+                    sha256 = await self._disk(
+                        diskio.check_and_write,
+                        self.aio,
+                        blob.fileno(),
+                        blob.direct_fileno() if self.aio else -1,
+                        blob.offset(index),
+                        data,
+                        sha256,
+                        known,
+                        f"{digest} piece {index}",
+                    )
                     if blob.present[index]:  # a concurrent writer won
                         return sha256
                     blob.journal_append(jr.RecordKind.PIECE, index, sha256)
@@ -369,7 +368,7 @@ class PieceStore:
         try:
             await self._ensure_verified(blob, range(blob.present.size))
             if verify:
-                got = await asyncio.to_thread(_hash_file, blob.fileno(), blob.size)
+                got = await asyncio.to_thread(diskio.hash_file, blob.fileno(), blob.size)
                 if "sha256:" + got.hex() != digest:
                     await self.remove(digest)
                     raise DigestMismatchError(f"{digest}: content hashes to sha256:{got.hex()}")
@@ -511,7 +510,7 @@ class PieceStore:
                 )
             except OSError as exc:
                 raise PieceReadError(f"{blob.digest} piece {index}: {exc.strerror}") from exc
-            got = await asyncio.to_thread(_sha256, data)
+            got = await asyncio.to_thread(diskio.sha256_of, data)
             if not blob.present[index]:
                 raise PieceMissingError(f"{blob.digest} piece {index} not present")
             if got == blob.hashes[index]:
@@ -538,32 +537,6 @@ class PieceStore:
             f"used {self._used} / {self.capacity} bytes, {self._reserved} in flight | "
             f"aio={self.aio}]>"
         )
-
-
-def _sha256(data: bytes | bytearray | memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def _hash_file(fd: int, size: int) -> bytes:
-    h = hashlib.sha256()
-    buf = bytearray(4 << 20)
-    view = memoryview(buf)
-    offset = 0
-    while offset < size:
-        n = os.preadv(fd, [view[: min(len(buf), size - offset)]], offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "short read while hashing")
-        h.update(view[:n])
-        offset += n
-    return h.digest()
-
-
-def _create_files(directory: Path, meta: jr.BlobMeta) -> None:
-    if directory.exists():
-        shutil.rmtree(directory)
-    jr.write_meta(directory, meta)
-    with jr.data_path(directory).open("wb") as fh:
-        fh.truncate(meta.size)
 
 
 def _load_blob(directory: Path) -> Blob:
