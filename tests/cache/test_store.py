@@ -227,3 +227,12 @@ async def test_thread_io_strategy_gives_same_bytes(store_factory: StoreFactory) 
         await asyncio.gather(*(store.write_piece(digest, i, pieces(data)[i]) for i in order))
         await store.finish(digest)
         assert await store.read_range(digest, 0, len(data)) == data
+
+
+async def test_empty_blob_completes(store: PieceStore) -> None:
+    empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    info = await store.create(empty, 0)
+    assert info.piece_count == 0
+    await store.finish(empty)
+    assert store.lookup(empty).complete  # type: ignore[union-attr]
+    assert await store.read_range(empty, 0, 0) == b""
