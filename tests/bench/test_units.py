@@ -10,7 +10,7 @@ import pytest
 from shoal.bench.bencode import decode, info_hash, scrape_complete
 from shoal.bench.cpu import CpuUse
 from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
-from shoal.bench.report import mode_bound, node_bound, quantile, stats
+from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
 from shoal.cli import main as cli_main
 
@@ -75,3 +75,10 @@ def test_refuses_without_root_in_one_line(
     assert cli_main(["bench", "--nodes", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("shoal bench: needs root")
+
+
+def test_markdown_table_from_the_json() -> None:
+    result = _result({"direct": [4.0, 4.0, 4.0, 4.0], "shoal": [1.0, 1.0, 1.0, 1.0]}, 10_000_000)
+    text = markdown(to_json(result))
+    assert "| shoal | 4/4 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| 75.0% | 1.00 (0.96) | 1.00 (0.96) | 95% ⚠ busy |" in text

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from shoal.bench.errors import BenchError, NotRootError
 from shoal.bench.netns import cleanup_leftovers
-from shoal.bench.report import plot, print_report, write_json
+from shoal.bench.report import markdown, plot, print_report, to_json, write_json
 from shoal.bench.runner import BenchOptions, BenchResult, run_benchmark
 
 
@@ -54,12 +54,13 @@ def run_bench(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     result = asyncio.run(_main(opts, console))
     write_json(result, out / "bench.json")
+    (out / "bench.md").write_text(markdown(to_json(result)))
     plot(result, out / "bench.png")
     out_console = Console()
     if not out_console.is_terminal:
         out_console = Console(width=150)  # a file or a pipe gets the whole table
     print_report(result, out_console)
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}")
     failed = [
         m.run.mode for m in result.modes if m.skipped or any(n.seconds is None for n in m.run.nodes)
     ]

@@ -283,3 +283,37 @@ def plot(result: BenchResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The table as GitHub markdown, from the JSON document (so old runs can be rendered)."""
+    o = doc["options"]
+    bound = doc["node_bound_s"]
+    lines = [
+        f"N={o['nodes']}, B={o['rate_mbit']:g} Mbit/s, B_origin={o['origin_rate_mbit']:g} "
+        f"Mbit/s, image {doc['image_bytes'] / MIB:.1f} MiB in {o['layers']} layers, "
+        f"S/B = {bound:.2f} s ({bound / doc['tcp_goodput']:.2f} s at TCP goodput)",
+        "",
+        "| mode | ok | p50 s | p95 s | max s | origin egress MiB (copies) | p95 cut vs direct "
+        "| p95/(S/B) | p95/mode bound | CPU (machine) | own CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    def pair(m: dict[str, Any], key: str) -> str:
+        return f"{f(m[key], '.2f')} ({f(m[key + '_goodput'], '.2f')})"
+
+    for m in doc["modes"]:
+        cut = m["p95_cut_vs_direct"]
+        busy = " ⚠ busy" if m["cpu_saturated"] else ""
+        lines.append(
+            f"| {m['mode']} | {m['ok']}/{m['total']} | {f(m['p50_s'], '.2f')} "
+            f"| {f(m['p95_s'], '.2f')} | {f(m['max_s'], '.2f')} "
+            f"| {m['origin_tx_bytes'] / MIB:.1f} ({m['origin_copies']:.2f}) "
+            f"| {f(cut, '.1%')} "
+            f"| {pair(m, 'p95_over_node_bound')} | {pair(m, 'p95_over_mode_bound')} "
+            f"| {m['cpu_mean']:.0%}{busy} | {m.get('own_cpu_s', 0):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
