@@ -238,8 +238,9 @@ def _peak_rss() -> int:
 
 
 def measure_shoal(
-    size: int, piece: int, in_flight: int, aio: bool, seed_aio: bool, workdir: Path
+    size: int, piece: int, in_flight: int, aio: bool, seed_aio: bool, workdir: Path, repeat: int
 ) -> tuple[float, dict[str, Any], dict[str, Any]]:
+    """One seed; ``repeat`` leeches one after another, each into a fresh store; the best."""
     flags = ["--piece-size", str(piece), "--aio", str(int(aio))]
     seed_flags = ["--piece-size", str(piece), "--aio", str(int(seed_aio))]
     seeder = _spawn(
@@ -248,28 +249,34 @@ def measure_shoal(
     )
     try:
         ready = _read_json(seeder)
-        leecher = _spawn(
-            [
-                "--role",
-                "leech",
-                "--port",
-                str(ready["port"]),
-                "--digest",
-                ready["digest"],
-                "--in-flight",
-                str(in_flight),
-                "--dir",
-                str(workdir / "leech"),
-                *flags,
-            ]
-        )
-        result = _read_json(leecher)
-        leecher.wait(timeout=60)
+        best: dict[str, Any] | None = None
+        for _ in range(repeat):
+            shutil.rmtree(workdir / "leech", ignore_errors=True)
+            leecher = _spawn(
+                [
+                    "--role",
+                    "leech",
+                    "--port",
+                    str(ready["port"]),
+                    "--digest",
+                    ready["digest"],
+                    "--in-flight",
+                    str(in_flight),
+                    "--dir",
+                    str(workdir / "leech"),
+                    *flags,
+                ]
+            )
+            result = _read_json(leecher)
+            leecher.wait(timeout=60)
+            if best is None or result["seconds"] < best["seconds"]:
+                best = result
     finally:
         assert seeder.stdin is not None
         seeder.stdin.close()
         seeder.wait(timeout=60)
-    return result["bytes"] / result["seconds"], ready, result
+    assert best is not None
+    return best["bytes"] / best["seconds"], ready, best
 
 
 # -- plumbing ---------------------------------------------------------------------------
@@ -305,6 +312,12 @@ def main() -> None:
         default=0,
         help="the seed store's aioEnable (0: its blob is in the page cache, as just fetched)",
     )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each figure N times and keep the best (for a shared, noisy machine)",
+    )
     ap.add_argument("--dir", default="", help="where the two piece stores go (default: a temp dir)")
     ap.add_argument("--role", default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -329,14 +342,16 @@ def main() -> None:
         )
         print(
             f"blob {size} bytes, piece {piece} bytes, {args.in_flight} in flight, "
-            f"aioEnable={int(aio)} (seed {args.seed_aio}), stores under {workdir}"
+            f"aioEnable={int(aio)} (seed {args.seed_aio}), best of {args.repeat}, "
+            f"stores under {workdir}"
         )
-        tcp = measure_tcp(size)
+        n = args.repeat
+        tcp = max(measure_tcp(size) for _ in range(n))
         print(f"(a) raw TCP, 2 processes, loopback   {tcp / 1e9:6.2f} GB/s")
-        sha = measure_sha256(min(size, 1 << 30), piece)
+        sha = max(measure_sha256(min(size, 1 << 30), piece) for _ in range(n))
         print(f"(b) sha256, one core                 {sha / 1e9:6.2f} GB/s")
         rate, ready, result = measure_shoal(
-            size, piece, args.in_flight, aio, bool(args.seed_aio), workdir
+            size, piece, args.in_flight, aio, bool(args.seed_aio), workdir, n
         )
         print(
             f"(c) shoal store -> store, verified    {rate / 1e9:6.2f} GB/s"
@@ -345,7 +360,7 @@ def main() -> None:
         )
         print(f"receiver peak RSS                    {result['peak_rss'] / 2**20:6.0f} MiB")
         seed_file = next((workdir / "seed" / "blobs" / "sha256").iterdir()) / "data"
-        floor = measure_sendfile(seed_file, size, piece)
+        floor = max(measure_sendfile(seed_file, size, piece) for _ in range(n))
         print(f"(d) loop.sendfile alone, piece by piece {floor / 1e9:6.2f} GB/s  (for comparison)")
         print(f"ratio = (c) / min(a, b)              {rate / min(tcp, sha):6.2f}")
     finally:
