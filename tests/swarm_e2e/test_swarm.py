@@ -133,3 +133,23 @@ async def test_the_root_killed_mid_blob_agents_fall_back_and_finish(
                 if fam.name == "shoal_origin_fallback":
                     fallbacks += sum(s.value for s in fam.samples)
         assert fallbacks >= 1, "no agent fell back to the origin"
+
+
+async def test_accelerator_range_fetches_only_the_pieces_it_needs(
+    tmp_path: Path, origin: OriginRegistry, cluster: LocalCluster
+) -> None:
+    img = build_image(tmp_path / "lazy", repo="swarm/lazy", tag="1", layer_sizes=[12 << 20])
+    await push_image(origin.url, img)
+    layer = img.layers[0]
+    data = layer.path.read_bytes()
+    node = cluster.agents[0]
+    blob_url = f"http://{origin.address}/v2/{img.repo}/blobs/{layer.digest}"
+    first = (5 << 20) + 100  # inside piece 5 of 1 MiB pieces, crossing into piece 6
+    last = first + (1 << 20)
+    async with aiohttp.ClientSession() as s:
+        url = f"http://{node.mirror}/accelerator/{blob_url}"
+        async with s.get(url, headers={"Range": f"bytes={first}-{last}"}) as r:
+            assert r.status == 206
+            assert await r.read() == data[first : last + 1]
+    received = counts(await cluster.metrics(node))["peer"]
+    assert received == 2 << 20  # two pieces, not twelve

@@ -42,6 +42,7 @@ from shoal.control.schema import Source as WireSource
 from shoal.errors import DigestMismatchError, ShoalError
 from shoal.observability import Metrics
 from shoal.oci.digest import Digest
+from shoal.oci.range import ByteRange
 from shoal.peer.client import PeerClient
 from shoal.registry.origin_fetch import Source
 from shoal.registry.provider import OriginProvider
@@ -87,6 +88,7 @@ class SwarmProvider:
         self.metrics = metrics
         self.peer_id = ""
         self._downloads: dict[str, Download] = {}
+        self._ranges: set[asyncio.Task[None]] = set()
         self._fallback_limit = asyncio.Semaphore(max(config.p2p.fallback_limit, 1))
         self._roots_seen: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -100,6 +102,7 @@ class SwarmProvider:
 
     async def close(self) -> None:
         tasks = [d.task for d in self._downloads.values() if d.task is not None]
+        tasks += self._ranges
         if self._heartbeat is not None:
             tasks.append(self._heartbeat)
         for task in tasks:
@@ -118,6 +121,24 @@ class SwarmProvider:
             download.task = asyncio.create_task(download.run())
             download.task.add_done_callback(lambda _: self._downloads.pop(key, None))
         return await asyncio.shield(download.geometry)
+
+    async def ensure_range(self, digest: Digest, source: Source, byte_range: ByteRange) -> BlobInfo:
+        """Only the pieces ``byte_range`` needs (on-demand loading), unless the whole blob
+        is here or already on its way."""
+        from shoal.agent.ondemand import RangeFetch
+
+        key = str(digest)
+        info = self.store.lookup(key)
+        if info is not None and info.complete:
+            return info
+        running = self._downloads.get(key)
+        if running is not None:
+            return await asyncio.shield(running.geometry)
+        fetch = RangeFetch(self, digest, source, byte_range)
+        fetch.task = asyncio.create_task(fetch.run())
+        self._ranges.add(fetch.task)
+        fetch.task.add_done_callback(self._ranges.discard)
+        return await asyncio.shield(fetch.geometry)
 
     async def fetch_from_origin(self, digest: Digest, source: Source, why: str) -> BlobInfo:
         async with self._fallback_limit:
@@ -399,16 +420,15 @@ class Download:
         if fetching:
             self._reports.append(FetchingReport(self.key, fetching))
 
-    async def _fetch(self, parent: str, index: int) -> None:
-        assert self.picker is not None
-        loop = asyncio.get_running_loop()
-        info = self.p.store.lookup(self.key)
-        if info is None:
-            return
-        reason: FailReason | None = None
+    async def fetch_piece(self, parent: str, index: int, info: BlobInfo) -> FailReason | None:
+        """Piece ``index`` from ``parent``, checked against the root's hash, into the store.
+
+        ``None`` on success, else why it failed (for the picker and the root).
+        """
         try:
             expected = await self._hash(index)
-            self.picker.on_started(parent, index, loop.time())
+            if self.picker is not None:
+                self.picker.on_started(parent, index, asyncio.get_running_loop().time())
             data = await self.p.peers.read(
                 parent,
                 self.key,
@@ -417,30 +437,36 @@ class Download:
                 sha256=expected,
             )
             await self.p.store.write_piece(self.key, index, data, sha256=expected)
-        except asyncio.CancelledError:
-            raise
         except PieceCorruptError:
-            reason = FailReason.BAD_PIECE
+            log.warning("parent %s sent a bad piece %d of %s: banned", parent, index, self.key)
+            return FailReason.BAD_PIECE
         except ShoalError as exc:
             log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc)
-            reason = (
-                FailReason.REFUSED if "missing" in exc.message.lower() else (FailReason.UNREACHABLE)
-            )
+            missing = "missing" in exc.message.lower()
+            return FailReason.REFUSED if missing else FailReason.UNREACHABLE
         except (OSError, ConnectionError) as exc:
             log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc)
-            reason = FailReason.UNREACHABLE
+            return FailReason.UNREACHABLE
+        self._reports.append(HaveReport(self.key, [index]))
+        return None
+
+    async def _fetch(self, parent: str, index: int) -> None:
+        assert self.picker is not None
+        info = self.p.store.lookup(self.key)
+        try:
+            reason = None if info is None else await self.fetch_piece(parent, index, info)
         finally:
             self._fetches.pop((parent, index), None)
-        now = loop.time()
+        if info is None:
+            return
+        now = asyncio.get_running_loop().time()
         if reason is None:
             self._apply(self.picker.on_piece(parent, index, now))
-            self._reports.append(HaveReport(self.key, [index]))
+        elif reason is FailReason.BAD_PIECE:
+            self._apply(self.picker.on_piece(parent, index, now, ok=False))
         else:
-            if reason is FailReason.BAD_PIECE:
-                log.warning("parent %s sent a bad piece %d of %s: banned", parent, index, self.key)
-                self._apply(self.picker.on_piece(parent, index, now, ok=False))
-            else:
-                self._apply(self.picker.on_failed(parent, index, now, reason))
+            self._apply(self.picker.on_failed(parent, index, now, reason))
+        if reason is not None:
             self._reports.append(AbandonedReport(self.key, [index]))
         self._wake.set()
 

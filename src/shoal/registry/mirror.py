@@ -217,8 +217,13 @@ class Mirror:
         digest: Digest,
         byte_range: ByteRange | None,
         pathname: str,
+        *,
+        on_demand: bool = False,
     ) -> web.StreamResponse:
-        """Through the piece store: the origin decides who may read, the store serves."""
+        """Through the piece store: the origin decides who may read, the store serves.
+
+        ``on_demand`` (the accelerator's ranges) fetches only the pieces the range needs.
+        """
         assert self.provider is not None
         authorization = request.headers.get("Authorization", "")
         granted = await self.access.check(host, name, digest, authorization)
@@ -229,7 +234,11 @@ class Mirror:
             if size is not None:
                 headers["Content-Length"] = str(size)
             return web.Response(status=200, headers=headers)
-        info = await self.provider.ensure(digest, Source(host, name, authorization))
+        source = Source(host, name, authorization)
+        if on_demand and byte_range is not None:
+            info = await self.provider.ensure_range(digest, source, byte_range)
+        else:
+            info = await self.provider.ensure(digest, source)
         return await stream_from_store(
             request,
             self.provider.store,
@@ -423,7 +432,7 @@ class Mirror:
         if self.provider is not None and name and f"{url.scheme}://{host}" == registry_url:
             # a registry blob URL: the same access check, then the swarm serves the range
             return await self._serve_stored(
-                request, host, name, digest, _client_range(request), pathname
+                request, host, name, digest, _client_range(request), pathname, on_demand=True
             )
         return await self._relay_blob(
             request, host, url.raw_path, pathname, digest, _client_range(request), url=str(url)

@@ -13,6 +13,7 @@ from typing import Protocol
 from shoal.cache.blob import BlobInfo
 from shoal.cache.store import PieceStore
 from shoal.oci.digest import Digest
+from shoal.oci.range import ByteRange
 from shoal.registry.origin_fetch import OriginFetcher, Source
 
 
@@ -21,6 +22,10 @@ class BlobProvider(Protocol):
 
     async def ensure(self, digest: Digest, source: Source) -> BlobInfo:
         """Start or join the blob's download; return its geometry once known."""
+        ...
+
+    async def ensure_range(self, digest: Digest, source: Source, byte_range: ByteRange) -> BlobInfo:
+        """Make sure the pieces of ``byte_range`` come (on-demand); geometry once known."""
         ...
 
 
@@ -37,3 +42,6 @@ class OriginProvider:
     async def ensure(self, digest: Digest, source: Source) -> BlobInfo:
         info, _ = await self.fetcher.start(digest, source)
         return info
+
+    async def ensure_range(self, digest: Digest, source: Source, byte_range: ByteRange) -> BlobInfo:
+        return await self.ensure(digest, source)  # one stream from the origin: all of it
