@@ -184,13 +184,18 @@ async def seed(directory: Path, size: int, piece: int, aio: bool) -> None:
         del parts
         async with PeerServer(store, SECRET, host="127.0.0.1", node="seed") as server:
             say({"port": server.port, "digest": digest, "sendfile": server.sendfile_native})
+            before = resource.getrusage(resource.RUSAGE_SELF)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            say({"cpu": cpu, "bytes_sent": server.bytes_sent})
 
 
 async def leech(directory: Path, port: int, digest: str, in_flight: int, aio: bool) -> None:
     peer = ("127.0.0.1", port)
     async with PeerClient(SECRET, node="leech", max_in_flight=in_flight) as client:
         await client.connection(peer)  # the handshake is not part of the transfer
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         stat = await client.stat(peer, digest)
         assert stat.hashes is not None and all(stat.hashes)
@@ -223,8 +228,8 @@ async def leech(directory: Path, port: int, digest: str, in_flight: int, aio: bo
                 "seconds": seconds,
                 "bytes": stat.size,
                 "peak_rss": _peak_rss(),
-                "cpu_user": usage.ru_utime,
-                "cpu_sys": usage.ru_stime,
+                "cpu_user": usage.ru_utime - before.ru_utime,
+                "cpu_sys": usage.ru_stime - before.ru_stime,
             }
         )
 
@@ -274,8 +279,13 @@ def measure_shoal(
     finally:
         assert seeder.stdin is not None
         seeder.stdin.close()
+        assert seeder.stdout is not None
+        line = seeder.stdout.readline()
         seeder.wait(timeout=60)
     assert best is not None
+    if line:
+        sent = json.loads(line)
+        best["sender_ns_per_byte"] = sent["cpu"] / max(sent["bytes_sent"], 1) * 1e9
     return best["bytes"] / best["seconds"], ready, best
 
 
@@ -359,6 +369,12 @@ def main() -> None:
             f"user {result['cpu_user']:.2f} s sys {result['cpu_sys']:.2f} s)"
         )
         print(f"receiver peak RSS                    {result['peak_rss'] / 2**20:6.0f} MiB")
+        receiver_ns = (result["cpu_user"] + result["cpu_sys"]) / result["bytes"] * 1e9
+        sender_ns = result.get("sender_ns_per_byte", float("nan"))
+        print(
+            f"CPU per byte moved: receiver {receiver_ns:.2f} ns, sender {sender_ns:.2f} ns "
+            f"(2 cores: at best {2 / (receiver_ns + sender_ns):.2f} GB/s)"
+        )
         seed_file = next((workdir / "seed" / "blobs" / "sha256").iterdir()) / "data"
         floor = max(measure_sendfile(seed_file, size, piece) for _ in range(n))
         print(f"(d) loop.sendfile alone, piece by piece {floor / 1e9:6.2f} GB/s  (for comparison)")
