@@ -21,6 +21,7 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -46,6 +47,7 @@ from shoal.wire import (
     StatRequest,
     StatResponse,
     WireEvent,
+    is_response,
 )
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,20 @@ class _Pending:
         self.filled = 0
 
 
+MessageCallback = Callable[[Address, WireEvent], None]
+
+
 class PeerConnection(asyncio.BufferedProtocol):
-    def __init__(self, secret: bytes, node: str, address: Address, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        node: str,
+        address: Address,
+        max_in_flight: int,
+        on_message: MessageCallback | None = None,
+    ) -> None:
         self.address = address
+        self.on_message = on_message
         self.conn = Connection(Role.CLIENT, secret, node=node)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -170,6 +183,10 @@ class PeerConnection(asyncio.BufferedProtocol):
             return
         if isinstance(event, Pong):
             return
+        if not is_response(event):  # a request or one-way message from the peer
+            if self.on_message is not None:
+                self.on_message(self.address, event)
+            return
         request_id = getattr(event, "request_id", None)
         pending = self._pending.get(request_id) if isinstance(request_id, int) else None
         if isinstance(event, Data):
@@ -191,7 +208,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         del self._pending[event.request_id]  # type: ignore[attr-defined]
         if isinstance(event, ErrorResponse):
             _settle(pending.future, exc=PeerRequestError(event.message, code=event.code))
-        elif isinstance(event, StatResponse) and pending.buffer is None and pending.length < 0:
+        elif pending.buffer is None and pending.length < 0:
             _settle(pending.future, result=event)
         else:
             raise ProtocolError(f"unexpected {type(event).__name__} for request {request_id}")
@@ -238,6 +255,11 @@ class PeerConnection(asyncio.BufferedProtocol):
             if self._body is pending:
                 self._body = None  # keep receiving the body, into the scratch buffer
 
+    def send(self, event: WireEvent) -> None:
+        if self._closed_exc is not None or self.transport is None:
+            raise PeerUnavailableError(f"connection to {self.address} is closed")
+        self.transport.write(self.conn.send(event))
+
     def next_id(self) -> int:
         return next(self._ids) & 0xFFFFFFFF
 
@@ -274,8 +296,11 @@ class PeerClient:
         connect_timeout: float = 5.0,
         request_timeout: float = 30.0,
         metrics: Metrics | None = None,
+        on_message: MessageCallback | None = None,
     ) -> None:
         self.node = node
+        #: ``on_message(address, event)`` for requests/one-way messages a peer sends us
+        self.on_message = on_message
         self.max_in_flight = max_in_flight
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -316,7 +341,7 @@ class PeerClient:
 
     async def _open(self, address: Address) -> PeerConnection:
         loop = asyncio.get_running_loop()
-        conn = PeerConnection(self._secret, self.node, address, self.max_in_flight)
+        conn = PeerConnection(self._secret, self.node, address, self.max_in_flight, self.on_message)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await loop.create_connection(lambda: conn, address[0], address[1])
@@ -340,6 +365,22 @@ class PeerClient:
         if self.metrics is not None:
             self.metrics.record(MetricType.PEER, 0, time.perf_counter() - start)
         return result
+
+    async def call(self, peer: str | Address, event: WireEvent) -> WireEvent:
+        """Send a request (a registered type with a ``request_id`` field; its value is
+        replaced) and return the peer's answer; an error frame raises ``PeerRequestError``."""
+        conn = await self.connection(peer)
+        async with conn.slots:
+            fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            req = dataclasses.replace(event, request_id=conn.next_id())  # type: ignore[type-var]
+            answer = await conn.request(req, _Pending(fut, None, -1), self.request_timeout)
+        assert isinstance(answer, WireEvent)
+        return answer
+
+    async def notify(self, peer: str | Address, event: WireEvent) -> None:
+        """Send a one-way message (no answer expected)."""
+        conn = await self.connection(peer)
+        conn.send(event)
 
     async def read(
         self,

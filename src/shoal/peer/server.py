@@ -28,6 +28,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from shoal.cache import BlobInfo, PieceMissingError, PieceStore
@@ -54,6 +55,8 @@ from shoal.wire import (
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[WireEvent, str], Awaitable[WireEvent | None]]
+
 
 class PeerServer:
     def __init__(
@@ -70,8 +73,12 @@ class PeerServer:
         max_in_flight: int = 16,
         piece_wait: float = 30.0,
         handshake_timeout: float = 10.0,
+        handlers: Mapping[type[WireEvent], Handler] | None = None,
     ) -> None:
         self.store = store
+        #: message types beyond stat/read (the swarm's): ``await handler(event, peer_node)``
+        #: returns the answer to send, or None for a one-way message
+        self.handlers = dict(handlers or {})
         self.node = node
         self.throttle = Throttle(throttle_mb)
         self.metrics = metrics
@@ -112,6 +119,14 @@ class PeerServer:
     def port(self) -> int:
         return self.addresses[0][1]
 
+    async def push(self, peer_node: str, event: WireEvent) -> bool:
+        """Send a message to every connection of the authenticated peer ``peer_node``
+        (a root telling an agent something); False if it is not connected."""
+        conns = [c for c in self._connections if c.peer_node == peer_node]
+        for conn in conns:
+            await conn._send(event)
+        return bool(conns)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -137,6 +152,7 @@ class _ServerConnection(asyncio.Protocol):
         self.conn = Connection(Role.SERVER, server._secret, node=server.node)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_node = ""
         self.tasks: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
         self._writable = asyncio.Event()
@@ -195,9 +211,12 @@ class _ServerConnection(asyncio.Protocol):
         if isinstance(event, Authenticated):
             if self._timer is not None:
                 self._timer.cancel()
+            self.peer_node = event.peer_node
             log.debug("peer %s (%s) authenticated", self.peer, event.peer_node)
             return
-        if not isinstance(event, StatRequest | ReadRequest | Ping):
+        if not isinstance(event, StatRequest | ReadRequest | Ping) and (
+            type(event) not in self.server.handlers
+        ):
             raise ProtocolError(f"a server does not accept {type(event).__name__}")
         task = asyncio.get_running_loop().create_task(self._handle(event))
         self.tasks.add(task)
@@ -242,6 +261,21 @@ class _ServerConnection(asyncio.Protocol):
             await self._send(self._stat(event))
         elif isinstance(event, ReadRequest):
             await self._read(event)
+        else:
+            await self._custom(event)
+
+    async def _custom(self, event: WireEvent) -> None:
+        handler = self.server.handlers[type(event)]
+        request_id = getattr(event, "request_id", None)
+        try:
+            answer = await handler(event, self.peer_node)
+        except ShoalError as exc:
+            if request_id is None:
+                log.warning("handling %s from %s: %s", type(event).__name__, self.peer, exc)
+                return
+            answer = ErrorResponse(request_id, ErrorCode.INTERNAL, exc.message)
+        if answer is not None:
+            await self._send(answer)
 
     def _stat(self, req: StatRequest) -> WireEvent:
         start = time.perf_counter()

@@ -9,6 +9,7 @@ from shoal.wire.codec import (
     ProtocolError,
     Reader,
     encode,
+    is_response,
     register,
 )
 from shoal.wire.connection import Connection, Role, State
@@ -53,5 +54,6 @@ __all__ = [
     "State",
     "WireEvent",
     "encode",
+    "is_response",
     "register",
 ]

@@ -17,9 +17,12 @@ bytes with no further framing, so the receiver can read it straight into the pie
 buffer and the sender can ``sendfile`` it from disk.
 
 Adding a message type is one ``register(...)`` call: a type code, the event class (a
-frozen dataclass subclassing ``WireEvent``), its payload limit, an encoder and a
-decoder. Codes 0x01-0x0f are the handshake, 0x10-0x3f peer reads, 0x40-0x7e are free
-for the swarm (register/announce/schedule), 0x7f is the error frame.
+frozen dataclass subclassing ``WireEvent``, with a ``request_id`` field if it is asked
+or answered), its payload limit, an encoder, a decoder, and whether it is a response
+(matched to the asker's pending request) or a request/one-way message (handed to the
+receiver's handler: ``PeerServer(handlers=...)``, ``PeerClient(on_message=...)``).
+Codes 0x01-0x0f are the handshake, 0x10-0x3f peer reads, 0x40-0x7e are free for the
+swarm (register/announce/schedule), 0x7f is the error frame.
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ class MessageSpec:
     decode: Decoder
     #: sent before authentication (only the handshake)
     handshake: bool = False
+    #: an answer, matched to the asker's pending request by id (else: a request or a
+    #: one-way message, handed to the receiver's handler)
+    response: bool = False
 
 
 _BY_CODE: dict[int, MessageSpec] = {}
@@ -109,6 +115,11 @@ def spec_for(event: WireEvent) -> MessageSpec:
     if spec is None:
         raise TypeError(f"{type(event).__name__} is not a wire message")
     return spec
+
+
+def is_response(event: WireEvent) -> bool:
+    spec = _BY_CLASS.get(type(event))
+    return spec is not None and spec.response
 
 
 def frame(code: int, request_id: int, payload: bytes) -> bytes:
@@ -340,8 +351,11 @@ STAT_OK = register(
         _STAT_FIXED.size + MAX_PIECES // 8 + 1 + MAX_PIECES * HASH_SIZE,
         _enc_stat_ok,
         _dec_stat_ok,
+        response=True,
     )
 )
 READ = register(MessageSpec(0x12, ReadRequest, 12 + 1 + MAX_DIGEST, _enc_read, _dec_read))
-DATA = register(MessageSpec(0x13, Data, MAX_READ, _no_payload, _dec_data))
-ERROR = register(MessageSpec(0x7F, ErrorResponse, 2 + 2 + MAX_MESSAGE * 4, _enc_error, _dec_error))
+DATA = register(MessageSpec(0x13, Data, MAX_READ, _no_payload, _dec_data, response=True))
+ERROR = register(
+    MessageSpec(0x7F, ErrorResponse, 2 + 2 + MAX_MESSAGE * 4, _enc_error, _dec_error, response=True)
+)
