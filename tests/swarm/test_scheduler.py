@@ -154,14 +154,22 @@ def test_bad_piece_moves_the_reporter_away_then_bans_for_all() -> None:
     assert bad not in names(assign(s, Join("late", "b"), 2.0))
 
 
-def test_slow_parent_is_replaced_for_the_reporter() -> None:
+def test_slow_parent_loses_its_children_to_healthy_parents() -> None:
     s = sched()
-    latest = join_all(s, 20)
-    slow = stripe_parents(latest["n19"])[1]
-    s.handle(ParentFailed("n19", "b", slow, FailReason.SLOW, 1), 1.0)
-    (update,) = s.take_updates(1.0)
-    assert slow not in names(update) and sorted(stripe_parents(update)) == [0, 1, 2, 3]
-    assert slow not in names(assign(s, AskParents("n19", "b"), 1.5))
+    latest = join_all(s, 40)
+    slow = stripe_parents(latest["n39"])[1]
+    kids = {p for p, a in latest.items() if stripe_parents(a).get(1) == slow}
+    s.handle(ParentFailed("n39", "b", slow, FailReason.SLOW, 1), 1.0)
+    updates = {u.peer: u for u in s.take_updates(1.0)}
+    assert set(updates) == kids  # every child of the slow one moved, the reporter too
+    load: dict[str, int] = {}
+    for u in updates.values():
+        sp = stripe_parents(u)
+        assert slow not in names(u) and sorted(sp) == [0, 1, 2, 3]
+        load[sp[1]] = load.get(sp[1], 0) + 1
+    # a slow peer gets no children while the report is fresh
+    later = assign(s, Join("late", "b"), 2.0)
+    assert slow not in names(later)
 
 
 def test_dead_parent_children_are_pushed_new_parents() -> None:

@@ -246,8 +246,11 @@ def reference_table(args: argparse.Namespace) -> dict[str, Any]:
     )
     for shape, layers, pub_p95, pub_peak in REFERENCE:
         size = sum(layers)
-        # pieces of >= 16 MiB keep the biggest images near a million transfers
-        piece = int(args.piece_mib * MIB) if size <= 4 * GIB else 16 * MIB
+        # about 640 pieces per node (a power of two, at least 4 MiB): ~640,000 piece
+        # transfers per row, so the matrix runs in minutes, not hours
+        piece = 4 * MIB
+        while size / piece > 640:
+            piece *= 2
         p = replace(base, layers=layers, piece_size=piece)
         t0 = time.perf_counter()
         out = SwarmSim(p).run()

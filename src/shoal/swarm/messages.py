@@ -128,7 +128,9 @@ class ParentOffer:
 
     ``only`` limits what the agent may ask of this parent (a stripe parent sends one
     stripe of the pieces); ``-1`` is every piece. Apply it to later news from the parent.
-    A ``spare`` parent is asked only for pieces no other parent holds or is fetching.
+    A ``spare`` parent is asked only for pieces no other parent holds or is fetching;
+    the ``seed`` (the root) is never dropped for being slower than the others: it goes
+    at the origin's pace and is the only source of what it has not yet handed out.
     """
 
     peer: PeerId
@@ -137,6 +139,7 @@ class ParentOffer:
     fetching: int
     only: int = -1
     spare: bool = False
+    seed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ Rules:
    floor, so it works at 1 MB/s and at 10 Gbit/s). A request queued at a parent that has
    not started within ``queue_timeout`` is stalled too. A stalled request is cancelled,
    the parent dropped and reported ``SLOW``, and the piece asked elsewhere.
+   3b. A parent whose mean piece time (over ``slow_samples`` pieces or more) is
+   ``slow_ratio`` x the median of the other parents' is dropped and reported ``SLOW``
+   too: a straggler that is 4x slower never trips a stall, yet in a stripe tree it would
+   hold back everyone below it.
 4. A bad piece (hash mismatch) bans the parent for ``ban_seconds`` and is reported
    ``BAD_PIECE``; an unreachable parent is dropped and reported; a refused request only
    frees the piece. Every failed piece goes back to the missing set and is asked again.
@@ -91,10 +95,23 @@ class PickerPolicy:
     endgame: int = 4  #: duplicate requests at most, once everything is requested
     refresh_interval: float = 1.0  #: seconds between NeedParents
     ewma: float = 0.2  #: weight of the newest piece time in the mean
+    slow_ratio: float = 2.5  #: a parent this many x slower per piece than the median is slow
+    slow_samples: int = 4  #: pieces from a parent before it may be judged slow
 
 
 class _Parent:
-    __slots__ = ("has", "inflight", "only", "peer", "pending", "retiring", "spare")
+    __slots__ = (
+        "has",
+        "inflight",
+        "mean",
+        "only",
+        "peer",
+        "pending",
+        "retiring",
+        "samples",
+        "seed",
+        "spare",
+    )
 
     def __init__(self, offer: ParentOffer, full: int) -> None:
         self.peer = offer.peer
@@ -104,6 +121,9 @@ class _Parent:
         self.inflight = 0
         self.retiring = False
         self.spare = offer.spare
+        self.seed = offer.seed
+        self.mean = 0.0  # this parent's mean piece time
+        self.samples = 0
 
 
 def _busy(p: _Parent) -> int:
@@ -266,6 +286,12 @@ class PiecePicker:
         self._mean = took if self._mean == 0.0 else (1 - a) * self._mean + a * took
         self.have |= 1 << index
         actions: list[PickerAction] = []
+        p = self._parents.get(parent)
+        if p is not None and req.started >= 0:
+            p.mean = took if p.samples == 0 else (1 - a) * p.mean + a * took
+            p.samples += 1
+            if self._relatively_slow(p):
+                actions += self._drop_parent(parent, now, FailReason.SLOW, index)
         for other in self._reqs.pop(index, []):  # endgame duplicates
             self._release(other.parent)
             actions.append(Cancel(other.parent, index))
@@ -315,9 +341,10 @@ class PiecePicker:
             # one request at a time to the least-busy parent that can serve one, so that
             # requests (and so the load on parents' uplinks) spread over every parent
             primary = 0
-            for p in self._parents.values():
-                if not p.spare and not p.retiring:
-                    primary |= p.has | p.pending
+            if any(p.spare for p in self._parents.values()):
+                for p in self._parents.values():
+                    if not p.spare and not p.retiring:
+                        primary |= p.has | p.pending
             spare_free = free & ~primary
             ready = [
                 p
@@ -450,6 +477,18 @@ class PiecePicker:
             state = PieceState.MISSING
         if (state, event) not in _PIECE:
             raise PieceIndexError(f"piece {index}: {event.value} when {state.value}")
+
+    def _relatively_slow(self, p: _Parent) -> bool:
+        """Rule 3b: far slower per piece than the median of the other parents."""
+        pol = self.policy
+        if p.seed or p.samples < pol.slow_samples:
+            return False
+        others = sorted(
+            q.mean for q in self._parents.values() if q is not p and q.samples >= pol.slow_samples
+        )
+        if len(others) < 2:
+            return False
+        return p.mean > pol.slow_ratio * others[len(others) // 2]
 
     def _stall_limit(self) -> float:
         return max(self.policy.stall_floor, self.policy.stall_factor * self._mean)

@@ -33,9 +33,12 @@ builds a *striped forest* (SplitStream's idea) and keeps a small mesh beside it:
    random sample of ``sample`` members so a decision costs the same at 10,000 members.
    The picker asks a spare only for pieces no stripe parent can give: spares cover a
    slow or broken tree without stealing its uplink.
-5. A parent reported slow, bad or unreachable, or dead, or leaving: its tree children
-   get new stripe parents (updates); a bad piece bans it for the reporter, bad pieces
-   from ``global_ban_reporters`` agents ban it for all, for ``ban_seconds``.
+5. A parent reported bad or unreachable, or dead, or leaving: its tree children get
+   new stripe parents (updates). (5b) A parent reported slow swaps places with a node
+   that has no children in its own tree, which takes over the slow one's children; the
+   slow one gets no children while the report is fresh (``slow_memory``). A bad piece
+   bans a parent for the reporter; bad pieces from ``global_ban_reporters`` agents ban
+   it for all, for ``ban_seconds``.
 6. An agent that holds every piece frees its tree slots (parents' slots reopen) and
    stays a parent until it leaves.
 """
@@ -334,6 +337,14 @@ class Scheduler:
                 parent.children -= 1
         for s, p in enumerate(m.stripe_parent):
             if p == msg.parent and p != swarm.seed.peer.id:
+                slow = swarm.members.get(p)
+                if (
+                    msg.reason is FailReason.SLOW
+                    and slow is not None
+                    and slow.home == s
+                    and self._demote(swarm, slow, now)
+                ):
+                    continue  # the reporter now hangs under the slow node's stand-in
                 self._unparent(swarm, m, s)
                 self._stripe_parent(swarm, m, s, now)
                 self._outbox[(m.peer.id, swarm.blob)] = None
@@ -379,7 +390,7 @@ class Scheduler:
         self._offer_slots(swarm, m)
 
     def _offer_slots(self, swarm: BlobSwarm, p: _Member) -> None:
-        if len(p.kids) < self.policy.stripes and not p.peer.dead:
+        if len(p.kids) < self.policy.stripes and not p.peer.dead and not p.peer.slow:
             entry = (p.depth, next(swarm.seq), p.peer.id)
             heapq.heappush(swarm.slots[p.home], entry)
             if p.peer.zone:
@@ -396,6 +407,9 @@ class Scheduler:
             c = swarm.members.get(pid)
             if c is None or c.home != s or c.depth != depth or len(c.kids) >= self.policy.stripes:
                 heapq.heappop(heap)  # stale: lazily dropped
+                continue
+            if self._is_slow(c.peer, now):
+                heapq.heappop(heap)  # no children for a slow peer
                 continue
             if c is m or not self._usable(c.peer, m, now):
                 skipped.append(heapq.heappop(heap))
@@ -455,6 +469,66 @@ class Scheduler:
             self._outbox[(leaf_id, swarm.blob)] = None
             return True
         return False
+
+    def _demote(self, swarm: BlobSwarm, slow: _Member, now: float) -> bool:
+        """Rule 5b: a slow interior node's children move to healthy interior nodes of the
+        same stripe, one extra child each at most (the shallowest such first), and the
+        slow node gets no children while reports are fresh. Every slot of a full forest
+        is taken, so the moved children cost a few healthy parents a fifth of their
+        per-child rate on one stripe, instead of a whole subtree running at the slow
+        node's pace."""
+        s = slow.home
+        cap = self.policy.stripes + 1
+        order = swarm._order
+        pool = order if len(order) <= 256 else self._rng.sample(order, 256)
+        hosts = sorted(
+            (c.depth, pid)
+            for pid in pool
+            if (c := swarm.members.get(pid)) is not None
+            and c is not slow
+            and c.home == s
+            and len(c.kids) < cap
+            and not c.peer.dead
+            and not self._is_slow(c.peer, now)
+        )
+        moved = False
+        for kid in sorted(slow.kids):
+            km = swarm.members.get(kid)
+            if km is None or not hosts:
+                continue
+            _, host_id = hosts[0]
+            host = swarm.members[host_id]
+            if kid == host_id or self._below(swarm, host, kid, s):
+                continue
+            self._unparent(swarm, km, s, reopen=False)
+            self._link(swarm, km, s, host)
+            self._outbox[(kid, swarm.blob)] = None
+            moved = True
+            if len(host.kids) >= cap:
+                hosts.pop(0)
+        return moved
+
+    @staticmethod
+    def _below(swarm: BlobSwarm, node: _Member, ancestor: PeerId, s: int) -> bool:
+        """Is ``node`` in ``ancestor``'s subtree of stripe ``s``? (no cycles)"""
+        for _ in range(64):
+            pid = node.stripe_parent[s]
+            if pid is None or pid == swarm.seed.peer.id:
+                return False
+            if pid == ancestor:
+                return True
+            nxt = swarm.members.get(pid)
+            if nxt is None:
+                return False
+            node = nxt
+        return True
+
+    def _is_slow(self, peer: _Peer, now: float) -> bool:
+        if not peer.slow:
+            return False
+        horizon = now - self.policy.slow_memory
+        peer.slow = [t for t in peer.slow if t > horizon]
+        return bool(peer.slow)
 
     def _link(self, swarm: BlobSwarm, child: _Member, s: int, parent: _Member) -> None:
         child.stripe_parent[s] = parent.peer.id
@@ -520,7 +594,7 @@ class Scheduler:
                 self._stripe_parent(swarm, m, s, now)
         tree = set(m.stripe_parent)
         scored: list[tuple[float, PeerId]] = []
-        for pid in self._candidates(swarm, m):
+        for pid in self._candidates(swarm, m) if self.policy.spares else ():
             cand = swarm.members.get(pid)
             if (
                 cand is None
@@ -548,7 +622,14 @@ class Scheduler:
         for pid, mask in only.items():
             c = swarm.members[pid]
             offers.append(
-                ParentOffer(pid, c.peer.zone, c.have & mask, c.fetching & mask & ~c.have, mask)
+                ParentOffer(
+                    pid,
+                    c.peer.zone,
+                    c.have & mask,
+                    c.fetching & mask & ~c.have,
+                    mask,
+                    seed=c is swarm.seed,
+                )
             )
         for pid in m.spares:
             sp = swarm.members.get(pid)
