@@ -245,7 +245,7 @@ async def test_throttled_server_paces_reads(store: PieceStore) -> None:
         got = await client.read(("127.0.0.1", server.port), digest, 0, len(data))
         took = loop.time() - start
     assert bytes(got) == data
-    assert 0.4 <= took < 2.0, took  # 512 KiB beyond the 256 KiB burst at 1 MiB/s
+    assert 0.4 <= took < 3.0, took  # 512 KiB beyond the 256 KiB burst at 1 MiB/s
 
 
 async def test_request_timeout_then_connection_still_works(store: PieceStore) -> None:

@@ -28,7 +28,7 @@ async def test_throttle_paces_to_the_limit() -> None:
     for _ in range(5):
         await throttle.consume(256 * 1024)  # 1.25 MiB in all: ~0.25 s after the burst
     took = loop.time() - start
-    assert 0.2 <= took < 0.6, took
+    assert 0.2 <= took < 1.5, took  # generous ceiling: the machine is shared
     assert "4 MB/s" in repr(throttle)
     unlimited = Throttle(0)
     await unlimited.consume(1 << 40)
