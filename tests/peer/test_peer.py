@@ -271,3 +271,12 @@ async def test_client_metrics_and_repr(store: PieceStore) -> None:
         assert "connections: 0 alive" in repr(client)
     assert metrics.meters[MetricType.PEER].count == PIECE
     assert "closed" in repr(server)
+
+
+async def test_copy_path_when_sendfile_is_unavailable(store: PieceStore) -> None:
+    """What a loop without sendfile (uvloop) gets: the same bytes, through Python."""
+    digest, data = await add_blob(store, 3)
+    async with PeerServer(store, SECRET, host="127.0.0.1") as server, PeerClient(SECRET) as client:
+        server.sendfile_native = False
+        got = await client.read(("127.0.0.1", server.port), digest, 5, 2 * PIECE)
+        assert bytes(got) == data[5 : 5 + 2 * PIECE]
