@@ -570,9 +570,11 @@ class Scheduler:
         if m.home >= 0:
             swarm.interior[m.home] -= 1
             swarm.zone_interior[m.peer.zone][m.home] -= 1
+        if m.home >= 0:
+            self._demote(swarm, m, now)  # children move to healthy parents, as for a slow one
         for kid in sorted(m.kids):
             c = swarm.members.get(kid)
-            if c is None:
+            if c is None or c.stripe_parent[m.home] != pid:
                 continue
             c.stripe_parent[m.home] = None
             if c.have != swarm.full:
