@@ -140,8 +140,12 @@ class ControlAPI:
             Join(req.peer, req.blob, req.zone, hex_mask(req.have), req.want)
         )
         if assignment is not None:
-            log.debug("%s joins %s: parents %s", req.peer, req.blob[:19],
-                     [p.peer for p in assignment.parents])
+            log.debug(
+                "%s joins %s: parents %s",
+                req.peer,
+                req.blob[:19],
+                [p.peer for p in assignment.parents],
+            )
         return self._state(req.blob, req.known, assignment, "")
 
     async def parents(self, request: web.Request) -> web.Response:
