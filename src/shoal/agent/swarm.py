@@ -427,14 +427,20 @@ class Download:
         """
         try:
             expected = await self._hash(index)
-            if self.picker is not None:
-                self.picker.on_started(parent, index, asyncio.get_running_loop().time())
+            picker = self.picker
+            loop = asyncio.get_running_loop()
+
+            def started() -> None:  # first bytes: a cut-through parent may have held it
+                if picker is not None:
+                    picker.on_started(parent, index, loop.time())
+
             data = await self.p.peers.read(
                 parent,
                 self.key,
                 index * info.piece_size,
                 info.piece_length(index),
                 sha256=expected,
+                on_start=started,
             )
             await self.p.store.write_piece(self.key, index, data, sha256=expected)
         except PieceCorruptError:
