@@ -1,12 +1,21 @@
 """Cold pull of one large blob: straight from the registry vs through a shoal agent.
 
-Not a test: a measurement, run by hand. Both pulls use the same client (aiohttp, body
-hashed as it arrives, as a runtime would verify it) against the same real registry
-(Debian's docker-registry, blob on the page cache after the first read), alternating
-direct and mirrored runs so that machine noise hits both alike. The agent is a real
-``shoal agent`` process. Prints each run, the medians and the ratio mirrored/direct.
+Not a test: a measurement, run by hand. All pulls use the same client (aiohttp, body
+hashed as it arrives, as a runtime verifies it) against the same real registry
+(Debian's docker-registry, blob in the page cache after a first read), one after the
+other within each run so that machine noise hits every mode alike:
 
-    .venv/bin/python bench/mirror_overhead.py --size-mib 1024 --runs 3
+- ``direct``: from the registry;
+- ``relay``: through an agent with no store (``CacheConfig.path: ""``), which hashes the
+  stream and holds the last chunk until the digest matches;
+- ``store``: through an agent with a piece store, cold: a fresh agent process with an
+  empty store each run (fetch from the origin piece by piece, hash each piece, store it,
+  stream it to the client from the store, hash the whole blob on the way out).
+
+The agents are real ``shoal agent`` processes. Prints each run, the medians, the
+agents' CPU per pull and the ratios to ``direct``.
+
+    .venv/bin/python bench/mirror_overhead.py --size-mib 1024 --runs 5
 """
 
 from __future__ import annotations
@@ -47,71 +56,101 @@ async def timed_get(session: aiohttp.ClientSession, url: str, params: dict[str, 
     return time.perf_counter() - start
 
 
+async def start_agent(
+    work: Path, origin: str, cache: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    cfg = work / f"agent-{port}.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "ExporterConfig": {"enable": False},
+                "ProxyConfig": {"listen": "127.0.0.1", "port": port},
+                "CacheConfig": {"path": cache},
+                "UpstreamConfig": {
+                    "default": origin,
+                    "registries": [{"host": origin, "plainHTTP": True}],
+                },
+            }
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shoal",
+        "agent",
+        "--config",
+        str(cfg),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    async with aiohttp.ClientSession() as s:
+        for _ in range(400):
+            try:
+                async with s.get(f"http://127.0.0.1:{port}/v2/"):
+                    return proc, port
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise RuntimeError("agent did not start")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    await proc.wait()
+
+
 async def main(size_mib: int, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         work = Path(tmp)
         image = build_image(work / "img", repo="bench/big", layer_sizes=[size_mib * MiB])
         layer = image.layers[0]
+        times: dict[str, list[float]] = {"direct": [], "relay": [], "store": []}
+        cpu: dict[str, list[float]] = {"relay": [], "store": []}
         async with OriginRegistry(work / "origin") as origin:
             await push_image(origin.url, image)
-            port = free_port()
-            cfg = work / "agent.yaml"
-            cfg.write_text(
-                yaml.safe_dump(
-                    {
-                        "ExporterConfig": {"enable": False},
-                        "ProxyConfig": {"listen": "127.0.0.1", "port": port},
-                        "UpstreamConfig": {
-                            "default": origin.address,
-                            "registries": [{"host": origin.address, "plainHTTP": True}],
-                        },
-                    }
-                )
-            )
-            agent = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shoal", "agent", "--config", str(cfg)
-            )
+            path = f"/v2/{image.repo}/blobs/{layer.digest}"
+            ns = {"ns": origin.address}
+            relay, relay_port = await start_agent(work, origin.address, "")
+            timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
             try:
-                path = f"/v2/{image.repo}/blobs/{layer.digest}"
-                timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
                 async with aiohttp.ClientSession(timeout=timeout) as s:
-                    for _ in range(100):
-                        try:
-                            async with s.get(f"http://127.0.0.1:{port}/v2/"):
-                                break
-                        except aiohttp.ClientError:
-                            await asyncio.sleep(0.05)
                     await timed_get(s, origin.url + path, {})  # warm the page cache
-                    direct: list[float] = []
-                    mirrored: list[float] = []
-                    agent_cpu: list[float] = []
                     for i in range(runs):
-                        direct.append(await timed_get(s, origin.url + path, {}))
-                        cpu0 = cpu_seconds(agent.pid)
-                        mirror_url = f"http://127.0.0.1:{port}{path}"
-                        mirrored.append(await timed_get(s, mirror_url, {"ns": origin.address}))
-                        agent_cpu.append(cpu_seconds(agent.pid) - cpu0)
-                        print(
-                            f"run {i + 1}: direct {direct[-1]:.3f} s, "
-                            f"through agent {mirrored[-1]:.3f} s "
-                            f"(agent CPU {agent_cpu[-1]:.2f} s)",
-                            flush=True,
-                        )
+                        times["direct"].append(await timed_get(s, origin.url + path, {}))
+                        c0 = cpu_seconds(relay.pid)
+                        url = f"http://127.0.0.1:{relay_port}{path}"
+                        times["relay"].append(await timed_get(s, url, ns))
+                        cpu["relay"].append(cpu_seconds(relay.pid) - c0)
+                        cache = work / f"cache{i}"
+                        agent, port = await start_agent(work, origin.address, str(cache))
+                        try:
+                            c0 = cpu_seconds(agent.pid)
+                            url = f"http://127.0.0.1:{port}{path}"
+                            times["store"].append(await timed_get(s, url, ns))
+                            cpu["store"].append(cpu_seconds(agent.pid) - c0)
+                        finally:
+                            await stop(agent)
+                        parts = [f"direct {times['direct'][-1]:.3f} s"] + [
+                            f"{m} {times[m][-1]:.3f} s (agent CPU {cpu[m][-1]:.2f} s)"
+                            for m in ("relay", "store")
+                        ]
+                        print(f"run {i + 1}: " + ", ".join(parts), flush=True)
             finally:
-                agent.terminate()
-                await agent.wait()
+                await stop(relay)
     size = layer.size / MiB
-    d, m = statistics.median(direct), statistics.median(mirrored)
-    print(
-        f"blob {size:.0f} MiB, median of {runs}: direct {d:.3f} s ({size / d:.0f} MiB/s), "
-        f"through agent {m:.3f} s ({size / m:.0f} MiB/s)"
-    )
-    print(f"agent CPU per pull (median): {statistics.median(agent_cpu):.2f} s")
-    print(f"ratio {m / d:.3f} (agent time / direct time; goal <= 1.10)")
+    d = statistics.median(times["direct"])
+    print(f"blob {size:.0f} MiB, median of {runs}, {os.cpu_count()} cores:")
+    for mode in ("direct", "relay", "store"):
+        m = statistics.median(times[mode])
+        line = f"  {mode:6} {m:.3f} s ({size / m:.0f} MiB/s)"
+        if mode != "direct":
+            line += f", agent CPU {statistics.median(cpu[mode]):.2f} s, ratio {m / d:.3f}"
+        print(line)
+    print("ratio = agent time / direct time; goal <= 1.10")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     ns = parser.parse_args()

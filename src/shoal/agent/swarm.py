@@ -207,6 +207,7 @@ class Download:
         self._helpers: set[asyncio.Task[None]] = set()
         self.failed: str = ""
         self.root_lost = False
+        self._root_doubt: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Download {self.key[:19]} root={self.root} {self.picker!r}>"
@@ -323,6 +324,34 @@ class Download:
             return state
         return None
 
+    def _doubt_root(self) -> None:
+        """A call to the root failed: it is lost only if it stays silent for a while.
+
+        A busy root (hundreds of agents, a 2-core machine) answers late now and then;
+        treating one late answer as a dead root would send every agent to the origin.
+        """
+        if self._root_doubt is None and not self.root_lost:
+            self._root_doubt = asyncio.create_task(self._confirm_root())
+            self._helpers.add(self._root_doubt)
+
+    async def _confirm_root(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.p.config.p2p.root_timeout
+        try:
+            while loop.time() < deadline:
+                try:
+                    await self.p.control.health(self.root)
+                    return  # it answers: carry on
+                except RootUnavailableError:
+                    await asyncio.sleep(0.2)
+            log.warning("root %s silent for %.0f s", self.root, self.p.config.p2p.root_timeout)
+            self.root_lost = True
+            self._wake.set()
+        finally:
+            if self._root_doubt is not None:
+                self._helpers.discard(self._root_doubt)
+            self._root_doubt = None
+
     def _take_hashes(self, state: BlobState) -> None:
         for offset, text in enumerate(state.hashes):
             index = state.hashes_from + offset
@@ -360,7 +389,7 @@ class Download:
                 await asyncio.sleep(HASH_POLL)
             self._take_hashes(state)
         except RootUnavailableError:
-            self.root_lost = True
+            self._doubt_root()
             await asyncio.sleep(0.2)
             self._hash_event.set()
         finally:
@@ -373,8 +402,7 @@ class Download:
                 self.root, ParentsRequest(self.p.peer_id, self.key, known=self._known())
             )
         except RootUnavailableError:
-            self.root_lost = True
-            self._wake.set()
+            self._doubt_root()
             return
         self._take_hashes(state)
         now = asyncio.get_running_loop().time()
@@ -393,7 +421,7 @@ class Download:
         try:
             await self.p.control.update(self.root, UpdateRequest(self.p.peer_id, reports))
         except RootUnavailableError:
-            self.root_lost = True
+            self._doubt_root()
 
     # --- acting on the picker's decisions ----------------------------------------------
 

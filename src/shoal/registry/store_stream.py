@@ -2,14 +2,16 @@
 
 The client gets bytes in order as pieces land: each piece is waited for, read and
 written out, so the runtime starts unpacking while later pieces are still arriving. A
-whole-blob answer is hashed once more on its way out and its last chunk held back
-until the digest matches, exactly as on the relay path: whatever filled the store
-(the origin, peers, a crash-surviving journal), the client never takes a wrong blob for
-a whole one. If the download fails, the connection is cut.
+whole-blob answer holds its last chunk back until the store marks the blob complete,
+which happens only after the whole digest was checked (by the origin fetch, or by the
+root for a swarm download): the client never takes a wrong blob for a whole one, and
+the blob is not hashed a third time on its way out. If the download fails, the
+connection is cut.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -23,10 +25,24 @@ from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.audit import HTTP_PREAD
 from shoal.oci.digest import Digest
 from shoal.oci.range import ByteRange
-from shoal.registry.hashing import BackgroundVerifier
 from shoal.registry.responses import API_VERSION_HEADER
 
 log = logging.getLogger(__name__)
+
+
+#: seconds between looks at a blob whose last piece is in but whose digest check is not
+COMPLETE_POLL = 0.005
+
+
+async def _until_complete(store: PieceStore, key: str) -> None:
+    """Until the whole digest is checked; the blob vanishing means it failed."""
+    while True:
+        info = store.lookup(key)
+        if info is None:
+            raise DigestMismatchError(f"{key}: the download failed before it was complete")
+        if info.complete:
+            return
+        await asyncio.sleep(COMPLETE_POLL)
 
 
 def blob_headers(digest: Digest) -> dict[str, str]:
@@ -59,7 +75,6 @@ async def stream_from_store(
     if byte_range is not None:
         out.headers["Content-Range"] = f"bytes {first}-{last}/{info.size}"
     out.content_length = last - first + 1
-    verifier = BackgroundVerifier(digest) if byte_range is None else None
     start = time.perf_counter()
     with audit.timed(HTTP_PREAD, pathname, first) as rec, store.lease(key):
         await out.prepare(request)
@@ -71,15 +86,13 @@ async def stream_from_store(
                 lo = max(first, piece_start)
                 hi = min(last + 1, piece_start + info.piece_length(index))
                 data = await store.read_range(key, lo, hi - lo)
-                if verifier is not None:
-                    await verifier.update(data)
                 if pending:
                     await out.write(pending)
                     rec.size += len(pending)
                     metrics.add_bytes(MetricType.PREAD, len(pending))
                 pending = data
-            if verifier is not None and not await verifier.matches():
-                raise DigestMismatchError(f"{key}: stored bytes do not hash to the digest")
+            if byte_range is None:
+                await _until_complete(store, key)
         except ShoalError as exc:
             log.error("serving %s from the store failed: %s; cutting the response", key, exc)
             transport = request.transport
