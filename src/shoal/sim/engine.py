@@ -152,6 +152,7 @@ class SwarmSim:
         self.pieces_moved = 0
         self.total_flows = 0
         self.remaining_agents = n
+        self._ticks = 0
 
     # ------------------------------------------------------------------ event plumbing
 
@@ -171,7 +172,7 @@ class SwarmSim:
             victims = self.rng.sample(self.agents, round(p.die * len(self.agents)))
             for v in victims:
                 self._push(self.rng.uniform(0.1, 0.9) * p.bound(), _DIE, v)
-        self._push(p.tick, _TICK, None)
+        self._push(p.tick_s(), _TICK, None)
         self._drain()
         heap = self._heap
         while heap and self.remaining_agents > 0:
@@ -425,15 +426,20 @@ class SwarmSim:
 
     def _tick(self) -> None:
         now = self.now
+        self._ticks += 1
+        # idle pickers are woken about once a second: that is how often they may ask
+        # for parents (refresh_interval); stall checks run every tick
+        every = max(1, round(self.p.picker.refresh_interval / self.p.tick_s()))
+        wake_idle = self._ticks % every == 0
         for (c, b), pk in list(self.active.items()):
             if pk.in_flight:
                 acts = pk.on_timer(now)
                 if acts:
                     self._act(c, b, acts)
-            if pk.idle:
+            if wake_idle and pk.idle:
                 self.wake[(c, b)] = None
         if self.active:
-            self._push(now + self.p.tick, _TICK, None)
+            self._push(now + self.p.tick_s(), _TICK, None)
 
     def _finished(self, a: int) -> bool:
         return self.next_layer[a] >= len(self.sizes) and all(

@@ -34,7 +34,9 @@ class SimParams:
     die: float = 0.0  #: fraction of nodes that die mid-pull
     unpack_bps: float = 0.0  #: decompression rate, bytes of layer per s; 0 = not modelled
     zones: int = 1  #: zones, nodes spread round-robin
-    tick: float = 0.05  #: seconds between picker timer checks
+    #: seconds between picker timer checks; 0 = the bound / 200, at least 50 ms (the
+    #: stall floor is 500 ms; a fixed 50 ms tick made long runs tick 10^8 pickers)
+    tick: float = 0.0
     depth: int = 1  #: network model recompute depth (see network.py)
     max_time: float = 0.0  #: stop here (simulated s); 0 = 50 x the physical bound
     picker: PickerPolicy = field(default_factory=PickerPolicy)
@@ -43,6 +45,9 @@ class SimParams:
     @property
     def image_bytes(self) -> int:
         return sum(self.layers)
+
+    def tick_s(self) -> float:
+        return self.tick or max(0.05, self.bound() / 200)
 
     def bound(self) -> float:
         """Physical lower bound on any node's pull time (no decompression).
