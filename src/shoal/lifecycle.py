@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -43,8 +44,11 @@ def config_from_args(args: argparse.Namespace, role: str) -> Config:
 
 
 def setup_logging() -> None:
+    """INFO by default; ``SHOAL_LOG=debug`` (or any level name) for more."""
+    level = os.environ.get("SHOAL_LOG", "info").upper()
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

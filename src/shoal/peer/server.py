@@ -312,6 +312,7 @@ class _ServerConnection(asyncio.Protocol):
                 await self._send(_error_for(req.request_id, exc))
                 return
             rec.size = req.length
+        log.debug("%s got %s @%d+%d", self.peer, req.digest[:19], req.offset, req.length)
         server.reads += 1
         server.bytes_sent += req.length
         if server.metrics is not None:
@@ -325,6 +326,7 @@ class _ServerConnection(asyncio.Protocol):
         missing = [i for i in range(first, last + 1) if not info.has(i)]
         if not missing:
             return
+        log.debug("%s asks %s pieces %s not here yet: waiting", self.peer, req.digest[:19], missing)
         try:
             async with asyncio.timeout(self.server.piece_wait):
                 for index in missing:
