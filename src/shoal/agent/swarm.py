@@ -51,6 +51,7 @@ from shoal.swarm import (
     FailReason,
     NeedParents,
     ParentFailed,
+    ParentOffer,
     PickerAction,
     PickerPolicy,
     PiecePicker,
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 FALLBACK_METRIC = "shoal_origin_fallback_total"
 FALLBACK_HELP = "Blobs this agent fetched from the origin itself because no root could serve"
 REPORT_INTERVAL = 0.05
+#: seconds between asks for parent sets the root pushed, when there is nothing to report
+PUSH_POLL = 0.5
 #: seconds between asks for piece hashes the root has not computed yet
 HASH_POLL = 0.02
 
@@ -167,6 +170,11 @@ class SwarmProvider:
             done = self.store.lookup(str(digest))
             return done or info
 
+    def deliver(self, blob: str, offers: list[ParentOffer]) -> None:
+        download = self._downloads.get(blob)
+        if download is not None:
+            download.on_parents(offers)
+
     def roots_for(self, digest: str) -> list[str]:
         return rank_roots(digest, self.config.p2p.roots)
 
@@ -188,9 +196,11 @@ class SwarmProvider:
                             await self.control.hold(root, HoldRequest(self.peer_id, held))
                     incarnations[root] = health.incarnation
                     if root in self._roots_seen:
-                        await self.control.update(
+                        answer = await self.control.update(
                             root, UpdateRequest(self.peer_id, [LoadReport(0, 0.0)])
                         )
+                        for pushed in answer.assignments:
+                            self.deliver(pushed.blob, [o.offer() for o in pushed.parents])
                 except RootUnavailableError:
                     incarnations.pop(root, None)
 
@@ -429,18 +439,33 @@ class Download:
         self._wake.set()
 
     async def _report_loop(self) -> None:
+        """Reports every 50 ms; at least every ``PUSH_POLL`` s, to collect pushed parents."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
-            await self._flush()
+            if self._reports or loop.time() - last >= PUSH_POLL:
+                last = loop.time()
+                await self._flush(force=True)
 
-    async def _flush(self) -> None:
-        if not self._reports or self.root_lost:
+    async def _flush(self, *, force: bool = False) -> None:
+        if (not self._reports and not force) or self.root_lost:
             return
         reports, self._reports = self._reports, []
         try:
-            await self.p.control.update(self.root, UpdateRequest(self.p.peer_id, reports))
+            answer = await self.p.control.update(self.root, UpdateRequest(self.p.peer_id, reports))
         except RootUnavailableError:
             self._doubt_root()
+            return
+        for pushed in answer.assignments:
+            self.p.deliver(pushed.blob, [o.offer() for o in pushed.parents])
+
+    def on_parents(self, offers: list[ParentOffer]) -> None:
+        """A parent set the root pushed (this agent's place in a stripe tree changed)."""
+        if self.picker is None:
+            return
+        self._apply(self.picker.on_parents(offers, asyncio.get_running_loop().time()))
+        self._wake.set()
 
     # --- acting on the picker's decisions ----------------------------------------------
 

@@ -17,6 +17,7 @@ from shoal.control.schema import (
     JoinRequest,
     ParentsRequest,
     UpdateRequest,
+    UpdateResponse,
 )
 from shoal.errors import UpstreamUnavailableError
 
@@ -77,8 +78,11 @@ class ControlClient:
             root, "POST", "/swarm/v1/parents", msgspec.json.encode(req), BlobState
         )
 
-    async def update(self, root: str, req: UpdateRequest) -> None:
-        await self._call(root, "POST", "/swarm/v1/update", msgspec.json.encode(req), dict)
+    async def update(self, root: str, req: UpdateRequest) -> UpdateResponse:
+        """Reports in; parent sets the root pushed to this agent since, out."""
+        return await self._call(
+            root, "POST", "/swarm/v1/update", msgspec.json.encode(req), UpdateResponse
+        )
 
     async def hold(self, root: str, req: HoldRequest) -> None:
         await self._call(root, "POST", "/swarm/v1/hold", msgspec.json.encode(req), dict)

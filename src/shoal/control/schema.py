@@ -76,6 +76,17 @@ class ParentsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     known: int = 0
 
 
+class Pushed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A new parent set the root decided without being asked (the agent's tree changed)."""
+
+    blob: str
+    parents: list[Offer]
+
+
+class UpdateResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    assignments: list[Pushed] = msgspec.field(default_factory=list)
+
+
 class HoldRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``peer`` holds these whole blobs (said to a root that restarted and forgot)."""
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import msgspec
 from aiohttp import web
+from aiohttp.web import Response
 
 from shoal.control.auth import HEADER, verify
 from shoal.control.schema import (
@@ -31,7 +32,9 @@ from shoal.control.schema import (
     LoadReport,
     Offer,
     ParentsRequest,
+    Pushed,
     UpdateRequest,
+    UpdateResponse,
     hex_mask,
 )
 from shoal.errors import ShoalError
@@ -165,7 +168,12 @@ class ControlAPI:
                 self.root.schedule(report_message(req.peer, report))
             except SwarmError as exc:
                 log.debug("report from %s ignored: %s", req.peer, exc)
-        return web.json_response({})
+        pushed = [
+            Pushed(a.blob, [Offer.of(o) for o in a.parents]) for a in self.root.drain(req.peer)
+        ]
+        return Response(
+            body=msgspec.json.encode(UpdateResponse(pushed)), content_type="application/json"
+        )
 
     async def blob(self, request: web.Request) -> web.Response:
         digest = request.match_info["digest"]
@@ -202,5 +210,9 @@ class RootLike(Protocol):
     def failure(self, blob: str) -> str: ...
 
     def schedule(self, msg: RootMessage) -> Assignment | None: ...
+
+    def drain(self, peer: str) -> list[Assignment]:
+        """Parent sets pushed to ``peer`` since it last asked."""
+        ...
 
     def state(self, blob: str, known: int, failed: str) -> BlobState: ...

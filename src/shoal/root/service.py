@@ -80,6 +80,7 @@ class Root:
         self._opening: dict[str, asyncio.Future[str]] = {}
         self._last_seen: dict[str, float] = {}
         self._holders: dict[str, set[str]] = {}
+        self._mailbox: dict[str, dict[str, Assignment]] = {}
         self.incarnation = secrets.token_hex(8)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
@@ -173,7 +174,7 @@ class Root:
             if len(holders) < 64:
                 holders.add(peer)
             return
-        self.scheduler.handle(Join(peer, key, have=swarm.full), time.monotonic())
+        self.schedule(Join(peer, key, have=swarm.full))
 
     def failure(self, blob: str) -> str:
         entry = self._failed.get(blob)
@@ -185,7 +186,17 @@ class Root:
         return entry[1]
 
     def schedule(self, msg: RootMessage) -> Assignment | None:
-        return self.scheduler.handle(msg, time.monotonic())
+        now = time.monotonic()
+        answer = self.scheduler.handle(msg, now)
+        self._collect(now)
+        return answer
+
+    def _collect(self, now: float) -> None:
+        for pushed in self.scheduler.take_updates(now):
+            self._mailbox.setdefault(pushed.peer, {})[pushed.blob] = pushed
+
+    def drain(self, peer: str) -> list[Assignment]:
+        return list(self._mailbox.pop(peer, {}).values())
 
     async def open_blob(self, digest: Digest, source: Source) -> str:
         key = str(digest)
@@ -215,10 +226,10 @@ class Root:
         now = time.monotonic()
         swarm = self.scheduler.add_blob(key, info.size, info.piece_size, self.peer_id, now)
         for holder in self._holders.pop(key, ()):
-            self.scheduler.handle(Join(holder, key, have=swarm.full), now)
+            self.schedule(Join(holder, key, have=swarm.full))
         present = tuple(i for i in range(info.piece_count) if info.has(i))
         if present:
-            self.scheduler.handle(Have(self.peer_id, key, present), now)
+            self.schedule(Have(self.peer_id, key, present))
         if flight is not None:
             self._spawn(self._watch(key, flight))
         return ""
@@ -237,7 +248,7 @@ class Root:
 
     def _on_piece(self, digest: str, index: int, _sha: bytes) -> None:
         try:
-            self.scheduler.handle(Have(self.peer_id, digest, (index,)), time.monotonic())
+            self.schedule(Have(self.peer_id, digest, (index,)))
         except ShoalError:
             pass  # the swarm was dropped (a failure) while a piece was in flight
 
@@ -273,4 +284,4 @@ class Root:
                     log.info(
                         "agent %s silent for %.0fs: dropped from every swarm", peer, PEER_TIMEOUT
                     )
-                    self.scheduler.handle(PeerDead(peer), time.monotonic())
+                    self.schedule(PeerDead(peer))
