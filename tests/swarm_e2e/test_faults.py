@@ -71,28 +71,43 @@ async def test_a_parent_killed_mid_blob_costs_the_others_only_time(
 async def test_a_parent_serving_corrupted_bytes_is_banned_and_nothing_bad_is_stored(
     tmp_path: Path, origin: OriginRegistry
 ) -> None:
-    """The only full copy besides a slow seed is rotten: the puller must catch every bad
-    piece against the root's hashes, ban the parent and still end with the right blob."""
+    """A parent whose disk rots under it while it serves: every bad piece it sends is
+    caught against the root's hashes, the parent banned, the piece asked elsewhere."""
     img = build_image(tmp_path / "img", repo="fault/bad", tag="1", layer_sizes=[16 << 20])
     await push_image(origin.url, img)
     layer = img.layers[0]
     async with (
-        ThrottledForwarder("127.0.0.1", origin.port, 8 << 20) as slow,
+        ThrottledForwarder("127.0.0.1", origin.port, 4 << 20) as slow,
         LocalCluster(tmp_path / "c", f"127.0.0.1:{slow.port}", agents=2) as cluster,
     ):
-        bad, puller = cluster.agents
-        assert await pull_digest(bad, img, layer.digest) == layer.digest
-        # the parent's disk rots after it verified its pieces: it serves what it reads
-        data = data_path(blob_dir(cluster.workdir / f"{bad.name}-cache", layer.digest))
-        raw = bytearray(data.read_bytes())
-        for offset in range(0, len(raw), 1 << 20):
-            raw[offset + 17] ^= 0xFF
-        data.write_bytes(bytes(raw))
-        root = cluster.roots[0]
-        await root.kill()  # a new root knows only the rotten parent as a full copy
-        await cluster.start(root)
-        await asyncio.sleep(3)  # the parent tells the new root what it holds (2 s beat)
-        assert await pull_digest(puller, img, layer.digest) == layer.digest
+        rotten, puller = cluster.agents
+        data = data_path(blob_dir(cluster.workdir / f"{rotten.name}-cache", layer.digest))
+
+        async def rot() -> None:
+            while True:
+                await asyncio.sleep(0.02)
+                if not data.exists():
+                    continue
+                with data.open("r+b") as f:
+                    size = f.seek(0, 2)
+                    for offset in range(17, size, 1 << 16):
+                        f.seek(offset)
+                        f.write(b"\xff")
+
+        async def first() -> None:  # the rotten node joins first: an interior tree node
+            url = f"http://{rotten.mirror}/v2/{img.repo}/blobs/{layer.digest}"
+            async with aiohttp.ClientSession() as s, s.get(url) as r:
+                await r.read()
+
+        rotting = asyncio.create_task(rot())
+        rotten_pull = asyncio.create_task(first())
+        try:
+            await asyncio.sleep(0.5)
+            assert await pull_digest(puller, img, layer.digest) == layer.digest
+        finally:
+            rotting.cancel()
+            rotten_pull.cancel()
+            await asyncio.gather(rotting, rotten_pull, return_exceptions=True)
         assert "sent a bad piece" in log_text(puller)
         stored = data_path(blob_dir(cluster.workdir / f"{puller.name}-cache", layer.digest))
         assert stored.read_bytes() == layer.path.read_bytes()
