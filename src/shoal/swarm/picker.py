@@ -95,8 +95,8 @@ class PickerPolicy:
     endgame: int = 4  #: duplicate requests at most, once everything is requested
     refresh_interval: float = 1.0  #: seconds between NeedParents
     ewma: float = 0.2  #: weight of the newest piece time in the mean
-    slow_ratio: float = 2.5  #: a parent this many x slower per piece than the median is slow
-    slow_samples: int = 4  #: pieces from a parent before it may be judged slow
+    slow_ratio: float = 3.0  #: a parent this many x slower per piece than the median is slow
+    slow_samples: int = 8  #: pieces from a parent before it may be judged slow
 
 
 class _Parent:

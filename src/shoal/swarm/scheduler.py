@@ -436,6 +436,10 @@ class Scheduler:
         if best is not None:
             self._link(swarm, m, s, best)
             return
+        host = self._overflow_host(swarm, m, s, now)
+        if host is not None:
+            self._link(swarm, m, s, host)
+            return
         # nobody yet: the seed stands in
         m.stripe_parent[s] = seed.peer.id
         swarm.provisional[s].add(m.peer.id)
@@ -507,6 +511,32 @@ class Scheduler:
             if len(host.kids) >= cap:
                 hosts.pop(0)
         return moved
+
+    def _overflow_host(self, swarm: BlobSwarm, m: _Member, s: int, now: float) -> _Member | None:
+        """Every slot is taken: the shallowest healthy interior node of stripe ``s`` with
+        fewer than ``stripes + 1`` children takes one more, rather than the seed, whose
+        uplink must carry new pieces (standing in for many turns one copy into dozens)."""
+        cap = self.policy.stripes + 1
+        order = swarm._order
+        pool = order if len(order) <= 128 else self._rng.sample(order, 128)
+        best: _Member | None = None
+        for pid in pool:
+            c = swarm.members.get(pid)
+            if (
+                c is None
+                or c is m
+                or c.home != s
+                or len(c.kids) >= cap
+                or c.stripe_parent[s] is None
+                or c.peer.dead
+                or not self._usable(c.peer, m, now)
+                or self._is_slow(c.peer, now)
+                or (m.home == s and self._below(swarm, c, m.peer.id, s))
+            ):
+                continue
+            if best is None or c.depth < best.depth:
+                best = c
+        return best
 
     @staticmethod
     def _below(swarm: BlobSwarm, node: _Member, ancestor: PeerId, s: int) -> bool:
