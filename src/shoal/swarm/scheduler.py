@@ -339,7 +339,7 @@ class Scheduler:
             if p == msg.parent and p != swarm.seed.peer.id:
                 slow = swarm.members.get(p)
                 if (
-                    msg.reason is FailReason.SLOW
+                    msg.reason in (FailReason.SLOW, FailReason.BAD_PIECE)
                     and slow is not None
                     and slow.home == s
                     and self._demote(swarm, slow, now)
@@ -482,6 +482,9 @@ class Scheduler:
         per-child rate on one stripe, instead of a whole subtree running at the slow
         node's pace."""
         s = slow.home
+        if slow.peer.id in swarm.seed_kids[s]:
+            # it held the seed's slot for this stripe: nobody else would get the stripe
+            self._unparent(swarm, slow, s, reopen=False)
         cap = self.policy.stripes + 1
         order = swarm._order
         pool = order if len(order) <= 256 else self._rng.sample(order, 256)
@@ -510,7 +513,36 @@ class Scheduler:
             moved = True
             if len(host.kids) >= cap:
                 hosts.pop(0)
+        self._fill_seed_slot(swarm, s, now, avoid=slow)
+        if slow.peer.id in swarm.members and slow.stripe_parent[s] is None:
+            self._stripe_parent(swarm, slow, s, now)
+            self._outbox[(slow.peer.id, swarm.blob)] = None
         return moved
+
+    def _fill_seed_slot(self, swarm: BlobSwarm, s: int, now: float, *, avoid: _Member) -> None:
+        """The seed's child for stripe ``s`` is gone: the shallowest healthy interior node
+        of the stripe moves up to take it (its own parent gets a slot back)."""
+        if len(swarm.seed_kids[s]) >= self.policy.seed_fanout:
+            return
+        best: _Member | None = None
+        for pid in swarm._order:
+            c = swarm.members.get(pid)
+            if (
+                c is None
+                or c is avoid
+                or c.home != s
+                or c.peer.dead
+                or self._is_slow(c.peer, now)
+                or c.peer.banned_until > now
+            ):
+                continue
+            if best is None or c.depth < best.depth:
+                best = c
+        if best is None:
+            return
+        self._unparent(swarm, best, s)
+        self._link(swarm, best, s, swarm.seed)
+        self._outbox[(best.peer.id, swarm.blob)] = None
 
     def _overflow_host(self, swarm: BlobSwarm, m: _Member, s: int, now: float) -> _Member | None:
         """Every slot is taken: the shallowest healthy interior node of stripe ``s`` with
