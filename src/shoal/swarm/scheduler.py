@@ -24,9 +24,12 @@ builds a *striped forest* (SplitStream's idea) and keeps a small mesh beside it:
    at most one level deeper); never itself, a dead peer, a peer banned globally or
    by the requester. With no interior node yet, the seed stands in (``provisional``);
    when the stripe's first interior nodes join, provisional children move under them
-   and get an update (``take_updates``). An interior node takes the place of a leaf
-   that sits higher than any free slot and the leaf moves under it (update), so
-   interior nodes stay at the top and a tree is about log_stripes(n) deep.
+   and get an update (``take_updates``). A child re-parented after a failure that finds
+   no slot becomes a fifth child of a healthy interior node instead (the seed's uplink
+   must carry new pieces), and moves to the next free slot that appears. An interior
+   node takes the place of a leaf that sits higher than any free slot and the leaf
+   moves under it (update), so interior nodes stay at the top and a tree is about
+   log_stripes(n) deep.
 4. Beside the stripe parents each agent gets ``spares`` mesh parents (``spare=True`` in
    the offer): scored by the table ``SCORE`` (pieces it holds or fetches that the
    requester lacks, free upload, same zone, minus recent slow reports), picked from a
@@ -159,6 +162,7 @@ class BlobSwarm:
         self.zone_interior: dict[str, list[int]] = {}
         self.seed_kids: list[set[PeerId]] = [set() for _ in range(k)]
         self.provisional: list[set[PeerId]] = [set() for _ in range(k)]  # seed stands in
+        self.overflow: list[set[PeerId]] = [set() for _ in range(k)]  # a 5th child
         # interior nodes with a free slot, by depth: (depth, seq, peer)
         self.slots: list[list[tuple[int, int, PeerId]]] = [[] for _ in range(k)]
         self.zone_slots: dict[tuple[int, str], list[tuple[int, int, PeerId]]] = {}
@@ -346,7 +350,7 @@ class Scheduler:
                 ):
                     continue  # the reporter now hangs under the slow node's stand-in
                 self._unparent(swarm, m, s)
-                self._stripe_parent(swarm, m, s, now)
+                self._stripe_parent(swarm, m, s, now, repair=True)
                 self._outbox[(m.peer.id, swarm.blob)] = None
 
     def _leave(self, msg: Leave, now: float) -> None:
@@ -378,7 +382,7 @@ class Scheduler:
             if s != home:
                 self._stripe_parent(swarm, m, s, now)
         # children the seed was standing in for move under the new interior node
-        for orphan in sorted(swarm.provisional[home]):
+        for orphan in [*sorted(swarm.provisional[home]), *sorted(swarm.overflow[home])]:
             if len(m.kids) >= k:
                 break
             o = swarm.members.get(orphan)
@@ -420,7 +424,9 @@ class Scheduler:
             heapq.heappush(heap, e)
         return found
 
-    def _stripe_parent(self, swarm: BlobSwarm, m: _Member, s: int, now: float) -> None:
+    def _stripe_parent(
+        self, swarm: BlobSwarm, m: _Member, s: int, now: float, *, repair: bool = False
+    ) -> None:
         seed = swarm.seed
         if s == m.home and len(swarm.seed_kids[s]) < self.policy.seed_fanout:
             self._link(swarm, m, s, seed)
@@ -436,9 +442,10 @@ class Scheduler:
         if best is not None:
             self._link(swarm, m, s, best)
             return
-        host = self._overflow_host(swarm, m, s, now)
+        host = self._overflow_host(swarm, m, s, now) if repair else None
         if host is not None:
             self._link(swarm, m, s, host)
+            swarm.overflow[s].add(m.peer.id)  # moves to a free slot when one appears
             return
         # nobody yet: the seed stands in
         m.stripe_parent[s] = seed.peer.id
@@ -515,7 +522,7 @@ class Scheduler:
                 hosts.pop(0)
         self._fill_seed_slot(swarm, s, now, avoid=slow)
         if slow.peer.id in swarm.members and slow.stripe_parent[s] is None:
-            self._stripe_parent(swarm, slow, s, now)
+            self._stripe_parent(swarm, slow, s, now, repair=True)
             self._outbox[(slow.peer.id, swarm.blob)] = None
         return moved
 
@@ -611,6 +618,7 @@ class Scheduler:
         pid = child.stripe_parent[s]
         child.stripe_parent[s] = None
         swarm.provisional[s].discard(child.peer.id)
+        swarm.overflow[s].discard(child.peer.id)
         if pid is None:
             return
         if pid == swarm.seed.peer.id:
@@ -640,7 +648,7 @@ class Scheduler:
                 continue
             c.stripe_parent[m.home] = None
             if c.have != swarm.full:
-                self._stripe_parent(swarm, c, m.home, now)
+                self._stripe_parent(swarm, c, m.home, now, repair=True)
                 self._outbox[(kid, swarm.blob)] = None
         m.kids.clear()
 
@@ -653,9 +661,10 @@ class Scheduler:
         # replaced once the stripe has an interior node
         for s, pid in enumerate(m.stripe_parent):
             c = swarm.members.get(pid) if pid is not None else None
-            if c is None or not self._usable(c.peer, m, now) or m.peer.id in swarm.provisional[s]:
+            gone = c is None or not self._usable(c.peer, m, now)
+            if gone or m.peer.id in swarm.provisional[s]:
                 self._unparent(swarm, m, s)
-                self._stripe_parent(swarm, m, s, now)
+                self._stripe_parent(swarm, m, s, now, repair=gone)
         tree = set(m.stripe_parent)
         scored: list[tuple[float, PeerId]] = []
         for pid in self._candidates(swarm, m) if self.policy.spares else ():
