@@ -35,13 +35,12 @@ from shoal.errors import (
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler
-from shoal.oci.digest import Digest, digest_of, parse_digest
+from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
 from shoal.oci.manifest import ACCEPT_ALL, MAX_MANIFEST_BYTES
 from shoal.oci.range import ByteRange, parse_content_range, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
 from shoal.oci.upstream import derive_upstream
 from shoal.registry.access import AccessChecker
-from shoal.registry.hashing import BackgroundVerifier
 from shoal.registry.origin_fetch import Source
 from shoal.registry.provider import BlobProvider
 from shoal.registry.responses import (
@@ -340,7 +339,7 @@ class Mirror:
             out.headers["Content-Range"] = f"bytes {first}-{last}/{expected}"
             record.offset = first
         whole = resp.status == 200 and byte_range is None
-        verifier = BackgroundVerifier(digest) if (whole and digest is not None) else None
+        verifier = DigestVerifier(digest) if (whole and digest is not None) else None
         length = limit if limit is not None else expected
         if length is not None:
             out.content_length = length
@@ -352,7 +351,7 @@ class Mirror:
             received += len(chunk)
             self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
             if verifier is not None:
-                await verifier.update(chunk)
+                verifier.update(chunk)
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
@@ -373,7 +372,7 @@ class Mirror:
         if not complete:
             complete = expected is None or received == expected
             if verifier is not None:
-                mismatch = not await verifier.matches()
+                mismatch = not verifier.matches()
                 complete = complete and not mismatch
         if not complete:
             what = "digest mismatch" if mismatch else f"short body ({received} of {expected} bytes)"
