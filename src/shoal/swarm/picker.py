@@ -19,9 +19,10 @@ Rules:
 3. Stall: a request is stalled when its bytes have been flowing (``on_started``) longer
    than ``stall_factor`` x the mean piece time seen so far, and never sooner than
    ``stall_floor`` seconds (Dragonfly drops a parent at 20x the mean; relative, with a
-   floor, so it works at 1 MB/s and at 10 Gbit/s). A request queued at a parent that has
-   not started within ``queue_timeout`` is stalled too. A stalled request is cancelled,
-   the parent dropped and reported ``SLOW``, and the piece asked elsewhere.
+   floor, so it works at 1 MB/s and at 10 Gbit/s). A stalled request is cancelled, the
+   parent dropped and reported ``SLOW``, and the piece asked elsewhere. A request queued
+   at a parent that has not started within ``queue_timeout`` is cancelled and asked
+   again, and the parent is not blamed: it is waiting for the piece itself.
    3b. A parent whose mean piece time (over ``slow_samples`` pieces or more) is
    ``slow_ratio`` x the median of the other parents' is dropped and reported ``SLOW``
    too: a straggler that is 4x slower never trips a stall, yet in a stripe tree it would
@@ -323,7 +324,10 @@ class PiecePicker:
         for i, r in stalled:
             if any(x is r for x in self._reqs.get(i, ())):
                 actions.append(Cancel(r.parent, i))
-                actions += self._fail(i, r, FailReason.SLOW, now)
+                # queued too long: the parent is itself waiting for the piece (far ahead
+                # of the origin's stream, say): ask again, without blaming the parent
+                why = FailReason.SLOW if r.started >= 0 else FailReason.REFUSED
+                actions += self._fail(i, r, why, now)
         return actions
 
     # decisions ------------------------------------------------------------------------
@@ -481,7 +485,7 @@ class PiecePicker:
     def _relatively_slow(self, p: _Parent) -> bool:
         """Rule 3b: far slower per piece than the median of the other parents."""
         pol = self.policy
-        if p.seed or p.samples < pol.slow_samples:
+        if pol.slow_ratio <= 0 or p.seed or p.samples < pol.slow_samples:
             return False
         others = sorted(
             q.mean for q in self._parents.values() if q is not p and q.samples >= pol.slow_samples
