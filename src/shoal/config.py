@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -24,6 +24,8 @@ from shoal.errors import ConfigInvalidError
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+T = TypeVar("T")
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -182,29 +184,40 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         return msgspec.structs.replace(self, **changes)
 
 
-def parse_config(data: object) -> Config:
-    """Turn already-loaded YAML data into a ``Config``, or raise ``ConfigInvalidError``."""
+def convert_config(data: object, kind: type[T], label: str) -> T:
+    """Loaded YAML into ``kind``, or ``ConfigInvalidError`` in one line naming the key."""
     if data is None:
         data = {}
     try:
-        return msgspec.convert(data, Config)
+        return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
-        raise ConfigInvalidError(f"config: {_key_message(str(exc))}") from exc
+        raise ConfigInvalidError(f"{label}: {_key_message(str(exc))}") from exc
+    except ConfigInvalidError as exc:  # a section's own check (an address, say)
+        raise ConfigInvalidError(f"{label}: {exc.message}") from exc
 
 
-def load_config(path: str | Path) -> Config:
+def read_yaml(path: str | Path, label: str) -> object:
+    """The YAML document in ``path``; unreadable or malformed files are one-line errors."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigInvalidError(f"config: cannot read {path}: {exc.strerror}") from exc
+        raise ConfigInvalidError(f"{label}: cannot read {path}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigInvalidError(f"config: {path}: {first}{where}") from exc
-    return parse_config(data)
+        raise ConfigInvalidError(f"{label}: {path}: {first}{where}") from exc
+
+
+def parse_config(data: object) -> Config:
+    """Turn already-loaded YAML data into a ``Config``, or raise ``ConfigInvalidError``."""
+    return convert_config(data, Config, "config")
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(read_yaml(path, "config"))
 
 
 def _key_message(msg: str) -> str:

@@ -10,10 +10,11 @@ import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+from aiohttp import web
 from msgspec.structs import replace as _replace
 
 from shoal.config import Config, check_listen_address, load_config, parse_config
-from shoal.errors import ConfigInvalidError
+from shoal.errors import ConfigInvalidError, ShoalError
 
 
 def config_from_args(args: argparse.Namespace, role: str) -> Config:
@@ -63,3 +64,18 @@ async def serve_until_signalled(
         loop.add_signal_handler(sig, stop.set)
     async with make():
         await stop.wait()
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Listen with ``app`` on ``host`` ("" = every IPv4 and IPv6 address) and ``port``
+    (0 = kernel's choice); return the runner (to clean up) and the bound port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host=host or None, port=port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
+    bound: int = runner.addresses[0][1]
+    return runner, bound

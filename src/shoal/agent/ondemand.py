@@ -36,13 +36,9 @@ class RangeFetch(Download):
     async def _run(self) -> None:
         state = await self._join()
         if state is None:
-            info = await self.p.fetch_from_origin(self.digest, self.source, "no root answered")
-            self._set_geometry(info)
+            await self._without_root()
             return
-        info = await self.p.store.create(self.key, state.size, piece_size=state.piece_size)
-        self.hashes = [None] * info.piece_count
-        self._take_hashes(state)
-        self._set_geometry(info)
+        info = await self._adopt(state)
         first, last = self.byte_range.resolve(info.size)
         wanted = range(first // info.piece_size, last // info.piece_size + 1)
         offers = [o.offer() for o in state.parents]

@@ -17,7 +17,7 @@ from shoal.cache.store import PieceStore
 from shoal.config import Config
 from shoal.control.auth import cluster_secret
 from shoal.control.client import ControlClient
-from shoal.errors import ShoalError
+from shoal.lifecycle import serve_app
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
@@ -121,16 +121,8 @@ class Agent:
         await self.close()
 
     async def _serve(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        runner, bound = await serve_app(app, self.config.proxy.listen, port)
         self._runners.append(runner)
-        host = self.config.proxy.listen or None
-        site = web.TCPSite(runner, host=host, port=port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
-        bound: int = runner.addresses[0][1]
         return bound
 
     async def close(self) -> None:

@@ -265,13 +265,9 @@ class Download:
     async def _run(self) -> None:
         state = await self._join()
         if state is None:
-            info = await self.p.fetch_from_origin(self.digest, self.source, "no root answered")
-            self._set_geometry(info)
+            await self._without_root()
             return
-        info = await self.p.store.create(self.key, state.size, piece_size=state.piece_size)
-        self.hashes = [None] * info.piece_count
-        self._take_hashes(state)
-        self._set_geometry(info)
+        info = await self._adopt(state)
         have = mask_of(i for i in range(info.piece_count) if info.has(i))
         self.picker = PiecePicker(
             self.p.peer_id, self.key, info.piece_count, picker_policy(info.piece_size), have=have
@@ -303,6 +299,18 @@ class Download:
                 pass
             self._wake.clear()
         await self._finish()
+
+    async def _without_root(self) -> None:
+        info = await self.p.fetch_from_origin(self.digest, self.source, "no root answered")
+        self._set_geometry(info)
+
+    async def _adopt(self, state: BlobState) -> BlobInfo:
+        """The root's geometry and hashes into the store and this download."""
+        info = await self.p.store.create(self.key, state.size, piece_size=state.piece_size)
+        self.hashes = [None] * info.piece_count
+        self._take_hashes(state)
+        self._set_geometry(info)
+        return info
 
     async def _finish(self) -> None:
         """Trust the piece hashes only once the root has checked the whole digest."""

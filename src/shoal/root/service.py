@@ -23,6 +23,7 @@ from shoal.config import Config
 from shoal.control.auth import cluster_secret
 from shoal.control.schema import BlobState
 from shoal.errors import DigestMismatchError, ShoalError
+from shoal.lifecycle import serve_app
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
@@ -128,17 +129,8 @@ class Root:
         await self.close()
 
     async def _serve(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        runner, bound = await serve_app(app, self.config.proxy.listen, port)
         self._runners.append(runner)
-        site = web.TCPSite(
-            runner, host=self.config.proxy.listen or None, port=port, reuse_address=True
-        )
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
-        bound: int = runner.addresses[0][1]
         return bound
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:

@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Annotated
 
 import msgspec
-import yaml
 
-from shoal.config import Port, check_listen_address
-from shoal.errors import ConfigInvalidError
+from shoal.config import Port, check_listen_address, convert_config, read_yaml
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -116,38 +114,10 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 def parse_webhook_config(data: object) -> WebhookConfig:
     """Turn loaded YAML into a ``WebhookConfig``, or raise ``ConfigInvalidError``."""
-    if data is None:
-        data = {}
-    try:
-        return msgspec.convert(data, WebhookConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigInvalidError(f"webhook config: {_key_message(str(exc))}") from exc
-    except ConfigInvalidError as exc:
-        raise ConfigInvalidError(f"webhook config: {exc.message}") from exc
+    return convert_config(data, WebhookConfig, "webhook config")
 
 
 def load_webhook_config(path: str | Path | None) -> WebhookConfig:
     if path is None:
         return WebhookConfig()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigInvalidError(f"webhook config: cannot read {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-        raise ConfigInvalidError(f"webhook config: {path}: {first}") from exc
-    return parse_webhook_config(data)
-
-
-def _key_message(msg: str) -> str:
-    """msgspec says ``... - at `$.ServerConfig.port```; lead with the key instead."""
-    text, sep, where = msg.rpartition(" - at `")
-    if not sep:
-        text, where = msg, "$"
-    key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
-    if text.startswith("Object contains unknown field `"):
-        field = text.split("`")[1]
-        return f"unknown key {key}.{field}" if key != "(top level)" else f"unknown key {field}"
-    return f"{key}: {text}"
+    return parse_webhook_config(read_yaml(path, "webhook config"))
