@@ -326,7 +326,11 @@ class PiecePicker:
                 actions.append(Cancel(r.parent, i))
                 # queued too long: the parent is itself waiting for the piece (far ahead
                 # of the origin's stream, say): ask again, without blaming the parent
-                why = FailReason.SLOW if r.started >= 0 else FailReason.REFUSED
+                # the seed goes at the origin's pace and is the only source of what it
+                # has not handed out yet: re-ask it, never drop it
+                parent = self._parents.get(r.parent)
+                seed = parent is not None and parent.seed
+                why = FailReason.SLOW if r.started >= 0 and not seed else FailReason.REFUSED
                 actions += self._fail(i, r, why, now)
         return actions
 
