@@ -107,7 +107,7 @@ def test_slow_parent_is_dropped_and_its_piece_asked_elsewhere() -> None:
 
 
 def test_stall_floor_holds_before_a_mean_exists() -> None:
-    p = PiecePicker("me", "b", 4, PickerPolicy(stall_floor=2.0))
+    p = PiecePicker("me", "b", 4, PickerPolicy(stall_floor=2.0, first_piece_timeout=0.0))
     p.on_parents([offer("a", have=full_mask(4))], 0.0)
     (r, *_) = reqs(p.requests(0.0))
     p.on_started(*r, 0.0)
@@ -179,3 +179,12 @@ def test_stripe_limit_applies_to_later_news() -> None:
     p.on_parents([offer("seed", have=0, fetching=mask_of([0, 2]), only=mask_of([0, 2]))], 0.0)
     assert not p.on_have("seed", 1)
     assert sorted(i for _, i in reqs(p.requests(0.0))) == [0, 2]
+
+
+def test_first_piece_gets_a_generous_limit() -> None:
+    p = PiecePicker("me", "b", 4, PickerPolicy(stall_floor=0.5, first_piece_timeout=30.0))
+    p.on_parents([offer("a", have=full_mask(4))], 0.0)
+    (r, *_) = reqs(p.requests(0.0))
+    p.on_started(*r, 0.0)
+    assert p.on_timer(10.0) == []  # a big first piece on a busy link is not a stall
+    assert any(isinstance(a, Cancel) for a in p.on_timer(31.0))
