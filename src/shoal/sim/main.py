@@ -285,6 +285,13 @@ def reference_table(args: argparse.Namespace) -> dict[str, Any]:
     return {"scenario": "reference-table", "gunzip_bps": GUNZIP_BPS, "rows": rows}
 
 
+def _per_layer(data: dict[str, Any], options: dict[str, Any]) -> int:
+    total = data.get("layer_bytes")
+    if total:
+        return int(total) // int(options["layers"])
+    return int(options["layer_mib"] * MIB)
+
+
 def from_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Replay a real benchmark's parameters; compare our p95 with its shoal mode's.
 
@@ -298,7 +305,8 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
     p = SimParams(
         nodes=int(o["nodes"]),
         roots=int(o.get("roots", 1)),
-        layers=(int(data.get("layer_bytes") or o["layer_mib"] * MIB),) * int(o["layers"]),
+        # the bench's ``layer_bytes`` is all layers together (tar+gzip framing included)
+        layers=(_per_layer(data, o),) * int(o["layers"]),
         link_bps=o["rate_mbit"] * 1e6 / 8 * goodput,
         origin_bps=o["origin_rate_mbit"] * 1e6 / 8 * goodput,
         piece_size=int(args.piece_mib * MIB),
