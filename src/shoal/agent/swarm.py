@@ -478,7 +478,6 @@ class Download:
     # --- acting on the picker's decisions ----------------------------------------------
 
     def _apply(self, actions: list[PickerAction]) -> None:
-        fetching: list[int] = []
         for action in actions:
             if isinstance(action, Request):
                 key = (action.parent, action.index)
@@ -486,19 +485,20 @@ class Download:
                     self._fetches[key] = asyncio.create_task(
                         self._fetch(action.parent, action.index)
                     )
-                    fetching.append(action.index)
             elif isinstance(action, Cancel):
                 task = self._fetches.pop((action.parent, action.index), None)
                 if task is not None:
                     task.cancel()
+                if not any(index == action.index for _, index in self._fetches):
+                    # nobody here fetches it now: the root must not hand this agent out
+                    # for it (children already queued get it once another copy lands)
+                    self._reports.append(AbandonedReport(self.key, [action.index]))
             elif isinstance(action, ParentFailed):
                 self._reports.append(
                     FailedReport(self.key, action.parent, action.reason.value, action.index)
                 )
             elif isinstance(action, NeedParents) and not self.root_lost:
                 self._spawn(self._ask_parents())
-        if fetching:
-            self._reports.append(FetchingReport(self.key, fetching))
 
     async def fetch_piece(self, parent: str, index: int, info: BlobInfo) -> FailReason | None:
         """Piece ``index`` from ``parent``, checked against the root's hash, into the store.
@@ -513,6 +513,9 @@ class Download:
             def started() -> None:  # first bytes: a cut-through parent may have held it
                 if picker is not None:
                     picker.on_started(parent, index, loop.time())
+                # only now may the root hand this agent out for the piece: announced at
+                # request time, two agents could end up waiting on each other for it
+                self._reports.append(FetchingReport(self.key, [index]))
 
             data = await self.p.peers.read(
                 parent,
