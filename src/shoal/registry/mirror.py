@@ -257,14 +257,7 @@ class Mirror:
         async with resp:
             if resp.status != 200:
                 return await relay_upstream_error(resp, head=True)
-            out = dict(API_VERSION_HEADER)
-            out.update(
-                {
-                    "Content-Type": "application/octet-stream",
-                    "Docker-Content-Digest": str(digest),
-                    "Accept-Ranges": "bytes",
-                }
-            )
+            out = blob_headers(digest)
             if "Content-Length" in resp.headers:
                 out["Content-Length"] = resp.headers["Content-Length"]
             return web.Response(status=200, headers=out)
@@ -275,7 +268,7 @@ class Mirror:
         host: str,
         path: str,
         pathname: str,
-        digest: Digest | None,
+        digest: Digest,
         byte_range: ByteRange | None,
         *,
         url: str | None = None,
@@ -311,17 +304,13 @@ class Mirror:
         self,
         request: web.Request,
         resp: aiohttp.ClientResponse,
-        digest: Digest | None,
+        digest: Digest,
         byte_range: ByteRange | None,
         record: AuditRecord,
     ) -> web.StreamResponse:
         """Copy the upstream body to the client; ``record`` follows offset and bytes sent."""
         out = web.StreamResponse(status=resp.status)
-        out.headers.update(API_VERSION_HEADER)
-        out.headers["Content-Type"] = "application/octet-stream"
-        out.headers["Accept-Ranges"] = "bytes"
-        if digest is not None:
-            out.headers["Docker-Content-Digest"] = str(digest)
+        out.headers.update(blob_headers(digest))
         expected = resp.content_length
         skip = 0
         limit: int | None = None
@@ -339,7 +328,7 @@ class Mirror:
             out.headers["Content-Range"] = f"bytes {first}-{last}/{expected}"
             record.offset = first
         whole = resp.status == 200 and byte_range is None
-        verifier = DigestVerifier(digest) if (whole and digest is not None) else None
+        verifier = DigestVerifier(digest) if whole else None
         length = limit if limit is not None else expected
         if length is not None:
             out.content_length = length
