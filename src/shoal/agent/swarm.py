@@ -53,7 +53,6 @@ from shoal.swarm import (
     ParentFailed,
     ParentOffer,
     PickerAction,
-    PickerPolicy,
     PiecePicker,
     Request,
     mask_of,
@@ -68,22 +67,6 @@ REPORT_INTERVAL = 0.05
 PUSH_POLL = 0.5
 #: seconds between asks for piece hashes the root has not computed yet
 HASH_POLL = 0.02
-
-
-#: the slowest per-request rate at which a piece still counts as moving, before the
-#: swarm's own piece times are known; pieces share a parent's uplink, so this is low
-MIN_PIECE_RATE = 512 << 10
-
-
-def picker_policy(piece_size: int) -> PickerPolicy:
-    """Stall detection scaled to the piece: until a first piece has landed, a request
-    counts as stalled only after ``piece_size / MIN_PIECE_RATE`` seconds (at least 2).
-
-    A fixed floor (half a second) livelocked a 100 Mbit/s swarm with 4 MiB pieces:
-    three requests sharing a parent's link never finished inside it, so every first
-    piece was cancelled as slow and asked again, forever.
-    """
-    return PickerPolicy(stall_floor=max(2.0, piece_size / MIN_PIECE_RATE))
 
 
 class BlobFailedError(DigestMismatchError):
@@ -269,9 +252,7 @@ class Download:
             return
         info = await self._adopt(state)
         have = mask_of(i for i in range(info.piece_count) if info.has(i))
-        self.picker = PiecePicker(
-            self.p.peer_id, self.key, info.piece_count, picker_policy(info.piece_size), have=have
-        )
+        self.picker = PiecePicker(self.p.peer_id, self.key, info.piece_count, have=have)
         loop = asyncio.get_running_loop()
         self._apply(self.picker.on_parents([o.offer() for o in state.parents], loop.time()))
         self._spawn(self._report_loop())
