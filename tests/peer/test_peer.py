@@ -139,6 +139,30 @@ async def test_cut_through_reads_wait_for_the_piece(store: PieceStore) -> None:
         assert gave_up.value.code is ErrorCode.PIECE_MISSING
 
 
+async def test_a_cancelled_queued_read_is_never_sent(store: PieceStore) -> None:
+    """A child that gives a queued cut-through read up must not cost the parent's uplink
+    when the piece lands later; the connection goes on serving."""
+    digest, data = await add_blob(store, 3, skip=(1,))
+    parts = pieces(data)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", piece_wait=10) as server,
+        PeerClient(SECRET) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        queued = asyncio.create_task(client.read(peer, digest, PIECE, PIECE))
+        await until(lambda: any(c.tasks for c in server._connections))
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await until(lambda: server.reads_cancelled == 1)
+        await store.write_piece(digest, 1, parts[1])  # lands after the child gave up
+        assert bytes(await client.read(peer, digest, 2 * PIECE, PIECE)) == parts[2]
+        assert bytes(await client.read(peer, digest, PIECE, PIECE)) == parts[1]
+        conn = await client.connection(peer)
+        assert (server.reads, server.bytes_sent, conn.cancelled) == (2, 2 * PIECE, 1)
+        assert "1 cancelled" in repr(server)
+
+
 async def test_multiplexed_reads_on_one_connection(store: PieceStore) -> None:
     digest, data = await add_blob(store, 16)
     parts = pieces(data)

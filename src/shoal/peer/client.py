@@ -13,6 +13,9 @@ Design decisions:
 - **Verified before handed on**: with ``sha256=`` the piece is hashed in a worker thread
   (hashlib releases the GIL, so hashing one piece overlaps receiving the next on the
   other core) and a mismatch raises ``PieceCorruptError`` — the caller bans the peer.
+- **A read given up before its answer started is cancelled on the wire** (``CancelRead``),
+  so the parent does not spend its uplink on it; one whose body is arriving is received
+  to the end into a scratch buffer (the stream cannot skip it).
 - **Every task has an owner**: the client owns its connections and closes them all in
   ``close()`` (``async with``); a connection owns no tasks at all, only futures of the
   requests waiting on it, which fail with ``PeerUnavailableError`` when it goes.
@@ -35,6 +38,7 @@ from shoal.wire import (
     HEADER_SIZE,
     Authenticated,
     AuthFailedError,
+    CancelRead,
     Connection,
     Data,
     ErrorResponse,
@@ -107,6 +111,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._body: _Pending | None = None  # the read whose body is arriving; None: discard
         self._closed_exc: BaseException | None = None
         self.requests = 0
+        self.cancelled = 0
 
     @property
     def alive(self) -> bool:
@@ -252,8 +257,16 @@ class PeerConnection(asyncio.BufferedProtocol):
         finally:
             if self._pending.get(request_id) is pending:
                 del self._pending[request_id]
+                if isinstance(event, ReadRequest) and self._body is not pending:
+                    self._cancel_on_wire(request_id)
             if self._body is pending:
                 self._body = None  # keep receiving the body, into the scratch buffer
+
+    def _cancel_on_wire(self, request_id: int) -> None:
+        """Tell the peer not to start the answer to a read nobody waits for any more."""
+        if self._closed_exc is None and self.transport is not None:
+            self.transport.write(self.conn.send(CancelRead(request_id)))
+            self.cancelled += 1
 
     def send(self, event: WireEvent) -> None:
         if self._closed_exc is not None or self.transport is None:

@@ -17,6 +17,10 @@ Design decisions:
   parents that are still receiving a piece). The downloader calls
   ``PieceStore.abandon_piece`` when it gives a piece up; waiting readers are then
   answered ``PIECE_MISSING`` at once.
+- **A read the asker cancels (``CancelRead``) is dropped** if its answer has not
+  started; one whose ``Data`` header is out is finished (a body cannot be cut short).
+  A queued cut-through read would otherwise be served whenever its piece lands, to a
+  child that has moved to another parent, at the cost of this peer's uplink.
 - **Nothing before authentication:** the wire handshake (HMAC over both nonces) must
   finish within ``handshake_timeout`` or the connection is closed; a malformed frame
   closes it with the reason logged.
@@ -38,6 +42,7 @@ from shoal.observability.audit import RPC_PREAD, RPC_STAT
 from shoal.peer.throttle import Throttle
 from shoal.wire import (
     Authenticated,
+    CancelRead,
     Connection,
     Data,
     ErrorCode,
@@ -92,6 +97,7 @@ class PeerServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
         self.reads = 0
+        self.reads_cancelled = 0
         self.bytes_sent = 0
         self.sendfile_native = True
 
@@ -142,7 +148,8 @@ class PeerServer:
         where = ",".join(f"{h}:{p}" for h, p in self.addresses) or "closed"
         return (
             f"<PeerServer {where} [connections: {len(self._connections)} | "
-            f"served {self.reads} reads, {self.bytes_sent} bytes | {self.throttle!r}]>"
+            f"served {self.reads} reads, {self.bytes_sent} bytes, "
+            f"{self.reads_cancelled} cancelled | {self.throttle!r}]>"
         )
 
 
@@ -154,6 +161,8 @@ class _ServerConnection(asyncio.Protocol):
         self.peer = "?"
         self.peer_node = ""
         self.tasks: set[asyncio.Task[None]] = set()
+        #: reads whose answer has not started, by request id (``CancelRead`` drops them)
+        self._unanswered: dict[int, asyncio.Task[None]] = {}
         self._write_lock = asyncio.Lock()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -214,12 +223,20 @@ class _ServerConnection(asyncio.Protocol):
             self.peer_node = event.peer_node
             log.debug("peer %s (%s) authenticated", self.peer, event.peer_node)
             return
+        if isinstance(event, CancelRead):
+            waiting = self._unanswered.pop(event.request_id, None)
+            if waiting is not None:
+                waiting.cancel()
+                self.server.reads_cancelled += 1
+            return
         if not isinstance(event, StatRequest | ReadRequest | Ping) and (
             type(event) not in self.server.handlers
         ):
             raise ProtocolError(f"a server does not accept {type(event).__name__}")
         task = asyncio.get_running_loop().create_task(self._handle(event))
         self.tasks.add(task)
+        if isinstance(event, ReadRequest):
+            self._unanswered[event.request_id] = task
         task.add_done_callback(self._task_done)
         if len(self.tasks) >= self.server.max_in_flight and not self._paused_reading:
             self._paused_reading = True
@@ -302,6 +319,8 @@ class _ServerConnection(asyncio.Protocol):
                         copy = await store.read_range(req.digest, req.offset, req.length)
                     await server.throttle.consume(req.length)
                     async with self._write_lock:
+                        if self._unanswered.pop(req.request_id, None) is None:
+                            return  # cancelled while waiting for the lock
                         assert self.transport is not None
                         self.transport.write(self.conn.send(Data(req.request_id, req.length)))
                         # from here on a failure can only close the connection: body promised
@@ -309,7 +328,8 @@ class _ServerConnection(asyncio.Protocol):
                         await self._writable.wait()
             except ShoalError as exc:
                 rec.size = -1
-                await self._send(_error_for(req.request_id, exc))
+                if self._unanswered.pop(req.request_id, None) is not None:
+                    await self._send(_error_for(req.request_id, exc))
                 return
             rec.size = req.length
         log.debug("%s got %s @%d+%d", self.peer, req.digest[:19], req.offset, req.length)

@@ -16,6 +16,7 @@ from shoal.wire.connection import Connection, Role, State
 from shoal.wire.events import (
     NEED_DATA,
     Authenticated,
+    CancelRead,
     Data,
     DataChunk,
     ErrorCode,
@@ -36,6 +37,7 @@ __all__ = [
     "NEED_DATA",
     "AuthFailedError",
     "Authenticated",
+    "CancelRead",
     "Connection",
     "Data",
     "DataChunk",

@@ -35,6 +35,7 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.wire.events import (
     Auth,
+    CancelRead,
     Data,
     ErrorCode,
     ErrorResponse,
@@ -315,6 +316,15 @@ def _dec_read(request_id: int, buf: memoryview) -> ReadRequest:
     return out
 
 
+def _enc_empty(_: Any) -> bytes:
+    return b""
+
+
+def _dec_cancel(request_id: int, buf: memoryview) -> CancelRead:
+    Reader(buf, "cancel").end()
+    return CancelRead(request_id)
+
+
 def _enc_error(e: ErrorResponse) -> bytes:
     return struct.pack("!H", e.code) + _text(e.message[:MAX_MESSAGE], "H", MAX_MESSAGE * 4)
 
@@ -356,6 +366,7 @@ STAT_OK = register(
 )
 READ = register(MessageSpec(0x12, ReadRequest, 12 + 1 + MAX_DIGEST, _enc_read, _dec_read))
 DATA = register(MessageSpec(0x13, Data, MAX_READ, _no_payload, _dec_data, response=True))
+CANCEL = register(MessageSpec(0x14, CancelRead, 0, _enc_empty, _dec_cancel))
 ERROR = register(
     MessageSpec(0x7F, ErrorResponse, 2 + 2 + MAX_MESSAGE * 4, _enc_error, _dec_error, response=True)
 )

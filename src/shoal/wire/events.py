@@ -94,6 +94,19 @@ class ReadRequest(WireEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRead(WireEvent):
+    """The asker no longer wants the answer to its read ``request_id`` (one-way).
+
+    A server that has not started that answer drops it and sends nothing; one whose
+    ``Data`` header is out finishes the body (the asker discards it). Without this, a
+    request the picker gave up on (a parent moved, a stall) still costs the parent's
+    uplink: a queued cut-through read is served whenever its piece lands.
+    """
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Data(WireEvent):
     """Header of a read's answer: exactly ``length`` raw body bytes follow."""
 
