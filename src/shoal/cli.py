@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-mib", type=float, default=16.0, help="MiB per layer")
     p.add_argument("--roots", type=int, default=1, help="root hosts for the shoal mode")
     p.add_argument(
+        "--piece-kib", type=int, default=0, help="swarm piece size for the shoal mode (0: auto)"
+    )
+    p.add_argument(
         "--modes", default="direct,proxy,bittorrent,shoal", help="comma-separated modes to run"
     )
     p.add_argument("--out", metavar="DIR", default="bench-out", help="report directory")

@@ -28,6 +28,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise BenchError("--nodes and --layers must be at least 1, --roots at least 0")
     if args.rate <= 0 or args.origin_rate <= 0 or args.layer_mib <= 0:
         raise BenchError("--rate, --origin-rate and --layer-mib must be positive")
+    if args.piece_kib < 0:
+        raise BenchError("--piece-kib must not be negative")
     return BenchOptions(
         nodes=args.nodes,
         roots=args.roots,
@@ -35,6 +37,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         origin_rate_mbit=args.origin_rate,
         layers=args.layers,
         layer_mib=args.layer_mib,
+        piece_kib=args.piece_kib,
         modes=modes,
         timeout_s=args.timeout,
         keep_workdir=args.keep,

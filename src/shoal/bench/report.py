@@ -194,6 +194,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "origin_rate_mbit": o.origin_rate_mbit,
             "layers": o.layers,
             "layer_mib": o.layer_mib,
+            "piece_kib": o.piece_kib,
             "modes": list(o.modes),
         },
         "image_bytes": result.image_bytes,

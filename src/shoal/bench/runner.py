@@ -44,6 +44,8 @@ class BenchOptions:
     origin_rate_mbit: float = 100.0
     layers: int = 4
     layer_mib: float = 16.0
+    #: the swarm's piece size in KiB for the shoal mode; 0: shoal's own choice
+    piece_kib: int = 0
     modes: tuple[str, ...] = ("direct", "proxy", "bittorrent", "shoal")
     timeout_s: float = 600.0
     seed: int = 1
@@ -139,6 +141,7 @@ async def run_benchmark(
             origin=origin,
             workdir=workdir,
             timeout_s=opts.timeout_s,
+            piece_size=opts.piece_kib * 1024,
             on_node_done=on_node_done,
         )
         for mode in opts.modes:

@@ -51,6 +51,8 @@ class BenchContext:
     origin: OriginRegistry
     workdir: Path
     timeout_s: float
+    #: bytes per swarm piece (the roots' CacheConfig.pieceSize); 0: shoal's own choice
+    piece_size: int = 0
     on_node_done: NodeDone = lambda node, seconds: None
 
     @property

@@ -45,7 +45,11 @@ def node_config(
             # the namespace's hostname resolves to the machine's address, not this host's
             "advertise": host.ip,
         },
-        "CacheConfig": {"path": str(cache), "capacity": 4 * ctx.workload.image.total_size},
+        "CacheConfig": {
+            "path": str(cache),
+            "capacity": 4 * ctx.workload.image.total_size,
+            "pieceSize": ctx.piece_size,
+        },
         "UpstreamConfig": {
             "default": origin,
             "registries": [{"host": origin, "plainHTTP": True}],
