@@ -490,8 +490,11 @@ class Download:
             expected = await self._hash(index)
             picker = self.picker
             loop = asyncio.get_running_loop()
+            asked = first = loop.time()
 
             def started() -> None:  # first bytes: a cut-through parent may have held it
+                nonlocal first
+                first = loop.time()
                 if picker is not None:
                     picker.on_started(parent, index, loop.time())
                 # only now may the root hand this agent out for the piece: announced at
@@ -507,6 +510,10 @@ class Download:
                 on_start=started,
             )
             await self.p.store.write_piece(self.key, index, data, sha256=expected)
+            log.debug(
+                "piece %d of %s from %s: waited %.3f s, took %.3f s",
+                index, self.key[7:19], parent, first - asked, loop.time() - first,
+            )  # fmt: skip
         except PieceCorruptError:
             log.warning("parent %s sent a bad piece %d of %s: banned", parent, index, self.key)
             return FailReason.BAD_PIECE

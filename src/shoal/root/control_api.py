@@ -164,6 +164,9 @@ class ControlAPI:
         req = msgspec.json.decode(await request.read(), type=UpdateRequest)
         self.root.seen(req.peer)
         for report in req.reports:
+            if isinstance(report, FailedReport):
+                log.debug("%s reports %s of %s: %s", req.peer, report.parent, report.blob[:19],
+                          report.reason)  # fmt: skip
             try:
                 self.root.schedule(report_message(req.peer, report))
             except SwarmError as exc:
@@ -171,6 +174,10 @@ class ControlAPI:
         pushed = [
             Pushed(a.blob, [Offer.of(o) for o in a.parents]) for a in self.root.drain(req.peer)
         ]
+        for p in pushed:
+            log.debug(
+                "%s moved in %s: parents %s", req.peer, p.blob[:19], [o.peer for o in p.parents]
+            )
         return Response(
             body=msgspec.json.encode(UpdateResponse(pushed)), content_type="application/json"
         )
