@@ -188,3 +188,32 @@ def test_first_piece_gets_a_generous_limit() -> None:
     p.on_started(*r, 0.0)
     assert p.on_timer(10.0) == []  # a big first piece on a busy link is not a stall
     assert any(isinstance(a, Cancel) for a in p.on_timer(31.0))
+
+
+def test_a_new_parent_set_withdraws_queued_requests_it_no_longer_covers() -> None:
+    """The seed stands in for a stripe until its first interior node joins; requests
+    queued at the seed for that stripe must move to the new parent, or the seed sends
+    the same piece to every agent that had queued on it."""
+    pol = PickerPolicy(window=4, per_parent=4, total=8)
+    p = PiecePicker("me", "b", 8, pol)
+    everything = offer("seed", have=0, fetching=ALL16)
+    p.on_parents([everything], 0.0)
+    assert sorted(reqs(p.requests(0.0))) == [("seed", i) for i in range(4)]
+    p.on_started("seed", 0, 0.1)  # piece 0's bytes flow: that request stays
+    stripe0 = offer("seed", have=0, fetching=ALL16, only=mask_of([0, 2, 4, 6]))
+    actions = p.on_parents([stripe0, offer("x", have=mask_of([1, 3, 5, 7]))], 0.2)
+    # 1 and 3 are no longer the seed's to give; 2 still is, and stays queued there
+    assert sorted((a.parent, a.index) for a in actions if isinstance(a, Cancel)) == [
+        ("seed", 1),
+        ("seed", 3),
+    ]
+    assert {i for q, i in reqs(p.requests(0.2)) if q == "x"} >= {1, 3}
+    # a parent left out entirely: its queued requests go, its started ones finish
+    actions = p.on_parents([offer("x", have=ALL16)], 0.3)
+    cancelled = {(a.parent, a.index) for a in actions if isinstance(a, Cancel)}
+    assert ("seed", 2) in cancelled and ("seed", 0) not in cancelled
+    assert {q for q, _ in cancelled} == {"seed"}
+    p.on_piece("x", 1, 0.35)
+    assert ("x", 2) in reqs(p.requests(0.35))  # the withdrawn piece, asked of x
+    p.on_piece("seed", 0, 0.4)
+    assert p.have & 1

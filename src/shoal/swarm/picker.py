@@ -224,7 +224,12 @@ class PiecePicker:
     # events ---------------------------------------------------------------------------
 
     def on_parents(self, offers: Sequence[ParentOffer], now: float) -> list[PickerAction]:
-        """A new parent set from the root. Parents left out retire: no new requests."""
+        """A new parent set from the root. Parents left out retire: no new requests, and
+        their requests still queued (not started) are cancelled, as are queued requests
+        a kept parent may no longer be asked (its ``only`` narrowed): the pieces are asked
+        of the new parents. Left queued, they would still be served when their piece
+        lands, which is how a root standing in for a stripe's first parent ended up
+        sending the same piece to a dozen agents in the real bench."""
         self._expire_bans(now)
         keep = set()
         for o in offers:
@@ -240,12 +245,28 @@ class PiecePicker:
                 p.has = (p.has | o.have) & p.only
                 p.pending = (p.pending | o.fetching) & p.only & ~p.has
                 p.retiring = False
+        actions: list[PickerAction] = []
         for pid, p in list(self._parents.items()):
+            allowed = p.only if pid in keep else 0
+            if p.inflight:
+                actions += self._withdraw(pid, allowed)
             if pid not in keep:
                 p.retiring = True
                 if p.inflight == 0:
-                    del self._parents[pid]
-        return []
+                    self._parents.pop(pid, None)
+        return actions
+
+    def _withdraw(self, parent: PeerId, allowed: int) -> list[PickerAction]:
+        """Cancel ``parent``'s requests that have not started, outside ``allowed``."""
+        actions: list[PickerAction] = []
+        for index in [i for i in self._reqs if not (allowed >> i) & 1]:
+            for r in [r for r in self._reqs[index] if r.parent == parent and r.started < 0]:
+                actions.append(Cancel(parent, index))
+                self._remove_req(index, r)
+                if index not in self._reqs:
+                    self._transition(index, PieceEvent.LOST)
+                    self.requested &= ~(1 << index)
+        return actions
 
     def on_have(self, parent: PeerId, index: int) -> bool:
         """``parent`` now holds ``index``; True if that may give an idle slot work."""

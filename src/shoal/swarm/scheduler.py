@@ -471,7 +471,12 @@ class Scheduler:
             ):
                 heapq.heappop(heap)
                 continue
-            if depth >= limit or leaf is m or not self._usable(parent.peer, m, now=0.0):
+            if (
+                depth >= limit
+                or leaf is m
+                or parent is m  # its own child: it cannot go under itself
+                or not self._usable(parent.peer, m, now=0.0)
+            ):
                 return False
             heapq.heappop(heap)
             self._unparent(swarm, leaf, s, reopen=False)
