@@ -107,3 +107,54 @@ def test_depth_one_never_oversubscribes_but_hands_out_leftovers_late() -> None:
     done = run(net, [f1, f2])
     # f1 keeps 50 B/s after f2 ends (its sender's link is not refilled): 20 s, not 15
     assert done == {0: pytest.approx(20.0), 1: pytest.approx(10.0)}
+
+
+def test_a_host_with_cpu_to_spare_leaves_the_links_alone() -> None:
+    # two transfers at 100 B/s, each costing 0.005 CPU-s per byte: 1 core in all
+    net = Network(depth=2, cores=1.0)
+    a, b = net.add_node(100.0, 0.0), net.add_node(100.0, 0.0)
+    c, d = (net.add_node(0.0, 100.0, recv_cost=0.005) for _ in range(2))
+    f1 = net.start(a, c, 1000.0, 0.0, (0, 0))
+    f2 = net.start(b, d, 1000.0, 0.0, (0, 1))
+    assert run(net, [f1, f2]) == {0: pytest.approx(10.0), 1: pytest.approx(10.0)}
+
+
+def test_a_saturated_host_slows_every_transfer_alike_until_one_ends() -> None:
+    # the same transfers on half a core: each at 50 B/s; when the first ends at 10 s,
+    # the other needs only 0.5 core at its link rate and gets it: 500 B left at 100 B/s
+    def two() -> tuple[Network, list[Flow]]:
+        net = Network(depth=2, cores=0.5)
+        a, b = net.add_node(100.0, 0.0), net.add_node(100.0, 0.0)
+        c, d = (net.add_node(0.0, 100.0, recv_cost=0.005) for _ in range(2))
+        return net, [net.start(a, c, 500.0, 0.0, (0, 0)), net.start(b, d, 1000.0, 0.0, (0, 1))]
+
+    net, flows = two()
+    net.settle(0.0, lambda f: None)
+    assert [f.rate for f in flows] == [pytest.approx(50.0), pytest.approx(50.0)]
+    assert "CPU 1.00/0.5 cores" in repr(net)
+    net, flows = two()
+    assert run(net, flows) == {0: pytest.approx(10.0), 1: pytest.approx(15.0)}
+
+
+def test_sender_and_receiver_costs_add_up_per_byte() -> None:
+    # 0.002 s/B to send + 0.003 s/B to receive at 100 B/s is 0.5 core; a quarter core
+    # halves the rate: 1000 B in 20 s
+    net = Network(depth=2, cores=0.25)
+    a = net.add_node(100.0, 0.0, send_cost=0.002)
+    b = net.add_node(0.0, 100.0, recv_cost=0.003)
+    f = net.start(a, b, 1000.0, 0.0, (0, 0))
+    assert run(net, [f]) == {0: pytest.approx(20.0)}
+    assert net.demand == 0.0
+
+
+def test_cpu_and_links_both_bind_a_chain() -> None:
+    # a -> b -> c at 100 B/s per link; b forwards: it pays 0.004 s/B to receive and
+    # 0.001 s/B to send, so the chain needs 0.4 + 0.1 = 0.5 core; on 0.25 core both hops
+    # run at 50 B/s
+    net = Network(depth=2, cores=0.25)
+    a = net.add_node(100.0, 100.0)
+    b = net.add_node(100.0, 100.0, send_cost=0.001, recv_cost=0.004)
+    c = net.add_node(100.0, 100.0)
+    f1 = net.start(a, b, 1000.0, 0.0, (0, 0))
+    f2 = net.start(b, c, 1000.0, 0.0, (0, 1))
+    assert run(net, [f1, f2]) == {0: pytest.approx(20.0), 1: pytest.approx(20.0)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from shoal.cli import main
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim, rendezvous
 from shoal.sim.main import parse_image
-from shoal.sim.params import GBIT, MIB, SimParams
+from shoal.sim.params import GBIT, MIB, NS, CpuCosts, SimParams
 from shoal.sim.report import quantile, stats, unpacked
 
 SMALL = SimParams(nodes=50, roots=2, layers=(16 * MIB,) * 4, piece_size=1 * MIB, link_bps=1 * GBIT)
@@ -117,3 +118,33 @@ def test_bench_replay_hook_says_when_there_is_nothing_to_compare(
     assert main(["sim", "--from-bench", str(f), "--piece-mib", "1"]) == 0
     out = capsys.readouterr().out
     assert "no shoal result" in out and "direct: simulated p95" in out
+
+
+def test_a_shared_host_cpu_slows_the_swarm_and_the_replay_says_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = replace(SMALL, nodes=16, roots=1, link_bps=0.1 * GBIT)
+    free, _, _ = p95(p)
+    # 16 agents each receiving at 12.5 MB/s at 30 ns/byte need 6 cores; give them 1
+    busy = replace(p, host_cores=1.0, cpu=CpuCosts(recv=30 * NS, recv_cut=30 * NS))
+    slow, origin, unfinished = p95(busy)
+    assert unfinished == 0 and origin == p.image_bytes
+    assert slow > 1.5 * free
+    bench = {
+        "options": {
+            "nodes": 8,
+            "roots": 1,
+            "rate_mbit": 100,
+            "origin_rate_mbit": 100,
+            "layers": 2,
+            "layer_mib": 4,
+        },
+        "layer_bytes": 8 * MIB,
+        "tcp_goodput": 0.95,
+        "modes": [{"mode": "shoal", "p95_s": 3.0}],
+    }
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps(bench))
+    assert main(["sim", "--from-bench", str(f), "--host-cores", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "one host of 0.5 cores" in out and "(links alone:" in out

@@ -3,7 +3,9 @@
 Same network model as the swarm run (``network.Network``), same stragglers; containerd's
 ``max_concurrent_downloads`` (3) layers at a time per node, in manifest order, one
 connection per layer. The origin's egress is shared max-min fairly among every
-connection, so with N nodes each gets about origin/(3N) per layer.
+connection, so with N nodes each gets about origin/(3N) per layer. With a host CPU
+(``host_cores``) the runtime's own cost per byte (``cpu.client``) and the registry's
+(``cpu.registry``) are charged, as in the swarm run.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ def standard_pull(params: SimParams, *, concurrent: int = 3) -> tuple[list[list[
     rng = random.Random(p.seed)  # the same stragglers as the swarm run
     n = p.nodes
     slow = set(rng.sample(range(n), round(p.stragglers * n)))
-    net = Network(depth=p.depth)
-    origin = net.add_node(p.origin_bps, 0.0)
+    net = Network(depth=p.depth, cores=p.host_cores)
+    origin = net.add_node(p.origin_bps, 0.0, send_cost=p.cpu.registry)
     nodes = [
         net.add_node(
             p.link_bps / (p.slowdown if i in slow else 1.0),
             min(p.link_bps, p.disk_bps) / (p.slowdown if i in slow else 1.0),
+            recv_cost=p.cpu.client,  # the runtime pulls from the origin itself
         )
         for i in range(n)
     ]

@@ -27,7 +27,7 @@ import hashlib
 import heapq
 import itertools
 import random
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -88,21 +88,27 @@ class SwarmSim:
     def __init__(self, params: SimParams) -> None:
         self.p = params
         self.rng = random.Random(params.seed)
-        self.net = Network(depth=params.depth)
+        self.net = Network(depth=params.depth, cores=params.host_cores)
         self.now = 0.0
         self._heap: list[tuple[float, int, int, object, int]] = []
         self._seq = itertools.count()
         self.events = 0
         n = params.nodes
         link, disk = params.link_bps, params.disk_bps
-        self.origin = self.net.add_node(params.origin_bps, 0.0)
+        cpu = params.cpu
+        self.origin = self.net.add_node(params.origin_bps, 0.0, send_cost=cpu.registry)
         self.root_names = [f"root{j}" for j in range(params.roots)]
-        self.roots = [self.net.add_node(link, min(link, disk)) for _ in self.root_names]
+        self.roots = [
+            self.net.add_node(link, min(link, disk), send_cost=cpu.send, recv_cost=cpu.fetch)
+            for _ in self.root_names
+        ]
         slow = set(self.rng.sample(range(n), round(params.stragglers * n)))
         self.agents = [
             self.net.add_node(
                 link / (params.slowdown if i in slow else 1.0),
                 min(link, disk) / (params.slowdown if i in slow else 1.0),
+                send_cost=cpu.send,
+                recv_cost=cpu.agent_in,
             )
             for i in range(n)
         ]
@@ -127,6 +133,7 @@ class SwarmSim:
             r: Scheduler(params.scheduler, seed=params.seed * 1000 + k)
             for k, r in enumerate(self.roots)
         }
+        self.sched_of = [self.scheds[r] for r in self.owner]  # per blob, its root's
         self.root_have = [0] * len(self.digests)
         self.root_next = [-1] * len(self.digests)  # next piece to fetch; -1 = not started
         # per agent
@@ -142,8 +149,11 @@ class SwarmSim:
         self.flows: dict[tuple[int, int, int, int], Flow] = {}
         self.current: dict[tuple[int, int], Flow] = {}  # per connection, the piece on the wire
         self.conn: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
-        self.wake: dict[tuple[int, int], None] = {}
+        # pickers to ask for requests, first woken first; an OrderedDict pops its oldest
+        # in O(1), where ``next(iter(dict))`` after many deletions scans them all
+        self.wake: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.deferred: list[tuple[int, int, int, int, FailReason]] = []
+        self.cut: set[tuple[int, int, int, int]] = set()  # cut-through sends (host CPU)
         # measures
         self.origin_bytes = 0.0
         self.origin_peak = 0.0
@@ -215,12 +225,14 @@ class SwarmSim:
                 pk = self.pickers[c].get(b)
                 if pk is not None and not self.dead[c]:
                     self._act(c, b, pk.on_failed(self.name[parent], i, self.now, why))
-            while self.wake:
-                (c, b) = next(iter(self.wake))
-                del self.wake[(c, b)]
-                pk = self.pickers[c][b]
-                if not pk.done and not self.dead[c]:
-                    self._act(c, b, pk.requests(self.now))
+            wake, pickers, dead, now = self.wake, self.pickers, self.dead, self.now
+            while wake:
+                (c, b), _ = wake.popitem(last=False)
+                pk = pickers[c][b]
+                if not pk.done and not dead[c]:
+                    acts = pk.requests(now)
+                    if acts:
+                        self._act(c, b, acts)
         origin_dirty = self.origin in self.net._dirty_up
         self.net.settle(self.now, self._schedule)
         if origin_dirty:
@@ -312,36 +324,56 @@ class SwarmSim:
         else:
             self._start_flow(src, dst, b, i)
 
+    def _send_waited(self, src: int, dst: int, b: int, i: int) -> None:
+        """Send a piece whose request waited for it at ``src`` (cut-through)."""
+        if self.p.host_cores:
+            self.cut.add((src, dst, b, i))  # its receiver pays ``cpu.recv_cut``
+        self._send(src, dst, b, i)
+
     def _start_flow(self, src: int, dst: int, b: int, i: int) -> None:
         size = piece_length(self.sizes[b], self.p.piece_size, i)
-        f = self.net.start(src, dst, size, self.now, (b, i))
+        cost = None
+        if self.p.host_cores:
+            cpu, key = self.p.cpu, (src, dst, b, i)
+            cost = cpu.send + (cpu.agent_in_cut if key in self.cut else cpu.agent_in)
+            self.cut.discard(key)
+        now = self.now
+        f = self.net.start(src, dst, size, now, (b, i), cost)
         self.total_flows += 1
         self.flows[(src, dst, b, i)] = f
         self.current[(src, dst)] = f
         self.inbound[(dst, b, i)] += 1
         nm = self.name[dst]
-        self.pickers[dst][b].on_started(self.name[src], i, self.now)
-        self.scheds[self.owner[b]].handle(Fetching(nm, self.digests[b], (i,)), self.now)
-        for ch in self.children.get((dst, b), ()):
-            if self.pickers[ch][b].on_fetching(nm, i):
-                self.wake[(ch, b)] = None
+        pickers = self.pickers
+        pickers[dst][b].on_started(self.name[src], i, now)
+        self.sched_of[b].handle(Fetching(nm, self.digests[b], (i,)), now)
+        kids = self.children.get((dst, b))
+        if kids:
+            wake = self.wake
+            for ch in kids:
+                if pickers[ch][b].on_fetching(nm, i):
+                    wake[(ch, b)] = None
 
     def _end_flow(self, f: Flow) -> None:
         b, i = f.payload
         src, dst = f.src, f.dst
         del self.flows[(src, dst, b, i)]
         key = (dst, b, i)
-        self.inbound[key] -= 1
-        if not self.inbound[key]:
-            del self.inbound[key]
+        inbound = self.inbound
+        left = inbound[key] - 1
+        if left:
+            inbound[key] = left
+        else:
+            del inbound[key]
         self.net.stop(f, self.now)
-        if self.current.get((src, dst)) is f:
-            del self.current[(src, dst)]
-            q = self.conn.get((src, dst))
+        link = (src, dst)
+        if self.current.get(link) is f:
+            del self.current[link]
+            q = self.conn.get(link)
             if q:
                 nb, ni = q.popleft()
                 if not q:
-                    del self.conn[(src, dst)]
+                    del self.conn[link]
                 if not self.dead[src] and not self.dead[dst]:
                     self._start_flow(src, dst, nb, ni)
 
@@ -352,6 +384,7 @@ class SwarmSim:
             self._end_flow(f)
         elif q and (b, i) in q:
             q.remove((b, i))
+            self.cut.discard((parent, c, b, i))
         else:
             queue = self.waiting.get((parent, b, i))
             if queue and c in queue:
@@ -379,21 +412,29 @@ class SwarmSim:
             self.peer_bytes += f.size
         pk = self.pickers[dst][b]
         was = pk.have >> i & 1
-        self._act(dst, b, pk.on_piece(self.name[src], i, self.now))
+        acts = pk.on_piece(self.name[src], i, self.now)
+        if acts:
+            self._act(dst, b, acts)
         if not was and pk.have >> i & 1:
             self._landed(dst, b, i)
         self.wake[(dst, b)] = None
 
     def _landed(self, a: int, b: int, i: int) -> None:
         nm = self.name[a]
-        self.scheds[self.owner[b]].handle(Have(nm, self.digests[b], (i,)), self.now)
-        for w in self.waiting.pop((a, b, i), []):
-            if not self.dead[w]:
-                self._send(a, w, b, i)
-        for ch in self.children.get((a, b), ()):
-            if self.pickers[ch][b].on_have(nm, i):
-                self.wake[(ch, b)] = None
-        pk = self.pickers[a][b]
+        self.sched_of[b].handle(Have(nm, self.digests[b], (i,)), self.now)
+        waiters = self.waiting.pop((a, b, i), None)
+        if waiters:
+            for w in waiters:
+                if not self.dead[w]:
+                    self._send_waited(a, w, b, i)
+        pickers = self.pickers
+        kids = self.children.get((a, b))
+        if kids:
+            wake = self.wake
+            for ch in kids:
+                if pickers[ch][b].on_have(nm, i):
+                    wake[(ch, b)] = None
+        pk = pickers[a][b]
         if pk.done:
             del self.active[(a, b)]
             self.layer_done[a - self.first_agent][b] = self.now
@@ -419,7 +460,7 @@ class SwarmSim:
         self._origin_fetch(b)
         for w in self.waiting.pop((r, b, i), []):
             if not self.dead[w]:
-                self._send(r, w, b, i)
+                self._send_waited(r, w, b, i)
         for ch in self.children.get((r, b), ()):
             if self.pickers[ch][b].on_have(nm, i):
                 self.wake[(ch, b)] = None

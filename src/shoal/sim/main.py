@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 from shoal.errors import ConfigInvalidError
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
-from shoal.sim.params import GBIT, GIB, MB, MIB, SimParams
+from shoal.sim.params import GBIT, GIB, MB, MIB, NS, CpuCosts, SimParams
 from shoal.sim.report import PullStats, plot, stats
 
 #: ``gzip -d`` of a 282,560,111-byte layer (the first 600,000,000 bytes of
@@ -71,6 +72,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help=f"decompression MB/s of layer bytes (0: none; measured here {GUNZIP_BPS / MB:.0f})",
     )
+    p.add_argument(
+        "--host-cores",
+        type=float,
+        default=None,
+        help="every node shares one host with this many cores (default: not modelled; "
+        "--from-bench: this machine's cores)",
+    )
+    costs = CpuCosts()
+    for name, what in (
+        ("recv", "an agent fetching a piece a peer holds"),
+        ("recv-cut", "an agent fetching a piece its parent was still fetching"),
+        ("send", "an agent or root serving a peer"),
+        ("serve", "an agent answering its runtime"),
+        ("client", "the runtime's own work"),
+        ("fetch", "a root fetching from the origin"),
+        ("registry", "the origin registry sending"),
+    ):
+        p.add_argument(
+            f"--cpu-{name}-ns",
+            type=float,
+            default=getattr(costs, name.replace("-", "_")) / NS,
+            help=f"with --host-cores: CPU ns per byte of {what} "
+            f"(default {getattr(costs, name.replace('-', '_')) / NS:.2f}, "
+            "bench/cpu_cost.py here)",
+        )
     p.add_argument("--no-baseline", action="store_true", help="skip the standard pull")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of completion-time CDFs")
@@ -95,6 +121,18 @@ def parse_image(spec: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
+def cpu_from(args: argparse.Namespace) -> CpuCosts:
+    return CpuCosts(
+        recv=args.cpu_recv_ns * NS,
+        recv_cut=args.cpu_recv_cut_ns * NS,
+        send=args.cpu_send_ns * NS,
+        serve=args.cpu_serve_ns * NS,
+        client=args.cpu_client_ns * NS,
+        fetch=args.cpu_fetch_ns * NS,
+        registry=args.cpu_registry_ns * NS,
+    )
+
+
 def params_from(args: argparse.Namespace) -> SimParams:
     if args.nodes < 1 or args.roots < 1:
         raise ConfigInvalidError("--nodes and --roots must be at least 1")
@@ -115,6 +153,8 @@ def params_from(args: argparse.Namespace) -> SimParams:
         die=args.die,
         zones=args.zones,
         unpack_bps=args.unpack_mbs * MB,
+        host_cores=args.host_cores or 0.0,
+        cpu=cpu_from(args),
     )
 
 
@@ -164,6 +204,11 @@ def _params_json(p: SimParams) -> dict[str, Any]:
         "die": p.die,
         "zones": p.zones,
         "unpack_mbs": p.unpack_bps / MB,
+        "host_cores": p.host_cores,
+        "cpu_ns_per_byte": {
+            k: getattr(p.cpu, k) / NS
+            for k in ("recv", "recv_cut", "send", "serve", "client", "fetch", "registry")
+        },
     }
 
 
@@ -196,6 +241,14 @@ def print_run(p: SimParams, res: dict[str, Any]) -> None:
         extra.append(f"{p.die:.0%} die mid-pull ({res['dead']} did)")
     if p.unpack_bps:
         extra.append(f"unpack {p.unpack_bps / MB:.0f} MB/s")
+    if p.host_cores:
+        c = p.cpu
+        extra.append(
+            f"one host of {p.host_cores:g} cores; CPU ns/byte: agent in "
+            f"{c.agent_in / NS:.1f} (recv {c.recv / NS:.1f} + serve {c.serve / NS:.1f} + "
+            f"client {c.client / NS:.1f}; cut-through recv {c.recv_cut / NS:.1f}), send "
+            f"{c.send / NS:.1f}, root fetch {c.fetch / NS:.1f}, registry {c.registry / NS:.1f}"
+        )
     if extra:
         print("  " + ", ".join(extra))
     print(f"physical bound (image / min(link, disk, origin)): {res['bound_s']:.2f} s\n")
@@ -295,13 +348,16 @@ def _per_layer(data: dict[str, Any], options: dict[str, Any]) -> int:
 def from_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Replay a real benchmark's parameters; compare our p95 with its shoal mode's.
 
-    The check of issue 7 (within 20 % at N=16) needs the shoal mode of ``shoal bench``,
-    which exists once the root and agent are integrated; until then this prints what it
-    predicts and says that there is nothing yet to compare with.
+    ``shoal bench`` runs every node, root and client on one machine, so the replay
+    shares one host's cores among all the simulated nodes (``--host-cores``, default
+    this machine's, where the bench ran) at the measured CPU costs per byte; the
+    prediction with the links alone is printed beside it. Nothing here is fitted to the
+    benchmark being predicted.
     """
     data = json.loads(Path(args.from_bench).read_text())
     o = data["options"]
     goodput = float(data.get("tcp_goodput", 1.0))
+    cores = args.host_cores if args.host_cores is not None else float(os.cpu_count() or 1)
     p = SimParams(
         nodes=int(o["nodes"]),
         roots=int(o.get("roots", 1)),
@@ -309,23 +365,36 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
         layers=(_per_layer(data, o),) * int(o["layers"]),
         link_bps=o["rate_mbit"] * 1e6 / 8 * goodput,
         origin_bps=o["origin_rate_mbit"] * 1e6 / 8 * goodput,
-        piece_size=int(args.piece_mib * MIB),
+        # the bench's swarm piece size when it set one (``--piece-kib``), else ours
+        piece_size=int(o.get("piece_kib") or 0) * 1024 or int(args.piece_mib * MIB),
         seed=args.seed,
+        host_cores=cores,
+        cpu=cpu_from(args),
     )
     res = simulate(p)
     print_run(p, res)
+    links = simulate(replace(p, host_cores=0.0)) if cores else res
     measured = {m["mode"]: m for m in data.get("modes", [])}
-    out: dict[str, Any] = {"bench": args.from_bench, "sim": _jsonable(res)}
+    out: dict[str, Any] = {
+        "bench": args.from_bench,
+        "sim": _jsonable(res),
+        "links_only": _jsonable(links),
+    }
+    print()
     for mode, key in (("shoal", "shoal"), ("direct", "standard")):
         m = measured.get(mode)
         real = m.get("p95_s") if m else None
-        pred = res[key].p95
+        pred, bare = res[key].p95, links[key].p95
+        what = f"simulated p95 {pred:.2f} s"
+        if cores:
+            what += f" (links alone: {bare:.2f} s)"
         if real:
             err = (pred - real) / real
-            print(f"{mode}: simulated p95 {pred:.2f} s, measured {real:.2f} s ({err:+.0%})")
+            print(f"{mode}: {what}, measured {real:.2f} s ({err:+.0%})")
             out[f"{mode}_error"] = err
+            out[f"{mode}_error_links_only"] = (bare - real) / real
         else:
-            print(f"{mode}: simulated p95 {pred:.2f} s; the bench JSON has no {mode} result")
+            print(f"{mode}: {what}; the bench JSON has no {mode} result")
     return out
 
 

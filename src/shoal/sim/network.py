@@ -25,6 +25,18 @@ the same simulated time are settled once (``settle``), which batches the many ev
 that happen at equal times. A flow's remaining bytes are advanced lazily, only when its
 rate changes; its completion sits in the caller's heap keyed by a version number, so a
 stale entry is recognised and skipped.
+
+**Host CPU** (``cores`` > 0, opt-in): every node runs on one host with ``cores`` cores,
+as in ``shoal bench``, where 16 agents, a root and 16 clients share one 2-core
+machine. Each node charges CPU per byte it sends (``send_cost``, s/byte) and per byte
+it receives (``recv_cost``; for an agent that includes serving the bytes to its
+runtime and the runtime's own work), so a flow costs ``k = send_cost(src) +
+recv_cost(dst)`` CPU-seconds per byte. When the flows at their link rates would need
+more CPU than the host has, ``D = sum(k x link_rate) > cores``, every flow runs at
+``cores / D`` of its link rate: processor sharing, each busy process slowed alike,
+which is what a saturated scheduler does to processes doing the same work. Under the
+cap, rates are the links' alone. The costs are measured, not fitted
+(``bench/cpu_cost.py``; docs/sim.md).
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ EPS = 1e-9
 
 class Flow:
     __slots__ = (
+        "cost",
         "dshare",
         "dst",
         "finish",
@@ -47,6 +60,7 @@ class Flow:
         "t0",
         "ushare",
         "version",
+        "want",
     )
 
     def __init__(
@@ -63,6 +77,8 @@ class Flow:
         self.finish = float("inf")
         self.version = 0
         self.payload = payload
+        self.want = 0.0  #: the rate the links allow (before any CPU limit), bytes/s
+        self.cost = 0.0  #: CPU seconds per byte, both ends together (host CPU model)
 
     def __repr__(self) -> str:
         return (
@@ -100,9 +116,15 @@ def waterfill(capacity: float, caps: list[float]) -> list[float]:
 class Network:
     """Nodes with up/down capacities and the flows between them."""
 
-    def __init__(self, *, depth: int = 1) -> None:
+    def __init__(self, *, depth: int = 1, cores: float = 0.0) -> None:
         self.up: list[float] = []
         self.down: list[float] = []
+        self.send_cost: list[float] = []
+        self.recv_cost: list[float] = []
+        self.cores = cores  #: host cores shared by every node; 0 = CPU not modelled
+        self.demand = 0.0  #: cores the flows would use at their link rates
+        self.cpu_factor = 1.0  #: every flow runs at this share of its link rate
+        self._live: dict[Flow, None] = {}  # every flow, kept only when CPU is modelled
         self.ups: list[list[Flow]] = []
         self.downs: list[list[Flow]] = []
         self.depth = depth
@@ -111,20 +133,38 @@ class Network:
         self.flows = 0
 
     def __repr__(self) -> str:
-        return f"<Network [{len(self.up)} nodes, {self.flows} flows]>"
+        cpu = f", CPU {self.demand:.2f}/{self.cores:g} cores" if self.cores else ""
+        return f"<Network [{len(self.up)} nodes, {self.flows} flows{cpu}]>"
 
-    def add_node(self, up: float, down: float) -> int:
+    def add_node(
+        self, up: float, down: float, *, send_cost: float = 0.0, recv_cost: float = 0.0
+    ) -> int:
+        """A node with link capacities (bytes/s) and CPU costs (s/byte, with ``cores``)."""
         self.up.append(up)
         self.down.append(down)
+        self.send_cost.append(send_cost)
+        self.recv_cost.append(recv_cost)
         self.ups.append([])
         self.downs.append([])
         return len(self.up) - 1
 
-    def start(self, src: int, dst: int, size: float, now: float, payload: tuple[int, int]) -> Flow:
+    def start(
+        self,
+        src: int,
+        dst: int,
+        size: float,
+        now: float,
+        payload: tuple[int, int],
+        cost: float | None = None,
+    ) -> Flow:
+        """A transfer; ``cost`` (CPU s/byte) overrides the two nodes' send + receive costs."""
         f = Flow(src, dst, size, now, payload)
         self.ups[src].append(f)
         self.downs[dst].append(f)
         self.flows += 1
+        if self.cores:
+            f.cost = self.send_cost[src] + self.recv_cost[dst] if cost is None else cost
+            self._live[f] = None
         self._touch(src, dst)
         return f
 
@@ -137,16 +177,18 @@ class Network:
         f.remaining = max(0.0, f.remaining - f.rate * (now - f.t0))
         f.t0 = now
         f.rate = 0.0
+        if self.cores:
+            del self._live[f]
+            self.demand = self.demand - f.cost * f.want if self._live else 0.0
+            f.want = 0.0
         self._touch(f.src, f.dst)
 
     def _touch(self, src: int, dst: int) -> None:
         self._dirty_up.add(src)
         self._dirty_down.add(dst)
         if self.depth > 1:
-            for g in self.downs[dst]:
-                self._dirty_up.add(g.src)
-            for g in self.ups[src]:
-                self._dirty_down.add(g.dst)
+            self._dirty_up.update([g.src for g in self.downs[dst]])
+            self._dirty_down.update([g.dst for g in self.ups[src]])
 
     def settle(self, now: float, schedule: Callable[[Flow], None]) -> None:
         """Recompute rates around every link touched since the last call.
@@ -177,8 +219,19 @@ class Network:
                     changed[f] = None
         self._dirty_up.clear()
         self._dirty_down.clear()
-        for f in changed:
-            rate = min(f.ushare, f.dshare)
+        factor = 1.0
+        todo = changed
+        if self.cores:
+            for f in changed:
+                want = min(f.ushare, f.dshare)
+                self.demand += f.cost * (want - f.want)
+                f.want = want
+            factor = min(1.0, self.cores / self.demand) if self.demand > 0 else 1.0
+            if abs(factor - self.cpu_factor) > 1e-12:
+                self.cpu_factor = factor
+                todo = self._live  # the host's share changed for every flow
+        for f in todo:
+            rate = min(f.ushare, f.dshare) * factor
             if rate == f.rate:
                 continue
             f.remaining -= f.rate * (now - f.t0)

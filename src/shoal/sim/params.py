@@ -14,6 +14,37 @@ GBIT = 1e9 / 8  # bytes/s in one Gbit/s
 MB = 1e6
 MIB = 1 << 20
 GIB = 1 << 30
+NS = 1e-9  # seconds in a nanosecond: CPU costs are given in ns per byte
+
+
+@dataclass(frozen=True, slots=True)
+class CpuCosts:
+    """CPU seconds per byte of each part of a pull (only used with ``host_cores``).
+
+    Defaults: the medians of six runs of ``bench/cpu_cost.py --rate-mbit 100`` on this
+    machine (the benchmark's shaped links, 4 MiB pieces; docs/sim.md has every run). A
+    faster agent is a new measurement, not new code: pass the new figures
+    (``shoal sim --cpu-recv-ns ...``).
+    """
+
+    recv: float = 6.27 * NS  #: an agent fetches a piece a peer holds, verifies, stores it
+    #: the same when the request waited at a parent still fetching the piece (cut-through)
+    recv_cut: float = 14.27 * NS
+    send: float = 1.03 * NS  #: an agent or root serves a piece to a peer
+    serve: float = 0.67 * NS  #: an agent answers its runtime from the piece store
+    client: float = 4.13 * NS  #: the runtime (skopeo) receives, verifies, writes a layer
+    fetch: float = 12.12 * NS  #: a root fetches a piece from the origin, verifies, stores it
+    registry: float = 0.86 * NS  #: the origin registry sends a byte
+
+    @property
+    def agent_in(self) -> float:
+        """An agent's cost per byte it receives: fetch, serve, and its runtime's work."""
+        return self.recv + self.serve + self.client
+
+    @property
+    def agent_in_cut(self) -> float:
+        """The same for a piece whose request waited at its parent (cut-through)."""
+        return self.recv_cut + self.serve + self.client
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +74,10 @@ class SimParams:
     #: against 1.01x with 2, and stalls reported on healthy parents)
     depth: int = 2
     max_time: float = 0.0  #: stop here (simulated s); 0 = 50 x the physical bound
+    #: host CPU (network.py): every node shares this many cores, as ``shoal bench``'s
+    #: nodes share one machine; 0 = CPU not modelled (each node its own machine)
+    host_cores: float = 0.0
+    cpu: CpuCosts = field(default_factory=lambda: CpuCosts())
     picker: PickerPolicy = field(default_factory=PickerPolicy)
     scheduler: SchedulerPolicy = field(default_factory=SchedulerPolicy)
 
