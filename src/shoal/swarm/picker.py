@@ -45,6 +45,7 @@ import enum
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from shoal.swarm.errors import PieceIndexError
 from shoal.swarm.messages import (
@@ -65,12 +66,18 @@ class PieceState(enum.Enum):
     REQUESTED = "requested"
     DONE = "done"
 
+    # by identity: members are singletons, and Enum's own hash (of the name, in Python)
+    # was a measurable share of the simulator's time (every piece checks the table)
+    __hash__ = object.__hash__
+
 
 class PieceEvent(enum.Enum):
     ASK = "ask"
     LANDED = "landed"
     LOST = "lost"  # the last request for it failed, stalled or brought bad bytes
     LOST_COPY = "lost-copy"  # one of several (endgame) requests failed
+
+    __hash__ = object.__hash__
 
 
 _PIECE: dict[tuple[PieceState, PieceEvent], PieceState] = {
@@ -131,8 +138,7 @@ class _Parent:
         self.samples = 0
 
 
-def _busy(p: _Parent) -> int:
-    return p.inflight
+_busy = attrgetter("inflight")  # a parent's requests in flight (C-level key for ``min``)
 
 
 class _Req:
@@ -171,6 +177,9 @@ class PiecePicker:
         self._mean = 0.0  # mean piece time (started -> landed); 0 until the first
         self._last_need = float("-inf")
         self._rng = random.Random(seed)
+        # some parent is (or was) a spare; parents become spares only in ``on_parents``,
+        # and a stale True costs one mask, never a different decision
+        self._spares = False
 
     def __repr__(self) -> str:
         return (
@@ -254,6 +263,7 @@ class PiecePicker:
                 p.retiring = True
                 if p.inflight == 0:
                     self._parents.pop(pid, None)
+        self._spares = self._spares or any(p.spare for p in self._parents.values())
         return actions
 
     def _withdraw(self, parent: PeerId, allowed: int) -> list[PickerAction]:
@@ -374,7 +384,7 @@ class PiecePicker:
             # one request at a time to the least-busy parent that can serve one, so that
             # requests (and so the load on parents' uplinks) spread over every parent
             primary = 0
-            if any(p.spare for p in self._parents.values()):
+            if self._spares:
                 for p in self._parents.values():
                     if not p.spare and not p.retiring:
                         primary |= p.has | p.pending
