@@ -320,7 +320,7 @@ class PeerClient:
         self.metrics = metrics
         self._secret = secret
         self._conns: dict[Address, PeerConnection] = {}
-        self._connecting: dict[Address, asyncio.Future[PeerConnection]] = {}
+        self._connecting: dict[Address, asyncio.Task[PeerConnection]] = {}
         self.bytes_received = 0
 
     async def __aenter__(self) -> PeerClient:
@@ -335,22 +335,21 @@ class PeerClient:
         conn = self._conns.get(address)
         if conn is not None and conn.alive:
             return conn
-        waiting = self._connecting.get(address)
-        if waiting is not None:
-            return await asyncio.shield(waiting)
-        fut: asyncio.Future[PeerConnection] = asyncio.get_running_loop().create_future()
-        self._connecting[address] = fut
-        try:
-            conn = await self._open(address)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        finally:
+        # the connect runs as its own task: a requester that is cancelled while it
+        # connects (a picker withdrawing a request) must not cancel everyone else's
+        # requests to the same peer; they would then never hear back
+        opening = self._connecting.get(address)
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(self._open(address))
+            self._connecting[address] = opening
+            opening.add_done_callback(lambda task: self._opened(address, task))
+        return await asyncio.shield(opening)
+
+    def _opened(self, address: Address, task: asyncio.Task[PeerConnection]) -> None:
+        if self._connecting.get(address) is task:
             del self._connecting[address]
-        fut.set_result(conn)
-        self._conns[address] = conn
-        return conn
+        if not task.cancelled() and task.exception() is None:
+            self._conns[address] = task.result()
 
     async def _open(self, address: Address) -> PeerConnection:
         loop = asyncio.get_running_loop()
@@ -436,6 +435,10 @@ class PeerClient:
         return buffer
 
     async def close(self) -> None:
+        opening, self._connecting = list(self._connecting.values()), {}
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
             conn.close()
