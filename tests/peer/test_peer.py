@@ -20,7 +20,7 @@ from shoal.peer import (
     parse_address,
 )
 from shoal.wire import MAX_PIECES, MAX_READ, AuthFailedError, ErrorCode
-from tests.cache.blobs import PIECE, pieces, sha
+from tests.cache.blobs import PIECE, make_blob, pieces, sha
 from tests.peer.conftest import SECRET, add_blob, has_ipv6
 
 
@@ -139,6 +139,30 @@ async def test_cut_through_reads_wait_for_the_piece(store: PieceStore) -> None:
         assert gave_up.value.code is ErrorCode.PIECE_MISSING
 
 
+async def test_a_read_may_come_before_the_blob(store: PieceStore) -> None:
+    """A child and its parent join a swarm at once: the child's read can reach the
+    parent before the parent has created the blob; it waits for it (briefly)."""
+    digest, data = make_blob(2, seed=5)
+    parts = pieces(data)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", blob_wait=5) as server,
+        PeerClient(SECRET) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        early = asyncio.create_task(client.read(peer, digest, 0, PIECE, sha256=sha(parts[0])))
+        await asyncio.sleep(0.1)
+        await store.create(digest, len(data), piece_size=PIECE)
+        await store.write_piece(digest, 0, parts[0])
+        assert bytes(await asyncio.wait_for(early, 5)) == parts[0]
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", blob_wait=0.1) as server,
+        PeerClient(SECRET) as client,
+    ):
+        with pytest.raises(PeerRequestError) as unknown:
+            await client.read(("127.0.0.1", server.port), "sha256:" + "1" * 64, 0, PIECE)
+        assert unknown.value.code is ErrorCode.NOT_FOUND
+
+
 async def test_a_cancelled_queued_read_is_never_sent(store: PieceStore) -> None:
     """A child that gives a queued cut-through read up must not cost the parent's uplink
     when the piece lands later; the connection goes on serving."""
@@ -161,6 +185,28 @@ async def test_a_cancelled_queued_read_is_never_sent(store: PieceStore) -> None:
         conn = await client.connection(peer)
         assert (server.reads, server.bytes_sent, conn.cancelled) == (2, 2 * PIECE, 1)
         assert "1 cancelled" in repr(server)
+
+
+async def test_a_requester_cancelled_while_connecting_leaves_the_others_alone(
+    store: PieceStore,
+) -> None:
+    """The first read to a peer opens the connection; if that read is cancelled (a
+    picker withdrawing it), reads waiting for the same connection must still be served,
+    not cancelled with it (their downloads would never hear back)."""
+    digest, data = await add_blob(store, 2)
+    parts = pieces(data)
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1") as server,
+        PeerClient(SECRET) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        opener = asyncio.create_task(client.read(peer, digest, 0, PIECE))
+        waiter = asyncio.create_task(client.read(peer, digest, PIECE, PIECE))
+        await asyncio.sleep(0)  # both are waiting for the connection now
+        opener.cancel()
+        assert bytes(await asyncio.wait_for(waiter, 5)) == parts[1]
+        with pytest.raises(asyncio.CancelledError):
+            await opener
 
 
 async def test_multiplexed_reads_on_one_connection(store: PieceStore) -> None:

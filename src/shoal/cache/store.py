@@ -114,6 +114,8 @@ class PieceStore:
         self._reserved = 0
         self._tick = 0
         self._listeners: list[PieceListener] = []
+        #: blobs someone waits to see created: (event, [number of waiters])
+        self._blob_waiters: dict[str, tuple[asyncio.Event, list[int]]] = {}
         #: threads doing blocking reads and writes; direct writes wait on the device here
         self.disk_threads = 4
         self._executor: ThreadPoolExecutor | None = None
@@ -283,7 +285,23 @@ class PieceStore:
             raise _write_error(f"{digest}: cannot create", exc) from exc
         self._blobs[digest] = blob
         self._touch(blob)
+        waiting = self._blob_waiters.pop(digest, None)
+        if waiting is not None:
+            waiting[0].set()
         return blob.info()
+
+    async def wait_blob(self, digest: str) -> None:
+        """Return once ``digest`` is in the store (``create``d); callers bound the wait."""
+        if digest in self._blobs:
+            return
+        waiting = self._blob_waiters.setdefault(digest, (asyncio.Event(), [0]))
+        waiting[1][0] += 1
+        try:
+            await waiting[0].wait()
+        finally:
+            waiting[1][0] -= 1
+            if not waiting[1][0] and self._blob_waiters.get(digest) is waiting:
+                del self._blob_waiters[digest]  # nobody waits any more: no leak
 
     async def write_piece(
         self,
@@ -292,8 +310,12 @@ class PieceStore:
         data: bytes | bytearray | memoryview,
         *,
         sha256: bytes | None = None,
+        expect: bytes | None = None,
     ) -> bytes:
         """Store piece ``index``; return its sha256.
+
+        ``expect`` is the hash the piece must have (a downloader's hash from the root):
+        the bytes are hashed and checked on the disk thread that writes them.
 
         ``sha256`` is the hash of ``data`` if the caller already computed it; otherwise
         the store computes it, on the same disk thread that then writes the piece (one
@@ -313,6 +335,10 @@ class PieceStore:
         try:
             with self._op(FILEWRITE, digest, blob.offset(index)) as rec:
                 known = blob.hashes[index]
+                if expect is not None:
+                    if known is not None and known != expect:
+                        raise PieceCorruptError(f"{digest} piece {index}: two hashes disagree")
+                    known = expect
                 if sha256 is not None and known is not None and known != sha256:
                     raise PieceCorruptError(f"{digest} piece {index}: sha256 mismatch")
                 self._reserve(blob, length)

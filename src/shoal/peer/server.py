@@ -21,6 +21,9 @@ Design decisions:
   started; one whose ``Data`` header is out is finished (a body cannot be cut short).
   A queued cut-through read would otherwise be served whenever its piece lands, to a
   child that has moved to another parent, at the cost of this peer's uplink.
+- **A read may arrive before the blob does**: children and parent join a swarm at the
+  same moment, so a read of a blob not in the store waits up to ``blob_wait`` seconds
+  for it before the answer is ``NOT_FOUND``.
 - **Nothing before authentication:** the wire handshake (HMAC over both nonces) must
   finish within ``handshake_timeout`` or the connection is closed; a malformed frame
   closes it with the reason logged.
@@ -29,6 +32,7 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -77,6 +81,7 @@ class PeerServer:
         audit: AuditLog | None = None,
         max_in_flight: int = 16,
         piece_wait: float = 30.0,
+        blob_wait: float = 5.0,
         handshake_timeout: float = 10.0,
         handlers: Mapping[type[WireEvent], Handler] | None = None,
     ) -> None:
@@ -90,6 +95,7 @@ class PeerServer:
         self.audit = audit or AuditLog(None)
         self.max_in_flight = max_in_flight
         self.piece_wait = piece_wait
+        self.blob_wait = blob_wait
         self.handshake_timeout = handshake_timeout
         self._secret = secret
         self._host = host
@@ -311,6 +317,7 @@ class _ServerConnection(asyncio.Protocol):
         start = time.perf_counter()
         with server.audit.timed(RPC_PREAD, req.digest, req.offset) as rec:
             try:
+                await self._wait_for_blob(req.digest)
                 with store.lease(req.digest) as info:
                     await self._wait_for_range(info, req)
                     src = await store.file_range(req.digest, req.offset, req.length)
@@ -337,6 +344,14 @@ class _ServerConnection(asyncio.Protocol):
         server.bytes_sent += req.length
         if server.metrics is not None:
             server.metrics.record(MetricType.PEER, req.length, time.perf_counter() - start)
+
+    async def _wait_for_blob(self, digest: str) -> None:
+        """A child may ask before this peer has joined the blob's swarm itself (they
+        join at the same moment): wait up to ``blob_wait`` s for the blob to appear, then
+        the lease says ``NOT_FOUND``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.server.blob_wait):
+                await self.server.store.wait_blob(digest)
 
     async def _wait_for_range(self, info: BlobInfo, req: ReadRequest) -> None:
         if req.offset < 0 or req.length <= 0 or req.offset + req.length > info.size:
