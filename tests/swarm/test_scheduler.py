@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from shoal.swarm import (
     AskParents,
@@ -26,7 +27,7 @@ FULL = full_mask(N)
 STRIPE = [mask_of(range(s, N, 4)) for s in range(4)]
 
 
-def sched(**kw: int) -> Scheduler:
+def sched(**kw: Any) -> Scheduler:
     s = Scheduler(SchedulerPolicy(**kw), seed=7)
     s.add_blob("b", N * PS, PS, "root", 0.0)
     return s

@@ -52,7 +52,7 @@ class RangeFetch(Download):
                 raise PieceUnavailableError(f"{self.key}: no peer could supply piece {index}")
 
         await asyncio.gather(*(one(i) for i in wanted if not info.has(i)))
-        await self._flush()
+        await self.p.flush(self.root)
 
     def store_has_blob(self) -> bool:
         return False  # a partial blob is the point: keep what was fetched

@@ -43,6 +43,7 @@ from shoal.errors import DigestMismatchError, ShoalError
 from shoal.observability import Metrics
 from shoal.oci.digest import Digest
 from shoal.oci.range import ByteRange
+from shoal.peer.buffers import BufferPool
 from shoal.peer.client import PeerClient
 from shoal.registry.origin_fetch import Source
 from shoal.registry.provider import OriginProvider
@@ -62,11 +63,12 @@ log = logging.getLogger(__name__)
 
 FALLBACK_METRIC = "shoal_origin_fallback_total"
 FALLBACK_HELP = "Blobs this agent fetched from the origin itself because no root could serve"
+#: seconds between report batches to a root (one batch for every blob it schedules here)
 REPORT_INTERVAL = 0.05
 #: seconds between asks for parent sets the root pushed, when there is nothing to report
 PUSH_POLL = 0.5
-#: seconds between asks for piece hashes the root has not computed yet
-HASH_POLL = 0.02
+#: seconds the root may hold an ask for piece hashes it has not computed yet
+HASH_WAIT = 2.0
 
 
 class BlobFailedError(DigestMismatchError):
@@ -95,6 +97,10 @@ class SwarmProvider:
         self._fallback_limit = asyncio.Semaphore(max(config.p2p.fallback_limit, 1))
         self._roots_seen: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        #: reports waiting for the next batch, by root
+        self._outbox: dict[str, list[AnyReport]] = {}
+        self.buffers = BufferPool()
 
     def __repr__(self) -> str:
         return f"<SwarmProvider {self.peer_id} [{len(self._downloads)} downloading]>"
@@ -102,12 +108,14 @@ class SwarmProvider:
     def start(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self._heartbeat = asyncio.create_task(self._beat())
+        self._reporter = asyncio.create_task(self._report_loop())
 
     async def close(self) -> None:
         tasks = [d.task for d in self._downloads.values() if d.task is not None]
         tasks += self._ranges
-        if self._heartbeat is not None:
-            tasks.append(self._heartbeat)
+        for helper in (self._heartbeat, self._reporter):
+            if helper is not None:
+                tasks.append(helper)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -164,6 +172,43 @@ class SwarmProvider:
     def saw_root(self, root: str) -> None:
         self._roots_seen.add(root)
 
+    # --- reports: one batch per root every REPORT_INTERVAL, for all its blobs -----------
+
+    def report(self, root: str, report: AnyReport) -> None:
+        self._outbox.setdefault(root, []).append(report)
+
+    async def _report_loop(self) -> None:
+        """Every 50 ms, each root with news gets one batch for every blob it schedules
+        here (a request per download would be one per layer: 4-40x the calls); at least
+        every ``PUSH_POLL`` s it is asked for parent sets it pushed."""
+        loop = asyncio.get_running_loop()
+        last: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            now = loop.time()
+            live = {d.root for d in self._downloads.values() if d.root and not d.root_lost}
+            lost = {d.root for d in self._downloads.values() if d.root_lost}
+            for root in lost & set(self._outbox):
+                del self._outbox[root]  # the downloads went to the origin instead
+            polls = {r for r in live if now - last.get(r, 0.0) >= PUSH_POLL}
+            due = sorted(polls | {r for r, batch in self._outbox.items() if batch})
+            for root in due:
+                last[root] = now
+            await asyncio.gather(*(self.flush(root) for root in due))
+
+    async def flush(self, root: str) -> None:
+        """Send ``root`` what is waiting for it now; deliver the parent sets it pushed."""
+        reports = self._outbox.pop(root, [])
+        try:
+            answer = await self.control.update(root, UpdateRequest(self.peer_id, reports))
+        except RootUnavailableError:
+            for download in list(self._downloads.values()):
+                if download.root == root:
+                    download.doubt_root()
+            return
+        for pushed in answer.assignments:
+            self.deliver(pushed.blob, [o.offer() for o in pushed.parents])
+
     async def _beat(self) -> None:
         """Every 2 s: a load report to the roots (liveness), and to a root that restarted
         (a new incarnation, its soft state gone) the list of whole blobs held here."""
@@ -209,7 +254,6 @@ class Download:
         self.root = ""
         self.hashes: list[bytes | None] = []
         self.picker: PiecePicker | None = None
-        self._reports: list[AnyReport] = []
         self._fetches: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._hash_event = asyncio.Event()
@@ -255,7 +299,6 @@ class Download:
         self.picker = PiecePicker(self.p.peer_id, self.key, info.piece_count, have=have)
         loop = asyncio.get_running_loop()
         self._apply(self.picker.on_parents([o.offer() for o in state.parents], loop.time()))
-        self._spawn(self._report_loop())
         while not self.picker.done:
             if self.failed:
                 raise BlobFailedError(f"{self.key}: {self.failed}")
@@ -308,7 +351,7 @@ class Download:
                 break
             await asyncio.sleep(0.05)
         await self.p.store.finish(self.key, verify=verify)
-        await self._flush()
+        await self.p.flush(self.root)
 
     def _set_geometry(self, info: BlobInfo) -> None:
         if not self.geometry.done():
@@ -342,7 +385,11 @@ class Download:
             return state
         return None
 
-    def _doubt_root(self) -> None:
+    def report(self, report: AnyReport) -> None:
+        if self.root and not self.root_lost:
+            self.p.report(self.root, report)
+
+    def doubt_root(self) -> None:
         """A call to the root failed: it is lost only if it stays silent for a while.
 
         A busy root (hundreds of agents, a 2-core machine) answers late now and then;
@@ -398,16 +445,15 @@ class Download:
             await self._hash_event.wait()
 
     async def _refresh_hashes(self) -> None:
-        """Ask the root for hashes it computed since; paced, so waiting is not polling."""
+        """Ask the root for hashes it computed since; it answers when there are new ones
+        (or after ``HASH_WAIT``), so waiting is not polling."""
         self._refreshing = True
         try:
             known = self._known()
-            state = await self.p.control.blob(self.root, self.key, known)
-            if not state.hashes:
-                await asyncio.sleep(HASH_POLL)
+            state = await self.p.control.blob(self.root, self.key, known, wait=HASH_WAIT)
             self._take_hashes(state)
         except RootUnavailableError:
-            self._doubt_root()
+            self.doubt_root()
             await asyncio.sleep(0.2)
             self._hash_event.set()
         finally:
@@ -420,34 +466,12 @@ class Download:
                 self.root, ParentsRequest(self.p.peer_id, self.key, known=self._known())
             )
         except RootUnavailableError:
-            self._doubt_root()
+            self.doubt_root()
             return
         self._take_hashes(state)
         now = asyncio.get_running_loop().time()
         self._apply(self.picker.on_parents([o.offer() for o in state.parents], now))
         self._wake.set()
-
-    async def _report_loop(self) -> None:
-        """Reports every 50 ms; at least every ``PUSH_POLL`` s, to collect pushed parents."""
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(REPORT_INTERVAL)
-            if self._reports or loop.time() - last >= PUSH_POLL:
-                last = loop.time()
-                await self._flush(force=True)
-
-    async def _flush(self, *, force: bool = False) -> None:
-        if (not self._reports and not force) or self.root_lost:
-            return
-        reports, self._reports = self._reports, []
-        try:
-            answer = await self.p.control.update(self.root, UpdateRequest(self.p.peer_id, reports))
-        except RootUnavailableError:
-            self._doubt_root()
-            return
-        for pushed in answer.assignments:
-            self.p.deliver(pushed.blob, [o.offer() for o in pushed.parents])
 
     def on_parents(self, offers: list[ParentOffer]) -> None:
         """A parent set the root pushed (this agent's place in a stripe tree changed)."""
@@ -473,9 +497,9 @@ class Download:
                 if not any(index == action.index for _, index in self._fetches):
                     # nobody here fetches it now: the root must not hand this agent out
                     # for it (children already queued get it once another copy lands)
-                    self._reports.append(AbandonedReport(self.key, [action.index]))
+                    self.report(AbandonedReport(self.key, [action.index]))
             elif isinstance(action, ParentFailed):
-                self._reports.append(
+                self.report(
                     FailedReport(self.key, action.parent, action.reason.value, action.index)
                 )
             elif isinstance(action, NeedParents) and not self.root_lost:
@@ -487,7 +511,6 @@ class Download:
         ``None`` on success, else why it failed (for the picker and the root).
         """
         try:
-            expected = await self._hash(index)
             picker = self.picker
             loop = asyncio.get_running_loop()
             asked = first = loop.time()
@@ -499,17 +522,23 @@ class Download:
                     picker.on_started(parent, index, loop.time())
                 # only now may the root hand this agent out for the piece: announced at
                 # request time, two agents could end up waiting on each other for it
-                self._reports.append(FetchingReport(self.key, [index]))
+                self.report(FetchingReport(self.key, [index]))
 
+            buffer = self.p.buffers.take(info.piece_length(index))
+            # asked before its hash is known (pieces the root has not fetched yet are
+            # queued for ahead); checked against it, on the disk thread, before stored
             data = await self.p.peers.read(
                 parent,
                 self.key,
                 index * info.piece_size,
-                info.piece_length(index),
-                sha256=expected,
+                len(buffer),
+                into=buffer,
                 on_start=started,
             )
-            await self.p.store.write_piece(self.key, index, data, sha256=expected)
+            expected = await self._hash(index)
+            await self.p.store.write_piece(self.key, index, data, expect=expected)
+            # not on cancellation: a worker thread may still be hashing or writing it
+            self.p.buffers.give(buffer)
             log.debug(
                 "piece %d of %s from %s: waited %.3f s, took %.3f s",
                 index, self.key[7:19], parent, first - asked, loop.time() - first,
@@ -524,7 +553,7 @@ class Download:
         except (OSError, ConnectionError) as exc:
             log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc)
             return FailReason.UNREACHABLE
-        self._reports.append(HaveReport(self.key, [index]))
+        self.report(HaveReport(self.key, [index]))
         return None
 
     async def _fetch(self, parent: str, index: int) -> None:
@@ -544,7 +573,7 @@ class Download:
         else:
             self._apply(self.picker.on_failed(parent, index, now, reason))
         if reason is not None:
-            self._reports.append(AbandonedReport(self.key, [index]))
+            self.report(AbandonedReport(self.key, [index]))
         self._wake.set()
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:

@@ -68,6 +68,10 @@ class BlobState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: str = ""
     parents: list[Offer] = msgspec.field(default_factory=list)
 
+    @property
+    def piece_count(self) -> int:
+        return -(-self.size // self.piece_size) if self.piece_size > 0 else 0
+
 
 class ParentsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     peer: str

@@ -8,6 +8,8 @@ root as its seed; every piece the fetch stores is announced to the scheduler at 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +61,8 @@ from shoal.swarm import (
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20
+#: seconds a hash ask may be held (below the agents' control timeout)
+MAX_HASH_WAIT = 3.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -183,9 +187,23 @@ class ControlAPI:
         )
 
     async def blob(self, request: web.Request) -> web.Response:
+        """The blob's state; ``wait=S`` holds the answer (at most ``MAX_HASH_WAIT`` s)
+        until piece ``known``'s hash exists, so an agent waiting for hashes does not poll."""
         digest = request.match_info["digest"]
-        known = int(request.query.get("known", "0"))
-        return self._state(digest, known, None, self.root.failure(digest))
+        try:
+            known = int(request.query.get("known", "0"))
+            wait = min(float(request.query.get("wait", "0")), MAX_HASH_WAIT)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text="known and wait must be numbers") from exc
+        failed = self.root.failure(digest)
+        if wait > 0 and not failed:
+            state = self.root.state(digest, known, failed)
+            if not state.hashes and not state.complete and 0 <= known < state.piece_count:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self.root.wait_piece(digest, known)
+                failed = self.root.failure(digest)
+        return self._state(digest, known, None, failed)
 
     def _state(
         self, blob: str, known: int, assignment: Assignment | None, failed: str
@@ -223,3 +241,7 @@ class RootLike(Protocol):
         ...
 
     def state(self, blob: str, known: int, failed: str) -> BlobState: ...
+
+    async def wait_piece(self, blob: str, index: int) -> None:
+        """Until the root holds piece ``index`` (and so its hash), or it never will."""
+        ...

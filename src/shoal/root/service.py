@@ -10,6 +10,7 @@ and requests for parents. Its state is soft: after a restart agents simply join 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -243,6 +244,10 @@ class Root:
             self.schedule(Have(self.peer_id, digest, (index,)))
         except ShoalError:
             pass  # the swarm was dropped (a failure) while a piece was in flight
+
+    async def wait_piece(self, blob: str, index: int) -> None:
+        with contextlib.suppress(ShoalError):  # gone or abandoned: the state says why
+            await self.store.wait_piece(blob, index)
 
     def state(self, blob: str, known: int, failed: str) -> BlobState:
         info = self.store.lookup(blob)

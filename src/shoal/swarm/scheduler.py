@@ -81,6 +81,8 @@ SCORE: dict[str, float] = {"useful": 2.0, "free": 1.5, "zone": 1.0, "slow": 1.0}
 class SchedulerPolicy:
     stripes: int = 4  #: stripes per blob = child slots of an interior node
     seed_fanout: int = 1  #: children of the seed per stripe
+    #: offer a stripe parent as fetching its whole stripe (children queue ahead on it)
+    queue_on_stripe: bool = True
     spares: int = 0  #: mesh parents besides the stripe parents (see rule 4)
     sample: int = 32  #: random candidates scored per spare choice
     child_slots: int = 6  #: spare children a peer takes before it counts as loaded
@@ -699,12 +701,17 @@ class Scheduler:
         offers = []
         for pid, mask in only.items():
             c = swarm.members[pid]
+            # a stripe parent receives every piece of its stripe, as the seed does: the
+            # child may queue on any of them (cut-through along the tree, which has no
+            # cycles), instead of learning piece by piece what the parent holds; a real
+            # agent hears no such news between assignments
+            coming = mask if self.policy.queue_on_stripe else c.fetching & mask
             offers.append(
                 ParentOffer(
                     pid,
                     c.peer.zone,
                     c.have & mask,
-                    c.fetching & mask & ~c.have,
+                    coming & ~c.have,
                     mask,
                     seed=c is swarm.seed,
                 )
