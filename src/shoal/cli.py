@@ -7,8 +7,10 @@ line on stderr and a non-zero exit; a traceback means a bug in shoal.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from shoal import __version__
 from shoal.errors import ShoalError
@@ -155,12 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: a directory: the command runs under cProfile and writes <command>-<pid>.prof there
+PROFILE_ENV = "SHOAL_PROFILE"
+
+
+def _profiled(handler: Handler, args: argparse.Namespace) -> int:
+    """For finding where a process's CPU goes in a real run (bench agents, the root)."""
+    import cProfile
+
+    out = Path(os.environ[PROFILE_ENV]) / f"{args.command}-{os.getpid()}.prof"
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        return handler(args)
+    finally:
+        profile.disable()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        return _profiled(handler, args) if os.environ.get(PROFILE_ENV) else handler(args)
     except ShoalError as exc:
         print(f"shoal {args.command}: {exc.message}", file=sys.stderr)
         return 2
