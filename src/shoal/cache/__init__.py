@@ -14,7 +14,6 @@ from shoal.cache.errors import (
     PieceWriteError,
 )
 from shoal.cache.layout import (
-    DEFAULT_PIECE_SIZE,
     MAX_PIECE_SIZE,
     MAX_PIECES,
     check_digest,
@@ -25,7 +24,6 @@ from shoal.cache.layout import (
 from shoal.cache.store import FileRange, PieceStore
 
 __all__ = [
-    "DEFAULT_PIECE_SIZE",
     "MAX_PIECES",
     "MAX_PIECE_SIZE",
     "Bitfield",

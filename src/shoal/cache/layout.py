@@ -17,9 +17,11 @@ import re
 from shoal.errors import DigestInvalidError
 
 MiB = 1 << 20
-DEFAULT_PIECE_SIZE = 4 * MiB
 MIN_PIECE_SIZE = 16 * 1024
 MAX_PIECE_SIZE = 16 * MiB
+#: the automatic choice: pieces of at least this size, at most TARGET_PIECES of them
+AUTO_MIN_PIECE = 1 * MiB
+TARGET_PIECES = 64
 MAX_PIECES = 1 << 16
 HASH_SIZE = 32
 
@@ -34,8 +36,22 @@ def check_digest(digest: str) -> str:
 
 
 def choose_piece_size(size: int, configured: int = 0) -> int:
-    """``configured`` if set, else the default, doubled until the blob fits MAX_PIECES."""
-    piece = configured or DEFAULT_PIECE_SIZE
+    """``configured`` if set (doubled until the blob fits MAX_PIECES), else by size: the
+    smallest power of two that cuts the blob into at most ``TARGET_PIECES`` pieces,
+    between ``AUTO_MIN_PIECE`` and ``MAX_PIECE_SIZE``.
+
+    Why by size: a swarm pipelines a blob piece by piece down trees several hops deep,
+    and each hop costs a piece's transfer time, so a small layer in big pieces pays
+    the hops in whole seconds (the 16-node bench, 16 MiB layers: p95 20.1 s in 4 MiB
+    pieces, 10.3 s in 1 MiB, 10.35 s in 512 KiB); a big blob in small pieces pays the
+    per-piece cost (requests, reports, hashing hops) tens of thousands of times.
+    """
+    if configured:
+        piece = configured
+    else:
+        piece = AUTO_MIN_PIECE
+        while piece < MAX_PIECE_SIZE and piece_count(size, piece) > TARGET_PIECES:
+            piece *= 2
     while piece < MAX_PIECE_SIZE and piece_count(size, piece) > MAX_PIECES:
         piece *= 2
     check_geometry(size, piece)
