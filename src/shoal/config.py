@@ -91,6 +91,10 @@ class P2PConfig(_Section, frozen=True):
     root_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     #: blobs this agent may fetch from the origin at once when no root answers
     fallback_limit: Annotated[int, msgspec.Meta(ge=0)] = 2
+    #: on serving an image manifest, join the swarms of its config and every layer at
+    #: once (they flow in parallel; the runtime reads what has landed); costs peer
+    #: traffic and disk for layers the node already has unpacked
+    prefetch: bool = True
 
 
 class CacheConfig(_Section, frozen=True):

@@ -153,3 +153,37 @@ async def test_accelerator_range_fetches_only_the_pieces_it_needs(
             assert await r.read() == data[first : last + 1]
     received = counts(await cluster.metrics(node))["peer"]
     assert received == 2 << 20  # two pieces, not twelve
+
+
+async def test_serving_an_image_manifest_starts_every_blob_of_it(
+    tmp_path: Path, origin: OriginRegistry, swarm_image: BuiltImage, cluster: LocalCluster
+) -> None:
+    """The runtime asks for layers a few at a time (skopeo asks for the config last);
+    an agent that served the manifest joins every blob's swarm at once. An index names
+    manifests, not blobs: it starts nothing."""
+    node = cluster.agents[0]
+    base = f"http://{node.mirror}/v2/{swarm_image.repo}/manifests"
+    accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/{swarm_image.tag}", headers=accept) as r:
+            assert r.status == 200 and await r.read() == swarm_image.index
+        await asyncio.sleep(1.0)
+        assert counts(await cluster.metrics(node))["peer"] == 0
+        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        async with session.get(f"{base}/{swarm_image.manifest_digest}", headers=accept) as r:
+            assert r.status == 200 and await r.read() == swarm_image.manifest
+    # nobody asked for a blob: the agent fetched them all through the swarm by itself
+    for _ in range(200):
+        if counts(await cluster.metrics(node))["peer"] >= swarm_image.total_size:
+            break
+        await asyncio.sleep(0.1)
+    assert counts(await cluster.metrics(node))["peer"] == swarm_image.total_size
+    for blob in swarm_image.blobs():
+        assert origin.blob_gets(blob.digest) == 1  # by the root, once
+    # the pull is then served from the store: no byte comes in twice
+    dest = await skopeo_pull(tmp_path, origin, node, swarm_image)
+    for blob in swarm_image.blobs():
+        data = oci_layout_blob(dest, blob.digest).read_bytes()
+        assert f"sha256:{hashlib.sha256(data).hexdigest()}" == blob.digest
+    c = counts(await cluster.metrics(node))
+    assert c["pread"] == swarm_image.total_size and c["peer"] == swarm_image.total_size

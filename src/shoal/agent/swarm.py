@@ -71,6 +71,16 @@ PUSH_POLL = 0.5
 HASH_WAIT = 2.0
 
 
+#: blobs of one manifest joined ahead of the runtime's requests, at most
+MAX_PREFETCH = 128
+
+
+def _quiet(fut: asyncio.Future[BlobInfo]) -> None:
+    """A prefetch nobody awaited may fail; its error is logged by the download."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class BlobFailedError(DigestMismatchError):
     """The root failed the blob for everyone (its origin content did not match)."""
 
@@ -121,17 +131,42 @@ class SwarmProvider:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def ensure(self, digest: Digest, source: Source) -> BlobInfo:
-        key = str(digest)
-        info = self.store.lookup(key)
+        info = self.store.lookup(str(digest))
         if info is not None and info.complete:
             return info
+        return await asyncio.shield(self._download(digest, source).geometry)
+
+    def _download(self, digest: Digest, source: Source) -> Download:
+        key = str(digest)
         download = self._downloads.get(key)
         if download is None:
             download = Download(self, digest, source)
             self._downloads[key] = download
             download.task = asyncio.create_task(download.run())
             download.task.add_done_callback(lambda _: self._downloads.pop(key, None))
-        return await asyncio.shield(download.geometry)
+        return download
+
+    def prefetch(self, blobs: list[tuple[Digest, int]], source: Source) -> int:
+        """Join the swarms of a manifest's blobs now, not when the runtime asks for each
+        (containerd asks 3 at a time, skopeo asks for the config last): they flow in
+        parallel and what the runtime reads has landed. Only what is not here, not on
+        its way, and fits in half the store; a prefetch that fails costs nothing (the
+        runtime's own request starts the blob again)."""
+        if not self.config.p2p.prefetch:
+            return 0
+        room = self.store.capacity // 2
+        started = 0
+        for digest, size in blobs[:MAX_PREFETCH]:
+            key = str(digest)
+            if key in self._downloads or self.store.lookup(key) is not None:
+                continue
+            room -= size
+            if room < 0:
+                break
+            download = self._download(digest, source)
+            download.geometry.add_done_callback(_quiet)
+            started += 1
+        return started
 
     async def ensure_range(self, digest: Digest, source: Source, byte_range: ByteRange) -> BlobInfo:
         """Only the pieces ``byte_range`` needs (on-demand loading), unless the whole blob

@@ -36,7 +36,13 @@ from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler
 from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
-from shoal.oci.manifest import ACCEPT_ALL, MAX_MANIFEST_BYTES
+from shoal.oci.manifest import (
+    ACCEPT_ALL,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    media_type_of,
+    parse_manifest,
+)
 from shoal.oci.range import ByteRange, parse_content_range, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
 from shoal.oci.upstream import derive_upstream
@@ -190,7 +196,30 @@ class Mirror:
             if isinstance(ref, Digest) and actual != str(ref):
                 raise DigestMismatchError(f"upstream manifest {ref} hashes to {actual}")
             out["Docker-Content-Digest"] = actual
+            if self.provider is not None:
+                self._prefetch(
+                    body, out["Content-Type"], Source(host, name, headers["Authorization"])
+                )
             return web.Response(status=200, body=body, headers=out)
+
+    def _prefetch(self, body: bytes, content_type: str, source: Source) -> None:
+        """An image manifest names the blobs the runtime is about to ask for: the
+        provider may start them all now (an index names manifests, not blobs)."""
+        assert self.provider is not None
+        try:
+            if media_type_of(body, content_type) not in MANIFEST_TYPES:
+                return
+            manifest = parse_manifest(body)
+            blobs = [
+                (parse_digest(d["digest"]), d["size"])
+                for d in (manifest["config"], *manifest["layers"])
+            ]
+        except ShoalError as exc:
+            log.debug("no prefetch for %s: %s", source.name, exc)
+            return
+        started = self.provider.prefetch(blobs, source)
+        if started:
+            log.debug("prefetching %d blobs of %s", started, source.name)
 
     # --- blobs -------------------------------------------------------------------
 

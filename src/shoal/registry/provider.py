@@ -28,6 +28,11 @@ class BlobProvider(Protocol):
         """Make sure the pieces of ``byte_range`` come (on-demand); geometry once known."""
         ...
 
+    def prefetch(self, blobs: list[tuple[Digest, int]], source: Source) -> int:
+        """Start downloads of the blobs (digest, size from the manifest) an image
+        manifest just served names, without waiting; how many were started."""
+        ...
+
 
 class OriginProvider:
     """The agent fetches from the origin itself, once per blob, into its store."""
@@ -45,3 +50,6 @@ class OriginProvider:
 
     async def ensure_range(self, digest: Digest, source: Source, byte_range: ByteRange) -> BlobInfo:
         return await self.ensure(digest, source)  # one stream from the origin: all of it
+
+    def prefetch(self, blobs: list[tuple[Digest, int]], source: Source) -> int:
+        return 0  # without a swarm every prefetch is another read of the origin
