@@ -526,9 +526,10 @@ class PiecePicker:
         pol = self.policy
         if pol.slow_ratio <= 0 or p.seed or p.samples < pol.slow_samples:
             return False
-        others = sorted(
+        others = [
             q.mean for q in self._parents.values() if q is not p and q.samples >= pol.slow_samples
-        )
+        ]
+        others.sort()
         if len(others) < 2:
             return False
         return p.mean > pol.slow_ratio * others[len(others) // 2]
