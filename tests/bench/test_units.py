@@ -12,6 +12,8 @@ from shoal.bench.cpu import CpuUse
 from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
 from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
+from shoal.bench.main import options_from_args
+from shoal.cli import build_parser
 from shoal.cli import main as cli_main
 
 
@@ -82,3 +84,10 @@ def test_markdown_table_from_the_json() -> None:
     text = markdown(to_json(result))
     assert "| shoal | 4/4 | 1.00 | 1.00 | 1.00 |" in text
     assert "| 75.0% | 1.00 (0.96) | 1.00 (0.96) | 95% ⚠ busy |" in text
+
+
+def test_piece_size_option_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "--piece-kib", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "shoal bench: --piece-kib must not be negative"
+    args = build_parser().parse_args(["bench", "--piece-kib", "512"])
+    assert options_from_args(args).piece_kib == 512
