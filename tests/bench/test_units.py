@@ -9,10 +9,10 @@ import pytest
 
 from shoal.bench.bencode import decode, info_hash, scrape_complete
 from shoal.bench.cpu import CpuUse
+from shoal.bench.main import options_from_args
 from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
 from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
-from shoal.bench.main import options_from_args
 from shoal.cli import build_parser
 from shoal.cli import main as cli_main
 
