@@ -130,15 +130,16 @@ def test_a_shared_host_cpu_slows_the_swarm_and_the_replay_says_both(
     slow, origin, unfinished = p95(busy)
     assert unfinished == 0 and origin == p.image_bytes
     assert slow > 1.5 * free
-    bench = {
-        "options": {
-            "nodes": 8,
-            "roots": 1,
-            "rate_mbit": 100,
-            "origin_rate_mbit": 100,
-            "layers": 2,
-            "layer_mib": 4,
-        },
+    options = {
+        "nodes": 8,
+        "roots": 1,
+        "rate_mbit": 100,
+        "origin_rate_mbit": 100,
+        "layers": 2,
+        "layer_mib": 4,
+    }
+    bench: dict[str, object] = {
+        "options": options,
         "layer_bytes": 8 * MIB,
         "tcp_goodput": 0.95,
         "modes": [{"mode": "shoal", "p95_s": 3.0}],
@@ -148,3 +149,8 @@ def test_a_shared_host_cpu_slows_the_swarm_and_the_replay_says_both(
     assert main(["sim", "--from-bench", str(f), "--host-cores", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "one host of 0.5 cores" in out and "(links alone:" in out
+    assert "piece 4 MiB" in out  # a bench from before --piece-kib: the old default
+    options["piece_kib"] = 0  # shoal chose the piece size by blob size: 1 MiB here
+    f.write_text(json.dumps(bench))
+    assert main(["sim", "--from-bench", str(f)]) == 0
+    assert "piece 1 MiB" in capsys.readouterr().out

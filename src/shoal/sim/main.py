@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from shoal.cache import choose_piece_size
 from shoal.errors import ConfigInvalidError
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
@@ -358,15 +359,19 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
     o = data["options"]
     goodput = float(data.get("tcp_goodput", 1.0))
     cores = args.host_cores if args.host_cores is not None else float(os.cpu_count() or 1)
+    # the bench's ``layer_bytes`` is all layers together (tar+gzip framing included)
+    layer = _per_layer(data, o)
+    if "piece_kib" not in o:  # a bench from before --piece-kib: the agents' 4 MiB default
+        piece = int(args.piece_mib * MIB)
+    else:  # the size it set, or the one shoal chooses by blob size (0)
+        piece = choose_piece_size(layer, int(o["piece_kib"]) * 1024)
     p = SimParams(
         nodes=int(o["nodes"]),
         roots=int(o.get("roots", 1)),
-        # the bench's ``layer_bytes`` is all layers together (tar+gzip framing included)
-        layers=(_per_layer(data, o),) * int(o["layers"]),
+        layers=(layer,) * int(o["layers"]),
         link_bps=o["rate_mbit"] * 1e6 / 8 * goodput,
         origin_bps=o["origin_rate_mbit"] * 1e6 / 8 * goodput,
-        # the bench's swarm piece size when it set one (``--piece-kib``), else ours
-        piece_size=int(o.get("piece_kib") or 0) * 1024 or int(args.piece_mib * MIB),
+        piece_size=piece,
         seed=args.seed,
         host_cores=cores,
         cpu=cpu_from(args),
