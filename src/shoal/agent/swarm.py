@@ -69,6 +69,8 @@ REPORT_INTERVAL = 0.05
 PUSH_POLL = 0.5
 #: seconds the root may hold an ask for piece hashes it has not computed yet
 HASH_WAIT = 2.0
+#: seconds before asking again when an answer brought no new hash
+HASH_PAUSE = 0.05
 
 
 #: blobs of one manifest joined ahead of the runtime's requests, at most
@@ -486,6 +488,8 @@ class Download:
         try:
             known = self._known()
             state = await self.p.control.blob(self.root, self.key, known, wait=HASH_WAIT)
+            if not state.hashes:  # held to the limit, or a root that cannot wait: pace
+                await asyncio.sleep(HASH_PAUSE)
             self._take_hashes(state)
         except RootUnavailableError:
             self.doubt_root()
