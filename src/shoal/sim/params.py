@@ -21,20 +21,21 @@ NS = 1e-9  # seconds in a nanosecond: CPU costs are given in ns per byte
 class CpuCosts:
     """CPU seconds per byte of each part of a pull (only used with ``host_cores``).
 
-    Defaults: the medians of six runs of ``bench/cpu_cost.py --rate-mbit 100`` on this
-    machine (the benchmark's shaped links, 4 MiB pieces; docs/sim.md has every run). A
-    faster agent is a new measurement, not new code: pass the new figures
-    (``shoal sim --cpu-recv-ns ...``).
+    Defaults: ``bench/cpu_cost.py --rate-mbit 100 --piece-kib 1024 --repeat 3`` on this
+    machine (the benchmark's shaped links; the agent as of commit 31100af, which picks
+    1 MiB pieces for the bench's 16 MiB layers); docs/sim.md has every run, and the
+    older agent's figures. A faster agent is a new measurement, not new code: pass the
+    new figures (``shoal sim --cpu-recv-ns ...``).
     """
 
-    recv: float = 6.27 * NS  #: an agent fetches a piece a peer holds, verifies, stores it
+    recv: float = 7.50 * NS  #: an agent fetches a piece a peer holds, verifies, stores it
     #: the same when the request waited at a parent still fetching the piece (cut-through)
-    recv_cut: float = 14.27 * NS
-    send: float = 1.03 * NS  #: an agent or root serves a piece to a peer
-    serve: float = 0.67 * NS  #: an agent answers its runtime from the piece store
-    client: float = 4.13 * NS  #: the runtime (skopeo) receives, verifies, writes a layer
-    fetch: float = 12.12 * NS  #: a root fetches a piece from the origin, verifies, stores it
-    registry: float = 0.86 * NS  #: the origin registry sends a byte
+    recv_cut: float = 5.84 * NS
+    send: float = 2.41 * NS  #: an agent or root serves a piece to a peer
+    serve: float = 0.47 * NS  #: an agent answers its runtime from the piece store
+    client: float = 5.27 * NS  #: the runtime (skopeo) receives, verifies, writes a layer
+    fetch: float = 6.01 * NS  #: a root fetches a piece from the origin, verifies, stores it
+    registry: float = 0.89 * NS  #: the origin registry sends a byte
 
     @property
     def agent_in(self) -> float:
