@@ -217,3 +217,13 @@ def test_a_new_parent_set_withdraws_queued_requests_it_no_longer_covers() -> Non
     assert ("x", 2) in reqs(p.requests(0.35))  # the withdrawn piece, asked of x
     p.on_piece("seed", 0, 0.4)
     assert p.have & 1
+
+
+def test_pieces_a_parent_is_still_fetching_are_queued_in_its_stream_order() -> None:
+    # a stripe parent offered as fetching its whole stripe (the odd pieces), holding
+    # none yet: beyond the window, queue on the pieces it receives next, not at random
+    pol = PickerPolicy(window=2, per_parent=3, total=12)
+    p = PiecePicker("me", "b", 256, pol, seed=7)
+    odd = mask_of(range(1, 256, 2))
+    p.on_parents([offer("a", have=0, fetching=odd, only=odd)], 0.0)
+    assert reqs(p.requests(0.0)) == [("a", 1), ("a", 3), ("a", 5)]

@@ -15,7 +15,11 @@ Rules:
    runtime can be streamed in order; beyond the window, the rarest among this agent's
    parents (sampled: ``samples`` random candidates, fewest parents holding it), so that
    peers hold different pieces to trade. A parent is asked first for pieces it holds,
-   then for pieces it is still fetching (cut-through: it answers when they land).
+   then for pieces it is still fetching (cut-through: it answers when they land), and
+   those lowest index first: they land in about that order, and a read queued on a
+   piece the parent gets last holds a request slot all that time (a stripe parent is
+   offered as fetching its whole stripe; picked rarest-first among those, the 10 GB
+   row of the reference table ran at 1.39x the bound at 200 nodes, in order 1.02x).
 3. Stall: a request is stalled when its bytes have been flowing (``on_started``) longer
    than ``stall_factor`` x the mean piece time seen so far, and never sooner than
    ``stall_floor`` seconds (Dragonfly drops a parent at 20x the mean; relative, with a
@@ -397,12 +401,15 @@ class PiecePicker:
             while ready and free and self._inflight < pol.total:
                 p = min(ready, key=_busy)
                 lim = free & ~primary if p.spare else free
-                avail = p.has & lim or p.pending & lim
+                held = p.has & lim
+                avail = held or p.pending & lim
                 if not avail or p.inflight >= pol.per_parent:
                     ready.remove(p)
                     continue
                 w = avail & window
-                index = lowest(w) if w else self._rarest(avail)
+                # a queued read waits for the parent's own stream, which comes in index
+                # order: queue on its next pieces, not on random ones it gets last
+                index = lowest(w or avail) if w or not held else self._rarest(avail)
                 self._ask(p, index, now, actions)
                 free &= ~(1 << index)
         if not free and self._inflight < pol.total:
