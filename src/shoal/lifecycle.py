@@ -66,12 +66,21 @@ async def serve_until_signalled(
         await stop.wait()
 
 
+#: pending connections a listener queues (the kernel caps it at net.core.somaxconn)
+LISTEN_BACKLOG = 4096
+
+
 async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Listen with ``app`` on ``host`` ("" = every IPv4 and IPv6 address) and ``port``
     (0 = kernel's choice); return the runner (to clean up) and the bound port."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host=host or None, port=port, reuse_address=True)
+    # a root takes the joins of every agent for every layer at the same instant (32
+    # agents x 5 blobs = 160 connects in the bench); aiohttp's default backlog of 128
+    # dropped SYNs and agents gave up on a healthy root
+    site = web.TCPSite(
+        runner, host=host or None, port=port, reuse_address=True, backlog=LISTEN_BACKLOG
+    )
     try:
         await site.start()
     except OSError as exc:

@@ -67,6 +67,8 @@ FALLBACK_HELP = "Blobs this agent fetched from the origin itself because no root
 REPORT_INTERVAL = 0.05
 #: seconds between asks for parent sets the root pushed, when there is nothing to report
 PUSH_POLL = 0.5
+#: joins sent to a root that does not answer in time before the next root (or the origin)
+JOIN_TRIES = 3
 #: seconds the root may hold an ask for piece hashes it has not computed yet
 HASH_WAIT = 2.0
 #: seconds before asking again when an answer brought no new hash
@@ -409,7 +411,7 @@ class Download:
         )
         for root in self.p.roots_for(self.key):
             try:
-                state = await self.p.control.join(root, req)
+                state = await self._join_one(root, req)
             except RootUnavailableError as exc:
                 log.warning("root %s for %s: %s", root, self.key, exc.message)
                 continue
@@ -421,6 +423,20 @@ class Download:
             self.p.saw_root(root)
             return state
         return None
+
+    async def _join_one(self, root: str, req: JoinRequest) -> BlobState:
+        """A root that times out is asked again (``JOIN_TRIES`` in all): every agent
+        joins every layer at the same instant, and a loaded root answering late is far
+        cheaper than each agent reading the blob from the origin. One that refuses the
+        connection or fails is given up on at once."""
+        for attempt in range(1, JOIN_TRIES + 1):
+            try:
+                return await self.p.control.join(root, req)
+            except RootUnavailableError as exc:
+                if not exc.busy or attempt == JOIN_TRIES:
+                    raise
+                log.info("root %s slow to answer the join of %s: asking again", root, self.key)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def report(self, report: AnyReport) -> None:
         if self.root and not self.root_lost:

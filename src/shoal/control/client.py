@@ -24,15 +24,26 @@ from shoal.errors import UpstreamUnavailableError
 T = TypeVar("T")
 
 
+#: connections one agent keeps to one root at most
+CONNECTIONS_PER_ROOT = 16
+
+
 class RootUnavailableError(UpstreamUnavailableError):
-    """The root did not answer, or answered with an error."""
+    """The root did not answer, or answered with an error; ``busy``: it did not answer
+    in time (it may be alive and loaded), as opposed to refusing or failing."""
+
+    busy = False
 
 
 class ControlClient:
     def __init__(self, secret: bytes, *, timeout: float = 5.0) -> None:
         self._secret = secret
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 3.0))
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 3.0)),
+            # kept-alive connections, a bounded number per root: a burst of calls (a
+            # join per layer, hash asks, reports) waits here instead of opening dozens
+            # of connections at once against a root every agent is calling
+            connector=aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_ROOT),
         )
 
     async def __aenter__(self) -> ControlClient:
@@ -64,7 +75,9 @@ class ControlClient:
                         f"root {root} answered HTTP {resp.status}: {payload[:200]!r}"
                     )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise RootUnavailableError(f"root {root} unreachable: {type(exc).__name__}") from exc
+            error = RootUnavailableError(f"root {root} unreachable: {type(exc).__name__}")
+            error.busy = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+            raise error from exc
         try:
             return msgspec.json.decode(payload, type=kind)
         except msgspec.DecodeError as exc:
