@@ -11,6 +11,7 @@ from shoal.bench.bencode import decode, info_hash, scrape_complete
 from shoal.bench.cpu import CpuUse
 from shoal.bench.main import options_from_args
 from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
+from shoal.bench.netns import raise_neighbour_limits, restore_neighbour_limits
 from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
 from shoal.cli import build_parser
@@ -91,3 +92,14 @@ def test_piece_size_option_is_checked(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().err.strip() == "shoal bench: --piece-kib must not be negative"
     args = build_parser().parse_args(["bench", "--piece-kib", "512"])
     assert options_from_args(args).piece_kib == 512
+
+
+def test_neighbour_limits_are_raised_for_the_run_and_put_back(tmp_path: Path) -> None:
+    (tmp_path / "gc_thresh2").write_text("512\n")
+    (tmp_path / "gc_thresh3").write_text("4096\n")
+    found = raise_neighbour_limits(2000, where=tmp_path)
+    assert found == {"gc_thresh2": 512}  # gc_thresh3 was already high enough
+    assert (tmp_path / "gc_thresh2").read_text() == "2000"
+    assert (tmp_path / "gc_thresh3").read_text() == "4096\n"
+    restore_neighbour_limits(found, where=tmp_path)
+    assert int((tmp_path / "gc_thresh2").read_text()) == 512

@@ -67,6 +67,8 @@ class Cluster:
     nodes: list[Host] = field(default_factory=list)
     _made_ns: list[str] = field(default_factory=list)
     _route: str | None = None
+    #: the neighbour-table limits found before ``up()`` raised them, restored by ``down()``
+    _neigh: dict[str, int] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -92,6 +94,9 @@ class Cluster:
         if self.roots_n > FIRST_NODE - 3:
             raise BenchError(f"at most {FIRST_NODE - 3} roots")
         self._claim_subnet()
+        hosts = self.nodes_n + self.roots_n + 2
+        self._neigh = raise_neighbour_limits(2 * hosts * hosts)
+        self._save()
         base = self.subnet.rsplit(".", 1)[0]
         self._add_ns(self.bridge_ns)
         run(in_netns(self.bridge_ns, ["ip", "link", "add", BRIDGE, "type", "bridge"]))
@@ -170,6 +175,7 @@ class Cluster:
             "route": self._route,
             "netns": self._made_ns,
             "workdir": str(self.workdir),
+            "neigh": self._neigh,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -183,12 +189,46 @@ class Cluster:
         teardown(
             self.prefix, self._made_ns, self._route, None if self.keep_workdir else self.workdir
         )
+        restore_neighbour_limits(self._neigh)
+        self._neigh = {}
         self._made_ns = []
         self._route = None
         self.state_file.unlink(missing_ok=True)
         self.origin = self.proxy = None
         self.roots = []
         self.nodes = []
+
+
+NEIGH_DIR = Path("/proc/sys/net/ipv4/neigh/default")
+
+
+def raise_neighbour_limits(entries: int, where: Path = NEIGH_DIR) -> dict[str, int]:
+    """Make room for ``entries`` ARP entries; return the limits found (to restore).
+
+    The kernel's neighbour table is one table for every namespace, capped at
+    ``gc_thresh3`` (1,024 by default): with every host of a 36-host run talking to every
+    other (the BitTorrent mode) it overflowed ("neighbor table overflow!"), new
+    connections' packets were dropped, and the next mode's agents timed out connecting
+    to their root.
+    """
+    found: dict[str, int] = {}
+    for name, want in (("gc_thresh2", entries), ("gc_thresh3", 2 * entries)):
+        path = where / name
+        try:
+            current = int(path.read_text())
+            if current < want:
+                path.write_text(str(want))
+                found[name] = current
+        except (OSError, ValueError):
+            continue  # not ours to change here: the run may still fit
+    return found
+
+
+def restore_neighbour_limits(found: dict[str, int], where: Path = NEIGH_DIR) -> None:
+    for name in ("gc_thresh2", "gc_thresh3"):  # soft first: the hard limit stays above it
+        if name in found:
+            with contextlib.suppress(OSError):
+                (where / name).write_text(str(found[name]))
 
 
 def _link_bytes(netns: str, dev: str, direction: str) -> int:
@@ -251,6 +291,7 @@ def cleanup_leftovers(state_dir: Path = STATE_DIR) -> list[str]:
                 state.get("route") or None,
                 Path(workdir) if workdir else None,
             )
+            restore_neighbour_limits(dict(state.get("neigh") or {}))
             path.unlink(missing_ok=True)
             removed.append(str(state["prefix"]))
     # namespaces of dead runs that never wrote a state file
