@@ -19,6 +19,7 @@ from shoal.peer import (
     PeerUnavailableError,
     parse_address,
 )
+from shoal.peer.buffers import BufferPool
 from shoal.wire import MAX_PIECES, MAX_READ, AuthFailedError, ErrorCode
 from tests.cache.blobs import PIECE, make_blob, pieces, sha
 from tests.peer.conftest import SECRET, add_blob, has_ipv6
@@ -161,6 +162,31 @@ async def test_a_read_may_come_before_the_blob(store: PieceStore) -> None:
         with pytest.raises(PeerRequestError) as unknown:
             await client.read(("127.0.0.1", server.port), "sha256:" + "1" * 64, 0, PIECE)
         assert unknown.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_a_queued_read_takes_its_buffer_from_the_pool_only_when_bytes_come(
+    store: PieceStore,
+) -> None:
+    digest, data = await add_blob(store, 2, skip=(1,))
+    parts = pieces(data)
+    pool = BufferPool()
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", piece_wait=10) as server,
+        PeerClient(SECRET) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        queued = asyncio.create_task(
+            client.read(peer, digest, PIECE, PIECE, pool=pool, sha256=sha(parts[1]))
+        )
+        await until(lambda: any(c.tasks for c in server._connections))
+        assert pool.allocated == 0  # waiting at the parent costs no memory
+        await store.write_piece(digest, 1, parts[1])
+        got = await asyncio.wait_for(queued, 5)
+        assert bytes(got) == parts[1] and pool.allocated == 1
+        assert isinstance(got.obj, bytearray)
+        pool.give(got.obj)
+        again = await client.read(peer, digest, 0, PIECE, pool=pool)
+        assert bytes(again) == parts[0] and again.obj is got.obj and pool.allocated == 1
 
 
 async def test_a_cancelled_queued_read_is_never_sent(store: PieceStore) -> None:

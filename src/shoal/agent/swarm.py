@@ -579,21 +579,22 @@ class Download:
                 # request time, two agents could end up waiting on each other for it
                 self.report(FetchingReport(self.key, [index]))
 
-            buffer = self.p.buffers.take(info.piece_length(index))
             # asked before its hash is known (pieces the root has not fetched yet are
-            # queued for ahead); checked against it, on the disk thread, before stored
+            # queued for ahead); checked against it, on the disk thread, before stored;
+            # the buffer comes from the pool when the bytes start, not while queued
             data = await self.p.peers.read(
                 parent,
                 self.key,
                 index * info.piece_size,
-                len(buffer),
-                into=buffer,
+                info.piece_length(index),
+                pool=self.p.buffers,
                 on_start=started,
             )
             expected = await self._hash(index)
             await self.p.store.write_piece(self.key, index, data, expect=expected)
             # not on cancellation: a worker thread may still be hashing or writing it
-            self.p.buffers.give(buffer)
+            if isinstance(data.obj, bytearray):
+                self.p.buffers.give(data.obj)
             log.debug(
                 "piece %d of %s from %s: waited %.3f s, took %.3f s",
                 index, self.key[7:19], parent, first - asked, loop.time() - first,

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from shoal.cache import PieceCorruptError
 from shoal.observability import Metrics, MetricType
+from shoal.peer.buffers import BufferPool
 from shoal.peer.errors import PeerRequestError, PeerUnavailableError
 from shoal.wire import (
     HEADER_SIZE,
@@ -71,7 +72,7 @@ def parse_address(peer: str | Address) -> Address:
 
 
 class _Pending:
-    __slots__ = ("buffer", "filled", "future", "length", "on_start")
+    __slots__ = ("buffer", "filled", "future", "length", "on_start", "pool")
 
     def __init__(
         self,
@@ -79,11 +80,14 @@ class _Pending:
         buffer: memoryview | None,
         length: int,
         on_start: Callable[[], None] | None = None,
+        pool: BufferPool | None = None,
     ) -> None:
         self.future = future
         self.buffer = buffer
         self.length = length
         self.on_start = on_start
+        #: a read without a buffer yet takes one from here when its answer starts
+        self.pool = pool
         self.filled = 0
 
 
@@ -198,6 +202,8 @@ class PeerConnection(asyncio.BufferedProtocol):
             if pending is not None and pending.length != event.length:
                 raise ProtocolError(f"asked for {pending.length} bytes, peer sends {event.length}")
             self._body = pending
+            if pending is not None and pending.buffer is None and pending.pool is not None:
+                pending.buffer = memoryview(pending.pool.take(event.length))
             if pending is not None and pending.on_start is not None:
                 pending.on_start()
             if pending is not None and pending.buffer is not None:
@@ -402,27 +408,34 @@ class PeerClient:
         length: int,
         *,
         into: memoryview | bytearray | None = None,
+        pool: BufferPool | None = None,
         sha256: bytes | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> memoryview:
         """Bytes ``offset .. offset+length-1`` of ``digest`` from ``peer``.
 
-        They land in ``into`` (which must hold ``length`` bytes) or a new buffer. With
-        ``sha256`` they are verified before this returns (``PieceCorruptError``).
+        They land in ``into`` (which must hold ``length`` bytes), or in a buffer taken
+        from ``pool`` when the answer starts (a read queued at a parent for seconds
+        holds no memory; give it back with ``pool.give(result.obj)``), or in a new one.
+        With ``sha256`` they are verified before this returns (``PieceCorruptError``).
         ``on_start()`` is called when the answer's first bytes arrive (the swarm's
         ``on_started``: a cut-through parent may hold the request until the piece lands).
         """
-        buffer = memoryview(into if into is not None else bytearray(length)).cast("B")
-        if len(buffer) < length:
-            raise ValueError(f"buffer of {len(buffer)} bytes for a read of {length}")
-        buffer = buffer[:length]
+        buffer: memoryview | None = None
+        if into is not None or pool is None:
+            buffer = memoryview(into if into is not None else bytearray(length)).cast("B")
+            if len(buffer) < length:
+                raise ValueError(f"buffer of {len(buffer)} bytes for a read of {length}")
+            buffer = buffer[:length]
         conn = await self.connection(peer)
         start = time.perf_counter()
         async with conn.slots:
             fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
             req = ReadRequest(conn.next_id(), digest, offset, length)
-            pending = _Pending(fut, buffer, length, on_start)
-            await conn.request(req, pending, self.request_timeout)
+            pending = _Pending(fut, buffer, length, on_start, pool)
+            result = await conn.request(req, pending, self.request_timeout)
+        assert isinstance(result, memoryview)
+        buffer = result
         if sha256 is not None:
             got = await asyncio.to_thread(_sha256, buffer)
             if got != sha256:
