@@ -6,6 +6,7 @@ shell passes ``loop.time()``, the simulator its own clock. See docs/swarm.md.
 """
 
 from shoal.swarm.errors import BlobNotJoinedError, PeerNotJoinedError, PieceIndexError, SwarmError
+from shoal.swarm.membership import BlobSwarm
 from shoal.swarm.messages import (
     Abandoned,
     AskParents,
@@ -37,7 +38,7 @@ from shoal.swarm.pieces import (
     piece_length,
     to_bitfield,
 )
-from shoal.swarm.scheduler import SCORE, BlobSwarm, Scheduler, SchedulerPolicy
+from shoal.swarm.scheduler import SCORE, Scheduler, SchedulerPolicy
 
 __all__ = [
     "SCORE",

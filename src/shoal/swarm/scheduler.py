@@ -49,12 +49,12 @@ builds a *striped forest* (SplitStream's idea) and keeps a small mesh beside it:
 from __future__ import annotations
 
 import heapq
-import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.swarm.errors import BlobNotJoinedError, PeerNotJoinedError
+from shoal.swarm.membership import BlobSwarm, Member, PeerState
 from shoal.swarm.messages import (
     Abandoned,
     AskParents,
@@ -71,7 +71,7 @@ from shoal.swarm.messages import (
     PeerId,
     RootMessage,
 )
-from shoal.swarm.pieces import full_mask, mask_of, piece_count
+from shoal.swarm.pieces import mask_of
 
 #: weights of the spare-parent score (rule 4)
 SCORE: dict[str, float] = {"useful": 2.0, "free": 1.5, "zone": 1.0, "slow": 1.0}
@@ -92,123 +92,13 @@ class SchedulerPolicy:
     global_ban_reporters: int = 2  #: distinct agents reporting bad pieces ban a parent for all
 
 
-class _Peer:
-    """A node, over every blob: its uplink is one, so load and reputation are here."""
-
-    __slots__ = (
-        "bad_reporters",
-        "banned_until",
-        "children",
-        "dead",
-        "id",
-        "slow",
-        "uploads",
-        "zone",
-    )
-
-    def __init__(self, peer: PeerId, zone: str) -> None:
-        self.id = peer
-        self.zone = zone
-        self.children = 0  # spare children over all blobs
-        self.uploads = 0  # last reported active uploads
-        self.slow: list[float] = []  # times of slow reports
-        self.bad_reporters: set[PeerId] = set()
-        self.banned_until = 0.0
-        self.dead = False
-
-
-class _Member:
-    """A peer in one blob's swarm."""
-
-    __slots__ = (
-        "bans",
-        "depth",
-        "fetching",
-        "have",
-        "home",
-        "kids",
-        "peer",
-        "spares",
-        "stripe_parent",
-    )
-
-    def __init__(self, peer: _Peer, have: int, stripes: int) -> None:
-        self.peer = peer
-        self.have = have
-        self.fetching = 0
-        self.home = -1
-        self.depth = 0  # in the home stripe's tree; the seed's children are at 1
-        self.stripe_parent: list[PeerId | None] = [None] * stripes
-        self.kids: set[PeerId] = set()  # tree children (in the home stripe's tree)
-        self.spares: list[PeerId] = []
-        self.bans: dict[PeerId, float] = {}  # parent -> until
-
-
-class BlobSwarm:
-    """One blob's swarm as the root sees it; created by ``Scheduler.add_blob``."""
-
-    def __init__(
-        self, blob: str, size: int, piece_size: int, seed: _Member, policy: SchedulerPolicy
-    ) -> None:
-        self.blob = blob
-        self.size = size
-        self.piece_size = piece_size
-        self.count = piece_count(size, piece_size)
-        self.full = full_mask(self.count)
-        self.seed = seed
-        self.policy = policy
-        k = policy.stripes
-        self.stripe_masks = [mask_of(range(s, self.count, k)) for s in range(k)]
-        self.members: dict[PeerId, _Member] = {seed.peer.id: seed}
-        self.interior = [0] * k
-        self.zone_interior: dict[str, list[int]] = {}
-        self.seed_kids: list[set[PeerId]] = [set() for _ in range(k)]
-        self.provisional: list[set[PeerId]] = [set() for _ in range(k)]  # seed stands in
-        self.overflow: list[set[PeerId]] = [set() for _ in range(k)]  # a 5th child
-        # interior nodes with a free slot, by depth: (depth, seq, peer)
-        self.slots: list[list[tuple[int, int, PeerId]]] = [[] for _ in range(k)]
-        self.zone_slots: dict[tuple[int, str], list[tuple[int, int, PeerId]]] = {}
-        # leaves by the depth they sit at: (depth, seq, leaf, its parent)
-        self.leaves: list[list[tuple[int, int, PeerId, PeerId]]] = [[] for _ in range(k)]
-        self.seq = itertools.count()
-        self._order: list[PeerId] = []  # agents, for O(1) random sampling
-        self._pos: dict[PeerId, int] = {}
-        self.complete = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"<BlobSwarm {self.blob[:19]} [{self.count} pieces, seed has "
-            f"{self.seed.have.bit_count()} | {len(self._order)} agents, {self.complete} "
-            f"complete | interior per stripe {self.interior}, provisional "
-            f"{[len(p) for p in self.provisional]}]>"
-        )
-
-    def agents(self) -> int:
-        return len(self._order)
-
-    def _add(self, m: _Member) -> None:
-        pid = m.peer.id
-        self.members[pid] = m
-        self._pos[pid] = len(self._order)
-        self._order.append(pid)
-
-    def _remove(self, pid: PeerId) -> _Member:
-        m = self.members.pop(pid)
-        i = self._pos.pop(pid)
-        last = self._order.pop()
-        if last != pid:
-            self._order[i] = last
-            self._pos[last] = i
-        return m
-
-
 class Scheduler:
     """Every blob swarm of one root. Feed it messages with ``handle``; act on answers."""
 
     def __init__(self, policy: SchedulerPolicy | None = None, *, seed: int = 0) -> None:
         self.policy = policy or SchedulerPolicy()
         self._rng = random.Random(seed)
-        self._peers: dict[PeerId, _Peer] = {}
+        self._peers: dict[PeerId, PeerState] = {}
         self._blobs: dict[str, BlobSwarm] = {}
         self._outbox: dict[tuple[PeerId, str], None] = {}
         self._handlers: dict[type, Callable[..., Assignment | None]] = {
@@ -242,8 +132,8 @@ class Scheduler:
         """
         if blob in self._blobs:
             return self._blobs[blob]
-        sm = _Member(self._peer(seed, zone), 0, self.policy.stripes)
-        swarm = BlobSwarm(blob, size, piece_size, sm, self.policy)
+        sm = Member(self._peer(seed, zone), 0, self.policy.stripes)
+        swarm = BlobSwarm(blob, size, piece_size, sm, self.policy.stripes)
         sm.fetching = swarm.full
         self._blobs[blob] = swarm
         return swarm
@@ -283,8 +173,8 @@ class Scheduler:
         if m is None:
             peer = self._peer(msg.peer, msg.zone)
             peer.dead = False
-            m = _Member(peer, msg.have & swarm.full, self.policy.stripes)
-            swarm._add(m)
+            m = Member(peer, msg.have & swarm.full, self.policy.stripes)
+            swarm.add(m)
             if m.have == swarm.full:
                 swarm.complete += 1
                 return Assignment(m.peer.id, swarm.blob, ())
@@ -371,7 +261,7 @@ class Scheduler:
 
     # the forest (rules 1-3, 5, 6) ---------------------------------------------------------
 
-    def _place(self, swarm: BlobSwarm, m: _Member, now: float) -> None:
+    def _place(self, swarm: BlobSwarm, m: Member, now: float) -> None:
         """A new agent: give it a home stripe and a parent in every stripe."""
         k = self.policy.stripes
         zone_count = swarm.zone_interior.setdefault(m.peer.zone, [0] * k)
@@ -395,7 +285,7 @@ class Scheduler:
             self._outbox[(orphan, swarm.blob)] = None
         self._offer_slots(swarm, m)
 
-    def _offer_slots(self, swarm: BlobSwarm, p: _Member) -> None:
+    def _offer_slots(self, swarm: BlobSwarm, p: Member) -> None:
         if len(p.kids) < self.policy.stripes and not p.peer.dead and not p.peer.slow:
             entry = (p.depth, next(swarm.seq), p.peer.id)
             heapq.heappush(swarm.slots[p.home], entry)
@@ -403,8 +293,8 @@ class Scheduler:
                 heapq.heappush(swarm.zone_slots.setdefault((p.home, p.peer.zone), []), entry)
 
     def _pop_slot(
-        self, swarm: BlobSwarm, heap: list[tuple[int, int, PeerId]], m: _Member, s: int, now: float
-    ) -> _Member | None:
+        self, swarm: BlobSwarm, heap: list[tuple[int, int, PeerId]], m: Member, s: int, now: float
+    ) -> Member | None:
         """The shallowest interior node of stripe ``s`` with a free slot ``m`` may use."""
         skipped = []
         found = None
@@ -427,7 +317,7 @@ class Scheduler:
         return found
 
     def _stripe_parent(
-        self, swarm: BlobSwarm, m: _Member, s: int, now: float, *, repair: bool = False
+        self, swarm: BlobSwarm, m: Member, s: int, now: float, *, repair: bool = False
     ) -> None:
         seed = swarm.seed
         if s == m.home and len(swarm.seed_kids[s]) < self.policy.seed_fanout:
@@ -453,7 +343,7 @@ class Scheduler:
         m.stripe_parent[s] = seed.peer.id
         swarm.provisional[s].add(m.peer.id)
 
-    def _displace(self, swarm: BlobSwarm, m: _Member, s: int, slot: _Member | None) -> bool:
+    def _displace(self, swarm: BlobSwarm, m: Member, s: int, slot: Member | None) -> bool:
         """An interior node joining its tree takes the place of a leaf that sits higher
         than any free slot; the leaf moves under it. Interior nodes stay near the top, so
         a tree of n interior nodes is about log_stripes(n) deep, and its capacity grows
@@ -488,7 +378,7 @@ class Scheduler:
             return True
         return False
 
-    def _demote(self, swarm: BlobSwarm, slow: _Member, now: float) -> bool:
+    def _demote(self, swarm: BlobSwarm, slow: Member, now: float) -> bool:
         """Rule 5b: a slow interior node's children move to healthy interior nodes of the
         same stripe, one extra child each at most (the shallowest such first), and the
         slow node gets no children while reports are fresh. Every slot of a full forest
@@ -500,7 +390,7 @@ class Scheduler:
             # it held the seed's slot for this stripe: nobody else would get the stripe
             self._unparent(swarm, slow, s, reopen=False)
         cap = self.policy.stripes + 1
-        order = swarm._order
+        order = swarm.order
         pool = order if len(order) <= 256 else self._rng.sample(order, 256)
         hosts = sorted(
             (c.depth, pid)
@@ -533,13 +423,13 @@ class Scheduler:
             self._outbox[(slow.peer.id, swarm.blob)] = None
         return moved
 
-    def _fill_seed_slot(self, swarm: BlobSwarm, s: int, now: float, *, avoid: _Member) -> None:
+    def _fill_seed_slot(self, swarm: BlobSwarm, s: int, now: float, *, avoid: Member) -> None:
         """The seed's child for stripe ``s`` is gone: the shallowest healthy interior node
         of the stripe moves up to take it (its own parent gets a slot back)."""
         if len(swarm.seed_kids[s]) >= self.policy.seed_fanout:
             return
-        best: _Member | None = None
-        for pid in swarm._order:
+        best: Member | None = None
+        for pid in swarm.order:
             c = swarm.members.get(pid)
             if (
                 c is None
@@ -558,14 +448,14 @@ class Scheduler:
         self._link(swarm, best, s, swarm.seed)
         self._outbox[(best.peer.id, swarm.blob)] = None
 
-    def _overflow_host(self, swarm: BlobSwarm, m: _Member, s: int, now: float) -> _Member | None:
+    def _overflow_host(self, swarm: BlobSwarm, m: Member, s: int, now: float) -> Member | None:
         """Every slot is taken: the shallowest healthy interior node of stripe ``s`` with
         fewer than ``stripes + 1`` children takes one more, rather than the seed, whose
         uplink must carry new pieces (standing in for many turns one copy into dozens)."""
         cap = self.policy.stripes + 1
-        order = swarm._order
+        order = swarm.order
         pool = order if len(order) <= 128 else self._rng.sample(order, 128)
-        best: _Member | None = None
+        best: Member | None = None
         for pid in pool:
             c = swarm.members.get(pid)
             if (
@@ -585,7 +475,7 @@ class Scheduler:
         return best
 
     @staticmethod
-    def _below(swarm: BlobSwarm, node: _Member, ancestor: PeerId, s: int) -> bool:
+    def _below(swarm: BlobSwarm, node: Member, ancestor: PeerId, s: int) -> bool:
         """Is ``node`` in ``ancestor``'s subtree of stripe ``s``? (no cycles)"""
         for _ in range(64):
             pid = node.stripe_parent[s]
@@ -599,14 +489,14 @@ class Scheduler:
             node = nxt
         return True
 
-    def _is_slow(self, peer: _Peer, now: float) -> bool:
+    def _is_slow(self, peer: PeerState, now: float) -> bool:
         if not peer.slow:
             return False
         horizon = now - self.policy.slow_memory
         peer.slow = [t for t in peer.slow if t > horizon]
         return bool(peer.slow)
 
-    def _link(self, swarm: BlobSwarm, child: _Member, s: int, parent: _Member) -> None:
+    def _link(self, swarm: BlobSwarm, child: Member, s: int, parent: Member) -> None:
         child.stripe_parent[s] = parent.peer.id
         if parent is swarm.seed:
             swarm.seed_kids[s].add(child.peer.id)
@@ -621,7 +511,7 @@ class Scheduler:
                 swarm.leaves[s], (parent.depth + 1, next(swarm.seq), child.peer.id, parent.peer.id)
             )
 
-    def _unparent(self, swarm: BlobSwarm, child: _Member, s: int, *, reopen: bool = True) -> None:
+    def _unparent(self, swarm: BlobSwarm, child: Member, s: int, *, reopen: bool = True) -> None:
         pid = child.stripe_parent[s]
         child.stripe_parent[s] = None
         swarm.provisional[s].discard(child.peer.id)
@@ -638,7 +528,7 @@ class Scheduler:
                 self._offer_slots(swarm, parent)
 
     def _drop_member(self, swarm: BlobSwarm, pid: PeerId, now: float) -> None:
-        m = swarm._remove(pid)
+        m = swarm.remove(pid)
         if m.have == swarm.full:
             swarm.complete -= 1
         self._release_spares(m)
@@ -661,7 +551,7 @@ class Scheduler:
 
     # spares (rule 4) and the answer ----------------------------------------------------
 
-    def _assign(self, swarm: BlobSwarm, m: _Member, now: float) -> Assignment:
+    def _assign(self, swarm: BlobSwarm, m: Member, now: float) -> Assignment:
         if m is swarm.seed or m.have == swarm.full:
             return Assignment(m.peer.id, swarm.blob, ())
         # a stripe parent that is gone or banned is replaced; a provisional seed is
@@ -693,7 +583,7 @@ class Scheduler:
             self._peers[pid].children += 1
         return self._offers(swarm, m)
 
-    def _offers(self, swarm: BlobSwarm, m: _Member) -> Assignment:
+    def _offers(self, swarm: BlobSwarm, m: Member) -> Assignment:
         only: dict[PeerId, int] = {}
         for s, pid in enumerate(m.stripe_parent):
             if pid is not None:
@@ -722,22 +612,22 @@ class Scheduler:
                 offers.append(ParentOffer(pid, sp.peer.zone, sp.have, sp.fetching, -1, spare=True))
         return Assignment(m.peer.id, swarm.blob, tuple(offers))
 
-    def _release_spares(self, m: _Member) -> None:
+    def _release_spares(self, m: Member) -> None:
         for pid in m.spares:
             peer = self._peers.get(pid)
             if peer is not None and peer.children > 0:
                 peer.children -= 1
         m.spares = []
 
-    def _candidates(self, swarm: BlobSwarm, m: _Member) -> set[PeerId]:
+    def _candidates(self, swarm: BlobSwarm, m: Member) -> set[PeerId]:
         k = self.policy.sample
         out: set[PeerId] = set(m.spares)
-        order = swarm._order
+        order = swarm.order
         out.update(order if len(order) <= k else self._rng.sample(order, k))
         out.discard(m.peer.id)
         return out
 
-    def _score(self, m: _Member, c: _Member, now: float) -> float:
+    def _score(self, m: Member, c: Member, now: float) -> float:
         lacks = ~m.have
         useful = (c.have & lacks).bit_count() + 0.5 * (c.fetching & ~c.have & lacks).bit_count()
         peer = c.peer
@@ -756,21 +646,21 @@ class Scheduler:
 
     # small helpers ----------------------------------------------------------------------
 
-    def _peer(self, pid: PeerId, zone: str) -> _Peer:
+    def _peer(self, pid: PeerId, zone: str) -> PeerState:
         peer = self._peers.get(pid)
         if peer is None:
-            peer = self._peers[pid] = _Peer(pid, zone)
+            peer = self._peers[pid] = PeerState(pid, zone)
         elif zone:
             peer.zone = zone
         return peer
 
-    def _member(self, swarm: BlobSwarm, pid: PeerId) -> _Member:
+    def _member(self, swarm: BlobSwarm, pid: PeerId) -> Member:
         m = swarm.members.get(pid)
         if m is None:
             raise PeerNotJoinedError(f"{pid} has not joined {swarm.blob}")
         return m
 
-    def _usable(self, peer: _Peer, m: _Member, now: float) -> bool:
+    def _usable(self, peer: PeerState, m: Member, now: float) -> bool:
         if peer.dead or peer.banned_until > now:
             return False
         until = m.bans.get(peer.id)
