@@ -125,8 +125,10 @@ class Network:
         self.demand = 0.0  #: cores the flows would use at their link rates
         self.cpu_factor = 1.0  #: every flow runs at this share of its link rate
         self._live: dict[Flow, None] = {}  # every flow, kept only when CPU is modelled
-        self.ups: list[list[Flow]] = []
-        self.downs: list[list[Flow]] = []
+        # each node's flows out and in, in start order; dicts, not lists, so that ending
+        # one of the origin's 30,000 flows (the standard pull at 10,000 nodes) is O(1)
+        self.ups: list[dict[Flow, None]] = []
+        self.downs: list[dict[Flow, None]] = []
         self.depth = depth
         self._dirty_up: set[int] = set()
         self._dirty_down: set[int] = set()
@@ -144,8 +146,8 @@ class Network:
         self.down.append(down)
         self.send_cost.append(send_cost)
         self.recv_cost.append(recv_cost)
-        self.ups.append([])
-        self.downs.append([])
+        self.ups.append({})
+        self.downs.append({})
         return len(self.up) - 1
 
     def start(
@@ -159,8 +161,8 @@ class Network:
     ) -> Flow:
         """A transfer; ``cost`` (CPU s/byte) overrides the two nodes' send + receive costs."""
         f = Flow(src, dst, size, now, payload)
-        self.ups[src].append(f)
-        self.downs[dst].append(f)
+        self.ups[src][f] = None
+        self.downs[dst][f] = None
         self.flows += 1
         if self.cores:
             f.cost = self.send_cost[src] + self.recv_cost[dst] if cost is None else cost
@@ -170,8 +172,8 @@ class Network:
 
     def stop(self, f: Flow, now: float) -> None:
         """End ``f`` (completed or cancelled); the rates around it change at ``settle``."""
-        self.ups[f.src].remove(f)
-        self.downs[f.dst].remove(f)
+        del self.ups[f.src][f]
+        del self.downs[f.dst][f]
         self.flows -= 1
         f.version += 1  # any heap entry for it is now stale
         f.remaining = max(0.0, f.remaining - f.rate * (now - f.t0))
