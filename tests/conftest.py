@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shoal.agent.service import Agent
-from shoal.config import Config, parse_config
+from shoal.config import CacheConfig, Config, parse_config
 from shoal.lab.image import BuiltImage, basic_authorization, build_image, push_image
 from shoal.lab.origin import OriginRegistry
 
@@ -45,6 +45,16 @@ def no_leaked_processes() -> Iterator[None]:
         except (ProcessLookupError, ChildProcessError):
             pass
     assert not leaked, f"test left child processes behind: {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_default_cache_on_the_machine() -> Iterator[None]:
+    """No test may leave shoal's default store (``CacheConfig.path``) on the machine:
+    an agent started without a path writes to /dadi-p2p/cache."""
+    default = Path(CacheConfig().path).parent
+    existed = default.exists()
+    yield
+    assert existed or not default.exists(), f"a test created {default}: give it a CacheConfig.path"
 
 
 def need_binary(*names: str) -> None:

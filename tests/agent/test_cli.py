@@ -6,8 +6,9 @@ import asyncio
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -25,37 +26,52 @@ def has_ipv6() -> bool:
     return True
 
 
+@contextmanager
+def own_store(args: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """An agent run without ``--config`` gets one naming a store of its own: the default
+    (/dadi-p2p/cache) must not appear on the machine running the tests."""
+    if "--config" in args or "agent" not in args:
+        yield args
+        return
+    with tempfile.TemporaryDirectory(prefix="shoal-cli-") as tmp:
+        cfg = Path(tmp) / "agent.yaml"
+        cfg.write_text(f"CacheConfig:\n  path: {tmp}/cache\n")
+        at = args.index("agent") + 1
+        yield (*args[:at], "--config", str(cfg), *args[at:])
+
+
 async def shoal(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shoal",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
+    with own_store(args) as argv:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shoal",
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, err.decode()
 
 
 @asynccontextmanager
 async def running_agent(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shoal",
-        "agent",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 10)
+    with own_store(("agent", *args)) as argv:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shoal",
+            *argv,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 10)
 
 
 async def wait_http(url: str) -> int:
@@ -114,7 +130,10 @@ async def test_port_in_use_is_a_clear_error() -> None:
 async def test_agent_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "agent.yaml"
-    cfg.write_text("DeployConfig:\n  mode: agent\nExporterConfig:\n  enable: false\n")
+    cfg.write_text(
+        "DeployConfig:\n  mode: agent\nExporterConfig:\n  enable: false\n"
+        f"CacheConfig:\n  path: {tmp_path / 'cache'}\n"
+    )
     async with running_agent(
         "--config", str(cfg), "--listen", "127.0.0.1", "--proxy-port", str(port)
     ) as proc:

@@ -37,6 +37,7 @@ def tls_agent_config(address: str, registry: dict[str, object]) -> Config:
         {
             "ProxyConfig": {"port": 0, "listen": "127.0.0.1"},
             "ExporterConfig": {"enable": False},
+            "CacheConfig": {"path": ""},  # the default would be /dadi-p2p/cache on this machine
             "UpstreamConfig": {"default": address, "registries": [{"host": address, **registry}]},
         }
     )
