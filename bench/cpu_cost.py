@@ -67,6 +67,7 @@ from shoal.bench.workload import push_via_loopback, wait_http
 from shoal.lab.cluster import LocalCluster
 from shoal.lab.image import BuiltImage, build_image, push_image
 from shoal.lab.origin import OriginRegistry
+from shoal.lab.process import stop_process
 
 MiB = 1 << 20
 TICK = os.sysconf("SC_CLK_TCK")
@@ -198,13 +199,7 @@ async def spawned(argv: list[str], log: Path) -> AsyncIterator[asyncio.subproces
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 async def in_namespaces(work: Path, image: BuiltImage, piece: int, rate_mbit: float) -> list[Phase]:

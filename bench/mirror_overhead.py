@@ -36,6 +36,7 @@ import yaml
 from shoal.lab.image import build_image, push_image
 from shoal.lab.origin import OriginRegistry
 from shoal.lab.ports import free_port
+from shoal.lab.process import stop_process
 
 MiB = 1 << 20
 
@@ -94,11 +95,6 @@ async def start_agent(
     raise RuntimeError("agent did not start")
 
 
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    proc.terminate()
-    await proc.wait()
-
-
 async def main(size_mib: int, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         work = Path(tmp)
@@ -129,14 +125,14 @@ async def main(size_mib: int, runs: int) -> None:
                             times["store"].append(await timed_get(s, url, ns))
                             cpu["store"].append(cpu_seconds(agent.pid) - c0)
                         finally:
-                            await stop(agent)
+                            await stop_process(agent)
                         parts = [f"direct {times['direct'][-1]:.3f} s"] + [
                             f"{m} {times[m][-1]:.3f} s (agent CPU {cpu[m][-1]:.2f} s)"
                             for m in ("relay", "store")
                         ]
                         print(f"run {i + 1}: " + ", ".join(parts), flush=True)
             finally:
-                await stop(relay)
+                await stop_process(relay)
     size = layer.size / MiB
     d = statistics.median(times["direct"])
     print(f"blob {size:.0f} MiB, median of {runs}, {os.cpu_count()} cores:")

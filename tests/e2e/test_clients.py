@@ -13,6 +13,7 @@ import pytest
 from shoal.agent.service import Agent
 from shoal.lab.image import BuiltImage, build_image, oci_layout_blob, push_image
 from shoal.lab.origin import OriginRegistry
+from shoal.lab.process import stop_process
 from tests.conftest import agent_config, need_binary
 
 pytestmark = pytest.mark.e2e
@@ -133,13 +134,7 @@ async def containerd(tmp_path: Path) -> AsyncIterator[Path]:
             pytest.fail("containerd did not come up")
         yield sock
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
         log.close()
 
 

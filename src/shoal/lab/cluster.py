@@ -21,6 +21,7 @@ import yaml
 
 from shoal.errors import ShoalError
 from shoal.lab.ports import free_port
+from shoal.lab.process import stop_process
 
 
 class ClusterStartError(ShoalError):
@@ -60,13 +61,8 @@ class Node:
             await self.proc.wait()
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        if self.proc is not None:
+            await stop_process(self.proc)
 
 
 class LocalCluster:

@@ -22,6 +22,7 @@ import yaml
 
 from shoal.errors import ShoalError
 from shoal.lab.ports import free_port
+from shoal.lab.process import stop_process
 
 REGISTRY_BINARY = "docker-registry"
 
@@ -148,13 +149,8 @@ class OriginRegistry:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_process(proc)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

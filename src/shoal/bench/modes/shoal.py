@@ -23,6 +23,7 @@ from shoal.bench.modes.base import BenchContext, ModeRun, last_line, mirror_shar
 from shoal.bench.netns import Host
 from shoal.bench.proc import in_netns
 from shoal.bench.workload import wait_http
+from shoal.lab.process import stop_process
 
 AGENT_PORT = 65001
 P2P_PORT = 65002
@@ -168,15 +169,5 @@ async def _wait_up(
 
 
 async def _stop_all(procs: list[asyncio.subprocess.Process]) -> None:
-    """SIGTERM (agents shut down cleanly), then SIGKILL what is left after 5 s."""
-    for proc in procs:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-    for proc in procs:
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+    """SIGTERM to all at once (agents shut down cleanly), SIGKILL what is left after 5 s."""
+    await asyncio.gather(*(stop_process(proc, grace=5) for proc in procs))
