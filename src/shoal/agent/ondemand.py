@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 
 from shoal.agent.swarm import Download, SwarmProvider
+from shoal.cache.blob import BlobInfo
+from shoal.control.schema import BlobState
 from shoal.errors import UpstreamUnavailableError
 from shoal.oci.digest import Digest
 from shoal.oci.range import ByteRange
@@ -33,12 +35,8 @@ class RangeFetch(Download):
         super().__init__(provider, digest, source)
         self.byte_range = byte_range
 
-    async def _run(self) -> None:
-        state = await self._join()
-        if state is None:
-            await self._without_root()
-            return
-        info = await self._adopt(state)
+    async def _fetch_pieces(self, state: BlobState, info: BlobInfo) -> None:
+        """Only the pieces the range covers that are not here yet."""
         first, last = self.byte_range.resolve(info.size)
         wanted = range(first // info.piece_size, last // info.piece_size + 1)
         offers = [o.offer() for o in state.parents]

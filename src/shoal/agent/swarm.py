@@ -334,6 +334,10 @@ class Download:
             await self._without_root()
             return
         info = await self._adopt(state)
+        await self._fetch_pieces(state, info)
+
+    async def _fetch_pieces(self, state: BlobState, info: BlobInfo) -> None:
+        """Every piece, as the picker decides, until the blob is whole and trusted."""
         have = mask_of(i for i in range(info.piece_count) if info.has(i))
         self.picker = PiecePicker(self.p.peer_id, self.key, info.piece_count, have=have)
         loop = asyncio.get_running_loop()
