@@ -183,8 +183,14 @@ class RootTier:
 
     def report(self, a: int, b: int, msg: RootMessage) -> None:
         sim = self.sim
-        self.outboxes[a].add(sim.root_names[sim.owner[b]], msg)
-        self._wake_flush(a)
+        root = sim.root_names[sim.owner[b]]
+        box = self.outboxes[a]
+        box.add(root, msg)
+        t = max(box.report_due(root), sim.now)
+        at = self._flush_at.get(a)
+        if at is None or at > t:
+            self._flush_at[a] = t
+            sim.at(t, functools.partial(self._flush, a, t))
 
     def _wake_flush(self, a: int) -> None:
         sim = self.sim
@@ -196,7 +202,7 @@ class RootTier:
         if at is not None and at <= t:
             return
         self._flush_at[a] = t
-        sim.at(t, lambda: self._flush(a, t))
+        sim.at(t, functools.partial(self._flush, a, t))
 
     def _flush(self, a: int, when: float) -> None:
         sim = self.sim

@@ -57,6 +57,10 @@ class Outbox:
                 out.append((root, self._queued.pop(root, [])))
         return out
 
+    def report_due(self, root: PeerId) -> float:
+        """When a report queued for ``root`` now is due at the latest."""
+        return self._sent.get(root, float("-inf")) + self.policy.report_interval
+
     def next_deadline(self, live: Iterable[PeerId]) -> float | None:
         pol = self.policy
         times = [self._sent.get(r, float("-inf")) + pol.report_interval for r in self._queued] + [
