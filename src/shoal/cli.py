@@ -143,7 +143,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes", default="direct,proxy,bittorrent,shoal", help="comma-separated modes to run"
     )
-    p.add_argument("--out", metavar="DIR", default="bench-out", help="report directory")
+    p.add_argument(
+        "--queue-ms",
+        type=float,
+        default=20.0,
+        metavar="MS",
+        help="every link's queue (tbf latency), ms of traffic; a switch port holds a few",
+    )
+    p.add_argument(
+        "--burst-ms", type=float, default=4.0, metavar="MS", help="tbf burst, ms of traffic"
+    )
+    p.add_argument(
+        "--by-address",
+        action="store_true",
+        help="shoal mode: skopeo pulls docker://127.0.0.1:65001/... instead of via a mirror",
+    )
+    p.add_argument("--exporter", action="store_true", help="shoal mode: agents' exporter on")
+    p.add_argument(
+        "--capacity-gib",
+        type=float,
+        default=0.0,
+        metavar="GIB",
+        help="shoal mode: each store's capacity (0: 4x the image)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="bench-out",
+        help="report directory: bench.json (options, per-mode and per-node results), "
+        "bench.md, bench.png",
+    )
     p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per mode")
     p.add_argument("--keep", action="store_true", help="keep the run's files (logs) after it")
     p.add_argument("--cleanup", action="store_true", help="remove crashed runs' leftovers, exit")

@@ -30,6 +30,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise BenchError("--rate, --origin-rate and --layer-mib must be positive")
     if args.piece_kib < 0:
         raise BenchError("--piece-kib must not be negative")
+    if args.queue_ms <= 0 or args.burst_ms <= 0 or args.capacity_gib < 0:
+        raise BenchError("--queue-ms and --burst-ms must be positive, --capacity-gib not negative")
     return BenchOptions(
         nodes=args.nodes,
         roots=args.roots,
@@ -41,6 +43,11 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         modes=modes,
         timeout_s=args.timeout,
         keep_workdir=args.keep,
+        queue_ms=args.queue_ms,
+        burst_ms=args.burst_ms,
+        by_address=args.by_address,
+        exporter=args.exporter,
+        capacity_gib=args.capacity_gib,
     )
 
 

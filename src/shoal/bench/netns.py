@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shoal.bench.errors import BenchError, CommandFailedError
 from shoal.bench.proc import in_netns, run
-from shoal.bench.shaping import shape
+from shoal.bench.shaping import BURST_MS, QUEUE_MS, shape
 
 TEST_PREFIX = "10.77"
 STATE_DIR = Path("/run/shoal-bench")
@@ -60,6 +60,9 @@ class Cluster:
     owner_pid: int = field(default_factory=os.getpid)
     #: leave the run's files (logs, pulled copies) for a post-mortem
     keep_workdir: bool = False
+    #: tbf queue and burst of every link, ms of traffic (``shaping``)
+    queue_ms: float = QUEUE_MS
+    burst_ms: float = BURST_MS
     subnet: str = ""
     origin: Host | None = None
     proxy: Host | None = None
@@ -164,8 +167,8 @@ class Cluster:
         run(in_netns(self.bridge_ns, ["ip", "link", "set", port, "master", BRIDGE, "up"]))
         run(in_netns(ns, ["ip", "addr", "add", f"{ip}/24", "dev", "eth0"]))
         run(in_netns(ns, ["ip", "link", "set", "eth0", "up"]))
-        shape(ns, "eth0", rate_bit)
-        shape(self.bridge_ns, port, rate_bit)
+        shape(ns, "eth0", rate_bit, self.queue_ms, self.burst_ms)
+        shape(self.bridge_ns, port, rate_bit, self.queue_ms, self.burst_ms)
         return Host(role=role, netns=ns, ip=ip, rate_bit=rate_bit, port=port)
 
     def _save(self) -> None:

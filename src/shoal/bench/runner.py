@@ -24,6 +24,7 @@ from shoal.bench.modes import MODES, required_tools
 from shoal.bench.modes.base import BenchContext, ModeRun, NodeDone
 from shoal.bench.netns import Cluster, cleanup_leftovers
 from shoal.bench.proc import require
+from shoal.bench.shaping import BURST_MS, QUEUE_MS
 from shoal.bench.workload import (
     REGISTRY_PORT,
     Workload,
@@ -50,6 +51,16 @@ class BenchOptions:
     timeout_s: float = 600.0
     seed: int = 1
     keep_workdir: bool = False
+    #: every link's tbf queue (``latency``) and burst, ms of traffic
+    queue_ms: float = QUEUE_MS
+    burst_ms: float = BURST_MS
+    #: shoal mode: skopeo pulls ``docker://127.0.0.1:65001/...`` instead of using its
+    #: agent as a configured mirror
+    by_address: bool = False
+    #: shoal mode: the agents' metrics exporter on (port 65003)
+    exporter: bool = False
+    #: shoal mode: each store's capacity, GiB; 0 = four times the image
+    capacity_gib: float = 0.0
 
     @property
     def rate_bit(self) -> int:
@@ -109,6 +120,8 @@ async def run_benchmark(
         origin_rate_bit=opts.origin_rate_bit,
         workdir=workdir,
         keep_workdir=opts.keep_workdir,
+        queue_ms=opts.queue_ms,
+        burst_ms=opts.burst_ms,
     )
     origin: OriginRegistry | None = None
     try:
@@ -143,6 +156,9 @@ async def run_benchmark(
             timeout_s=opts.timeout_s,
             piece_size=opts.piece_kib * 1024,
             on_node_done=on_node_done,
+            by_address=opts.by_address,
+            exporter=opts.exporter,
+            capacity=int(opts.capacity_gib * (1 << 30)),
         )
         for mode in opts.modes:
             on_mode(mode)

@@ -17,12 +17,21 @@ from shoal.bench.proc import in_netns, run
 TCP_GOODPUT = 1448 / 1514
 
 
-def burst_bytes(rate_bit: int) -> int:
-    """Bucket depth: 10 ms of traffic, never below 32 KiB so one GSO segment fits easily."""
-    return max(rate_bit // 8 // 100, 32 * 1024)
+#: tbf's ``latency``: the link's queue, in ms of traffic. A switch port holds a few ms;
+#: 50 ms is a deep buffer, and results depend on it (docs/bench.md)
+QUEUE_MS = 20.0
+#: the bucket: ms of traffic that may leave back to back
+BURST_MS = 4.0
 
 
-def tbf_argv(dev: str, rate_bit: int, latency_ms: int = 50) -> list[str]:
+def burst_bytes(rate_bit: int, burst_ms: float = BURST_MS) -> int:
+    """Bucket depth: ``burst_ms`` of traffic, never below 32 KiB (one GSO segment fits)."""
+    return max(int(rate_bit / 8 * burst_ms / 1000), 32 * 1024)
+
+
+def tbf_argv(
+    dev: str, rate_bit: int, latency_ms: float = QUEUE_MS, burst_ms: float = BURST_MS
+) -> list[str]:
     """The ``tc`` command that caps ``dev``'s egress at ``rate_bit`` bits/s."""
     return [
         "tc",
@@ -35,15 +44,17 @@ def tbf_argv(dev: str, rate_bit: int, latency_ms: int = 50) -> list[str]:
         "rate",
         f"{rate_bit}bit",
         "burst",
-        str(burst_bytes(rate_bit)),
+        str(burst_bytes(rate_bit, burst_ms)),
         "latency",
-        f"{latency_ms}ms",
+        f"{latency_ms:g}ms",
     ]
 
 
-def shape(netns: str, dev: str, rate_bit: int) -> None:
+def shape(
+    netns: str, dev: str, rate_bit: int, latency_ms: float = QUEUE_MS, burst_ms: float = BURST_MS
+) -> None:
     """Cap the egress of ``dev`` in ``netns``."""
-    run(in_netns(netns, tbf_argv(dev, rate_bit)))
+    run(in_netns(netns, tbf_argv(dev, rate_bit, latency_ms, burst_ms)))
 
 
 def shaped_rate(netns: str, dev: str) -> int | None:

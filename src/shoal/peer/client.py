@@ -143,6 +143,10 @@ class PeerConnection(asyncio.BufferedProtocol):
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._pings:  # any byte from the peer proves its process runs (``ping``)
+            for waiter in self._pings.values():
+                if not waiter.done():
+                    waiter.set_result(None)
         if self.conn.body_remaining:
             self.conn.body_received(nbytes)
             if self._body is not None:
@@ -284,8 +288,10 @@ class PeerConnection(asyncio.BufferedProtocol):
         self.transport.write(self.conn.send(event))
 
     async def ping(self, limit_s: float) -> bool:
-        """Does the peer's event loop answer? (A stopped or wedged process keeps its
-        connections open; only an answer tells it from one waiting for a piece.)"""
+        """Does the peer's process run? (A stopped or wedged one keeps its connections
+        open; only signs of life tell it from one waiting for a piece.) True at the
+        ``Pong``, or at any byte that arrives first: a pong queues behind the piece
+        bodies the peer is sending on this connection, seconds on a busy link."""
         if self._closed_exc is not None or self.transport is None:
             return False
         opaque = next(self._ids).to_bytes(8, "big")

@@ -26,7 +26,10 @@ Rules:
    floor, so it works at 1 MB/s and at 10 Gbit/s). A stalled request is cancelled, the
    parent dropped and reported ``SLOW``, and the piece asked elsewhere. A request queued
    at a parent that has not started within ``queue_timeout`` is cancelled and asked
-   again, and the parent is not blamed: it is waiting for the piece itself.
+   again, and the parent is not blamed: it is waiting for the piece itself. The wait counts from the
+   parent's last delivery, not the request: reads queued far ahead on a stripe parent that
+   keeps delivering are fine; one that delivered nothing for ``queue_timeout`` is dropped
+   and reported ``REFUSED`` (the root re-parents the stripe without blaming it).
    3b. A parent whose mean piece time (over ``slow_samples`` pieces or more) is
    ``slow_ratio`` x the median of the other parents' is dropped and reported ``SLOW``
    too: a straggler that is 4x slower never trips a stall, yet in a stripe tree it would
@@ -105,6 +108,7 @@ _PIECE: dict[tuple[PieceState, PieceEvent], PieceState] = {
 
 class _Parent:
     __slots__ = (
+        "delivered",
         "has",
         "heard",
         "inflight",
@@ -131,6 +135,7 @@ class _Parent:
         self.mean = 0.0  # this parent's mean piece time
         self.samples = 0
         self.heard = 0.0  # last sign of life while it held requests (rule 7)
+        self.delivered = float("-inf")  # last piece (or refusal) it answered (rule 3)
         self.probing = False
 
 
@@ -228,7 +233,11 @@ class PiecePicker:
         best: float | None = None
         for rs in self._reqs.values():
             for r in rs:
-                t = r.started + limit if r.started >= 0 else r.asked + self.policy.queue_timeout
+                t = (
+                    r.started + limit
+                    if r.started >= 0
+                    else self._queued_since(r, self._parents) + self.policy.queue_timeout
+                )
                 if best is None or t < best:
                     best = t
         quiet = self._silence_limit()
@@ -260,6 +269,7 @@ class PiecePicker:
                     r.started += gap
         for p in self._parents.values():
             p.heard += gap
+            p.delivered += gap
         self._last_need += gap
 
     def abandon(self) -> list[PickerAction]:
@@ -361,7 +371,7 @@ class PiecePicker:
             return self._fail(index, req, FailReason.BAD_PIECE, now)
         p = self._parents.get(parent)
         if p is not None:
-            p.heard = now
+            p.heard = p.delivered = now
         self._remove_req(index, req)
         self._transition(index, PieceEvent.LANDED)
         started = req.started if req.started >= 0 else req.asked
@@ -411,25 +421,33 @@ class PiecePicker:
         parents (rule 7)."""
         limit = self._stall_limit()
         qt = self.policy.queue_timeout
+        parents = self._parents
         stalled = [
             (i, r)
             for i, rs in self._reqs.items()
             for r in rs
             if (r.started >= 0 and now - r.started > limit)
-            or (r.started < 0 and now - r.asked > qt)
+            or (r.started < 0 and now - self._queued_since(r, parents) > qt)
         ]
         actions: list[PickerAction] = []
         for i, r in stalled:
-            if any(x is r for x in self._reqs.get(i, ())):
-                actions.append(Cancel(r.parent, i))
-                # queued too long: the parent is itself waiting for the piece (far ahead
-                # of the origin's stream, say): ask again, without blaming the parent
+            if not any(x is r for x in self._reqs.get(i, ())):
+                continue
+            actions.append(Cancel(r.parent, i))
+            parent = parents.get(r.parent)
+            if r.started >= 0:
                 # the seed goes at the origin's pace and is the only source of what it
                 # has not handed out yet: re-ask it, never drop it
-                parent = self._parents.get(r.parent)
                 seed = parent is not None and parent.seed
-                why = FailReason.SLOW if r.started >= 0 and not seed else FailReason.REFUSED
-                actions += self._fail(i, r, why, now)
+                actions += self._fail(i, r, FailReason.REFUSED if seed else FailReason.SLOW, now)
+            elif parent is not None and not parent.seed:
+                # a parent that delivered nothing for ``queue_timeout`` while requests
+                # waited at it is stuck waiting itself (its own parent went): it is not
+                # blamed (REFUSED), but the root is told, so that it re-parents this stripe
+                actions += self._fail(i, r, FailReason.REFUSED, now)
+                actions += self._drop_parent(r.parent, now, FailReason.REFUSED, i)
+            else:
+                actions += self._fail(i, r, FailReason.REFUSED, now)
         quiet = self._silence_limit()
         flowing = self._flowing()
         for p in self._parents.values():
@@ -437,6 +455,14 @@ class PiecePicker:
                 p.probing = True
                 actions.append(ProbePeer(p.peer))
         return actions
+
+    @staticmethod
+    def _queued_since(r: _Req, parents: dict[PeerId, _Parent]) -> float:
+        """A queued request waits on its parent's progress, not on its own age: a
+        stripe parent that keeps delivering keeps every read queued on it alive (reads
+        queued far ahead of the origin's stream legitimately wait tens of seconds)."""
+        p = parents.get(r.parent)
+        return r.asked if p is None else max(r.asked, p.delivered)
 
     def _flowing(self) -> set[PeerId]:
         """Parents sending a piece now: the stall rule watches them, not rule 7."""

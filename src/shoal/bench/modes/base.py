@@ -54,6 +54,12 @@ class BenchContext:
     #: bytes per swarm piece (the roots' CacheConfig.pieceSize); 0: shoal's own choice
     piece_size: int = 0
     on_node_done: NodeDone = lambda node, seconds: None
+    #: shoal mode: pull from the agent by address, not through a configured mirror
+    by_address: bool = False
+    #: shoal mode: the agents' exporter on
+    exporter: bool = False
+    #: shoal mode: store capacity in bytes; 0 = four times the image
+    capacity: int = 0
 
     @property
     def nodes(self) -> list[Host]:
@@ -83,9 +89,16 @@ def registries_conf(origin: str, mirror: str | None) -> str:
 
 
 async def run_skopeo(
-    ctx: BenchContext, mode: str, mirror_for: Callable[[Host], str | None]
+    ctx: BenchContext,
+    mode: str,
+    mirror_for: Callable[[Host], str | None],
+    *,
+    registry_for: Callable[[Host], str] | None = None,
 ) -> tuple[list[NodeResult], CpuUse]:
     """Every node runs ``skopeo copy`` into its own OCI directory, all released at once.
+
+    The image comes from the origin (through ``mirror_for(node)`` when that names a
+    mirror), or, with ``registry_for``, straight from the registry it names by address.
 
     A node's time runs from the common release to its skopeo's exit; its result counts
     only if the layout then holds the image's exact bytes (checked after the clock).
@@ -103,6 +116,9 @@ async def run_skopeo(
             ndir.mkdir(exist_ok=True)
             conf = ndir / "registries.conf"
             conf.write_text(registries_conf(ctx.workload.registry_host, mirror_for(node)))
+            source = ctx.workload.reference
+            if registry_for is not None:
+                source = registry_for(node) + source[len(ctx.workload.registry_host) :]
             layouts[node.role] = ndir / "oci"
             argv = [
                 "skopeo",
@@ -116,7 +132,7 @@ async def run_skopeo(
                 "--retry-times",
                 "0",
                 "--src-tls-verify=false",
-                f"docker://{ctx.workload.reference}",
+                f"docker://{source}",
                 f"oci:{layouts[node.role]}:{tag}",
             ]
             await gate.park(node.netns, argv, logs / f"{node.role}.log")

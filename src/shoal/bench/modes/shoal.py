@@ -37,7 +37,7 @@ def node_config(
     origin = ctx.workload.registry_host
     doc = {
         "DeployConfig": {"mode": mode, "nodeName": f"{host.ip}:{AGENT_PORT}"},
-        "ExporterConfig": {"enable": False},
+        "ExporterConfig": {"enable": ctx.exporter and mode == "agent", "port": 65003},
         "ProxyConfig": {"port": AGENT_PORT},
         "P2PConfig": {
             "p2pPort": P2P_PORT,
@@ -48,7 +48,7 @@ def node_config(
         },
         "CacheConfig": {
             "path": str(cache),
-            "capacity": 4 * ctx.workload.image.total_size,
+            "capacity": ctx.capacity or 4 * ctx.workload.image.total_size,
             "pieceSize": ctx.piece_size,
         },
         "UpstreamConfig": {
@@ -97,14 +97,21 @@ async def run_shoal(ctx: BenchContext) -> ModeRun:
                 for i, node in enumerate(ctx.nodes)
             )
         )
-        nodes, cpu = await run_skopeo(ctx, "shoal", lambda node: f"127.0.0.1:{AGENT_PORT}")
+        agent = f"127.0.0.1:{AGENT_PORT}"
+        if ctx.by_address:
+            nodes, cpu = await run_skopeo(
+                ctx, "shoal", lambda node: None, registry_for=lambda node: agent
+            )
+        else:
+            nodes, cpu = await run_skopeo(ctx, "shoal", lambda node: agent)
     finally:
         await _stop_all(procs)
-    notes.insert(
-        0,
-        "skopeo copy with the node's own agent as [[registry.mirror]]; "
-        "time = release to skopeo exit",
+    how = (
+        "skopeo copy docker://127.0.0.1:65001/... (the node's agent by address)"
+        if ctx.by_address
+        else "skopeo copy with the node's own agent as [[registry.mirror]]"
     )
+    notes.insert(0, f"{how}; time = release to skopeo exit")
     via = mirror_share(nodes, lambda node: f"127.0.0.1:{AGENT_PORT}")
     if via < 1.0:
         notes.append(f"only {via:.0%} of the nodes took every blob from their agent (skopeo logs)")
