@@ -46,6 +46,14 @@ class DeployConfig(_Section, frozen=True):
     #: write one audit line per operation
     log_audit: bool = False
     log_audit_mode: Literal["stdout", "file"] = "stdout"
+    #: bytes ``audit.log`` may reach before it is rotated to ``audit.log.1``; 0 never rotates
+    log_audit_max_size: Annotated[int, msgspec.Meta(ge=0)] = 100 * MiB
+    #: rotated audit files kept (``audit.log.1`` ... ``audit.log.N``); older ones are deleted
+    log_audit_backups: Annotated[int, msgspec.Meta(ge=0)] = 5
+    #: least severe log message written to stderr
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text``: one readable line per message; ``json``: one JSON object per line
+    log_format: Literal["text", "json"] = "text"
     #: the ``node`` label of every metric (``IP:port``); empty means derive it at start
     node_name: str = ""
 
@@ -57,6 +65,9 @@ class ExporterConfig(_Section, frozen=True):
     port: Port = 65003
     #: false: serve ``/metrics`` on the proxy port instead of a port of its own
     standalone_exporter_port: bool = True
+    #: seconds the ``DADIP2P_*`` rates and ``MaxLatency`` cover; set it to the scrape
+    #: interval so that every request falls in exactly one scrape
+    rate_window: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
 
 
 class ProxyConfig(_Section, frozen=True):
