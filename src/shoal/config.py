@@ -49,7 +49,7 @@ class DeployConfig(_Section, frozen=True):
     #: bytes ``audit.log`` may reach before it is rotated to ``audit.log.1``; 0 never rotates
     log_audit_max_size: Annotated[int, msgspec.Meta(ge=0)] = 100 * MiB
     #: rotated audit files kept (``audit.log.1`` ... ``audit.log.N``); older ones are deleted
-    log_audit_backups: Annotated[int, msgspec.Meta(ge=0)] = 5
+    log_audit_backups: Annotated[int, msgspec.Meta(ge=1)] = 5
     #: least severe log message written to stderr
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``text``: one readable line per message; ``json``: one JSON object per line
