@@ -32,19 +32,21 @@ def _add_role_args(p: argparse.ArgumentParser) -> None:
 
 def _run_agent(args: argparse.Namespace) -> int:
     from shoal.agent.main import run_agent
-    from shoal.lifecycle import config_from_args, setup_logging
+    from shoal.lifecycle import config_from_args
+    from shoal.observability.logs import setup_logging
 
     config = config_from_args(args, "agent")
-    setup_logging()
+    setup_logging(config.deploy.log_level, config.deploy.log_format)
     return run_agent(config)
 
 
 def _run_root(args: argparse.Namespace) -> int:
-    from shoal.lifecycle import config_from_args, setup_logging
+    from shoal.lifecycle import config_from_args
+    from shoal.observability.logs import setup_logging
     from shoal.root.main import run_root
 
     config = config_from_args(args, "root")
-    setup_logging()
+    setup_logging(config.deploy.log_level, config.deploy.log_format)
     return run_root(config)
 
 

@@ -1,11 +1,12 @@
-"""Shared plumbing of the long-running roles: flags over config, logging, signals."""
+"""Shared plumbing of the long-running roles: flags over config, signals, listeners.
+
+(Logging is set up by ``shoal.observability.logs.setup_logging``.)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -42,16 +43,6 @@ def config_from_args(args: argparse.Namespace, role: str) -> Config:
     if args.exporter_port is not None:
         exporter = _replace(exporter, port=args.exporter_port)
     return config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
-
-
-def setup_logging() -> None:
-    """INFO by default; ``SHOAL_LOG=debug`` (or any level name) for more."""
-    level = os.environ.get("SHOAL_LOG", "info").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve_until_signalled(
