@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import re
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -76,6 +78,27 @@ async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.App
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
+        raise ShoalError(describe_os_error(exc)) from exc
     bound: int = runner.addresses[0][1]
     return runner, bound
+
+
+#: asyncio's words for a listener that could not bind: "error while attempting to bind
+#: on address ('::', 65002, 0, 0): address already in use"
+_BIND = re.compile(r"bind on address \('([^']*)', (\d+)[^)]*\): (.*)$")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an error of the machine (a port in use, a file, a directory)."""
+    text = exc.strerror or str(exc)
+    bind = _BIND.search(text)
+    if bind is not None:
+        host, port, why = bind.groups()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"cannot listen on {where}: {why}"
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        return f"cannot listen: {text}"
+    if exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {text}"
+    return text
