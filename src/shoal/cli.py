@@ -30,6 +30,9 @@ log = logging.getLogger("shoal")
 #: set to show the traceback of an OS error instead of its one line
 TRACEBACK_ENV = "SHOAL_TRACEBACK"
 
+#: modules of the optional extras (pyproject.toml) -> the extra that brings them
+OPTIONAL_MODULES = {"matplotlib": "bench", "kubernetes_asyncio": "kubeconfig"}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line like every other error."""
@@ -274,6 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.lifecycle import describe_os_error
 
         print(f"shoal {args.command}: {_one_line(describe_os_error(exc))}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        wanted = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if wanted is None:
+            raise  # a module shoal cannot do without: a broken install, show it
+        print(
+            f"shoal {args.command}: this needs {exc.name}, which is not installed: "
+            f"pip install 'shoal[{wanted}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"shoal {args.command}: interrupted", file=sys.stderr)

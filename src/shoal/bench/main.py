@@ -67,12 +67,17 @@ def run_bench(args: argparse.Namespace) -> int:
     result = asyncio.run(_main(opts, console))
     write_json(result, out / "bench.json")
     (out / "bench.md").write_text(markdown(to_json(result)))
-    plot(result, out / "bench.png")
+    written = [out / "bench.json", out / "bench.md"]
+    try:
+        plot(result, out / "bench.png")
+        written.append(out / "bench.png")
+    except ModuleNotFoundError as exc:  # matplotlib is the optional extra shoal[bench]
+        print(f"shoal bench: no bench.png: {exc.name} is missing (pip install 'shoal[bench]')")
     out_console = Console()
     if not out_console.is_terminal:
         out_console = Console(width=150)  # a file or a pipe gets the whole table
     print_report(result, out_console)
-    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
     failed = [
         m.run.mode for m in result.modes if m.skipped or any(n.seconds is None for n in m.run.nodes)
     ]
