@@ -50,9 +50,11 @@ class ServerConfig(_Section, frozen=True):
 
     #: listen address; empty means every address of every family
     listen: str = ""
+    #: HTTPS port the API server sends AdmissionReviews to
     port: Port = 8443
-    #: PEM certificate chain and key; re-read when the files change (cert rotation)
+    #: PEM certificate chain; it and the key are re-read when the files change (rotation)
     tls_cert_file: str = "/etc/shoal/tls/tls.crt"
+    #: PEM private key of that certificate
     tls_key_file: str = "/etc/shoal/tls/tls.key"
     #: seconds between checks of the certificate files for a rotated certificate
     tls_reload_interval: PositiveFloat = 60.0
@@ -82,6 +84,7 @@ class AccelerateConfig(_Section, frozen=True):
     p2p_port: Port = 65001
     #: clone of pull secret ``S`` is named ``<prefix>S<suffix>``
     secret_prefix: str = "acr-credential-"
+    #: see ``secretPrefix``
     secret_suffix: str = "-p2p"
 
     def __post_init__(self) -> None:
@@ -116,6 +119,7 @@ class ExporterConfig(_Section, frozen=True):
 
     #: serve ``/metrics`` at all
     enable: bool = True
+    #: port of ``/metrics`` (plain HTTP, on ``ServerConfig.listen``)
     port: Port = 65003
 
 
