@@ -2,25 +2,29 @@
 # One image for every role: `shoal agent`, `shoal root`, `shoal webhook` and the agent's
 # init container `shoal node-setup` (see deploy/helm/shoal).
 #
-#   docker build -t registry.example.com/platform/shoal:0.1.0 .
+#   docker build -t registry.example.com/platform/shoal:$(python3 -c \
+#     'import sys; sys.path[:0] = ["src"]; import shoal; print(shoal.__version__)') .
 #
-# Two stages: the wheel and its dependencies are built with a compiler at hand, then
-# only the virtual environment is copied onto a slim runtime.
+# Two stages: the dependencies are installed from requirements.lock (exact versions,
+# every file checked against its sha256) and shoal itself without resolving anything,
+# into a virtual environment; only that environment, without pip, is copied onto a
+# slim runtime that runs as an unprivileged user. scripts/image-layer-size.sh builds the
+# same environment into a directory to measure it (README.md, "The image").
 
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/shoal
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# the lock first: its layer is reused until the dependencies change
+COPY requirements.lock ./
+RUN /opt/shoal/bin/pip install --require-hashes --no-deps --only-binary=:all: -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN /opt/shoal/bin/pip install --upgrade pip \
- && /opt/shoal/bin/pip install . \
- && /opt/shoal/bin/shoal --version
+RUN /opt/shoal/bin/pip install --no-deps . \
+ && /opt/shoal/bin/shoal --version \
+ && /opt/shoal/bin/pip uninstall -y -q pip setuptools
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 LABEL org.opencontainers.image.title="shoal" \

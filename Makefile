@@ -5,7 +5,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps venv lint typecheck imports pytest bench clean
+.PHONY: demo test install system-deps venv lint typecheck imports pytest bench clean \
+	docs lock image-size fresh-clones
 
 demo: system-deps venv
 	$(VENV)/bin/shoal demo
@@ -37,6 +38,23 @@ imports: venv
 
 pytest: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# docs/config.md from the config classes (tests/test_configdoc.py fails when it is stale)
+docs: venv
+	$(PY) -m shoal.configdoc > docs/config.md
+
+# requirements.lock: the runtime dependencies pinned with hashes, for the image
+lock: venv
+	$(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+
+# what the Dockerfile adds to its base image, built into a directory and measured
+image-size:
+	@bash scripts/image-layer-size.sh
+
+# `make test` in N fresh clones of HEAD, one after another (default 5)
+fresh-clones:
+	@bash scripts/test-fresh-clones.sh $(or $(N),5)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,6 +19,7 @@ from shoal.agent.service import Agent
 from shoal.config import CacheConfig, Config, parse_config
 from shoal.lab.image import BuiltImage, basic_authorization, build_image, push_image
 from shoal.lab.origin import OriginRegistry
+from tests.guard.default_store import MARKS_ENV, ROOT_ENV, install, refused
 
 
 def _children() -> set[int]:
@@ -47,14 +48,36 @@ def no_leaked_processes() -> Iterator[None]:
     assert not leaked, f"test left child processes behind: {sorted(leaked)}"
 
 
+GUARD_DIR = Path(__file__).parent / "guard"
+
+
 @pytest.fixture(autouse=True, scope="session")
-def no_default_cache_on_the_machine() -> Iterator[None]:
-    """No test may leave shoal's default store (``CacheConfig.path``) on the machine:
-    an agent started without a path writes to /dadi-p2p/cache."""
-    default = Path(CacheConfig().path).parent
-    existed = default.exists()
+def default_store_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Nothing this run starts may create shoal's default store (the parent of
+    ``CacheConfig.path``, /dadi-p2p): see ``tests/guard/default_store.py``."""
+    marks = str(tmp_path_factory.mktemp("default-store-guard"))
+    root = str(Path(CacheConfig().path).parent)
+    saved = {k: os.environ.get(k) for k in (ROOT_ENV, MARKS_ENV, "PYTHONPATH")}
+    os.environ[ROOT_ENV], os.environ[MARKS_ENV] = root, marks
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(GUARD_DIR), saved["PYTHONPATH"]) if p
+    )
+    install(root, marks)
+    yield marks
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def no_default_store(default_store_guard: str) -> Iterator[None]:
     yield
-    assert existed or not default.exists(), f"a test created {default}: give it a CacheConfig.path"
+    tried = refused(default_store_guard)
+    for mark in Path(default_store_guard).iterdir():
+        mark.unlink()
+    assert not tried, f"tried to create shoal's default store: {tried}; give it a CacheConfig.path"
 
 
 def need_binary(*names: str) -> None:

@@ -1,51 +1,106 @@
 """The one command, ``shoal``, with a subcommand per role and per tool.
 
-Every failure a user can cause (a bad config, a port in use, a missing tool) ends in one
-line on stderr and a non-zero exit; a traceback means a bug in shoal.
+Every failure a user can cause (a bad config, a bad flag, a port in use, a file that
+cannot be written, a missing tool) ends in one line on stderr, ``shoal <command>:
+<what>``, and a non-zero exit: 2 for anything the user can fix, 130 after Ctrl-C. A
+traceback means a bug in shoal (``SHOAL_TRACEBACK=1`` shows one for an OS error too).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from shoal import __version__
-from shoal.errors import ShoalError
+from shoal.errors import ConfigInvalidError, ShoalError
+
+if TYPE_CHECKING:
+    from shoal.config import Config
 
 Handler = Callable[[argparse.Namespace], int]
 
+log = logging.getLogger("shoal")
 
-def _add_role_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
+#: set to show the traceback of an OS error instead of its one line
+TRACEBACK_ENV = "SHOAL_TRACEBACK"
+
+#: modules of the optional extras (pyproject.toml) -> the extra that brings them
+OPTIONAL_MODULES = {"matplotlib": "bench", "kubernetes_asyncio": "kubeconfig"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+_PORT_HELP = {
+    "agent": (
+        "registry mirror port, ProxyConfig.port (default 65001)",
+        "peer port, P2PConfig.p2pPort (default 65002)",
+    ),
+    "root": (
+        "control API port agents join at, ProxyConfig.port (default 65001)",
+        "port serving pieces to agents, P2PConfig.p2pPort (default 65002)",
+    ),
+}
+
+
+def _add_role_args(p: argparse.ArgumentParser, role: str) -> None:
+    proxy_help, p2p_help = _PORT_HELP[role]
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config file (see docs/config.md)")
     p.add_argument(
         "--listen",
         metavar="ADDR",
         help="listen address for every port (default: all IPv4 and IPv6)",
     )
-    p.add_argument("--proxy-port", type=int, metavar="PORT", help="registry mirror port")
-    p.add_argument("--p2p-port", type=int, metavar="PORT", help="peer port")
-    p.add_argument("--exporter-port", type=int, metavar="PORT", help="metrics port")
+    p.add_argument("--proxy-port", type=int, metavar="PORT", help=proxy_help)
+    p.add_argument("--p2p-port", type=int, metavar="PORT", help=p2p_help)
+    p.add_argument(
+        "--exporter-port",
+        type=int,
+        metavar="PORT",
+        help="/metrics port, ExporterConfig.port (default 65003)",
+    )
+
+
+def _start_role(args: argparse.Namespace, role: str) -> Config:
+    """The config (flags over file), logging set up from it, and a first line saying
+    what this process will use."""
+    from shoal.lifecycle import config_from_args
+    from shoal.observability.logs import setup_logging
+
+    config = config_from_args(args, role)
+    setup_logging(config.deploy.log_level, config.deploy.log_format)
+    store = config.cache.path or "none (a relay)"
+    if args.config:
+        log.info("%s: config %s; piece store %s", role, args.config, store)
+    else:
+        log.warning(
+            "%s: no --config: every key at its default; piece store %s (CacheConfig.path)",
+            role,
+            store,
+        )
+    return config
 
 
 def _run_agent(args: argparse.Namespace) -> int:
     from shoal.agent.main import run_agent
-    from shoal.lifecycle import config_from_args, setup_logging
 
-    config = config_from_args(args, "agent")
-    setup_logging()
-    return run_agent(config)
+    return run_agent(_start_role(args, "agent"))
 
 
 def _run_root(args: argparse.Namespace) -> int:
-    from shoal.lifecycle import config_from_args, setup_logging
     from shoal.root.main import run_root
 
-    config = config_from_args(args, "root")
-    setup_logging()
-    return run_root(config)
+    return run_root(_start_role(args, "root"))
 
 
 def _run_webhook(args: argparse.Namespace) -> int:
@@ -63,6 +118,13 @@ def _run_node_setup(args: argparse.Namespace) -> int:
 def _run_pull(args: argparse.Namespace) -> int:
     from shoal.registry.pull import run_pull
 
+    if args.mirror and not re.match(r"^https?://[^/]", args.mirror):
+        raise ConfigInvalidError(
+            f"--mirror must be a URL like http://127.0.0.1:65001, not {args.mirror!r}"
+        )
+    dest = Path(args.dest)
+    if dest.exists() and not dest.is_dir():
+        raise ConfigInvalidError(f"{dest} exists and is not a directory")
     return run_pull(args)
 
 
@@ -85,18 +147,28 @@ def _run_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="shoal", description="Peer-to-peer container image distribution."
-    )
+    parser = _Parser(prog="shoal", description="Peer-to-peer container image distribution.")
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("agent", help="run the node agent (registry mirror and peer)")
-    _add_role_args(p)
+    p = sub.add_parser(
+        "agent",
+        help="run the node agent (registry mirror and peer)",
+        description="Run the node agent: the registry mirror the container runtime pulls "
+        "through, the peer server, and /metrics. Stops on SIGTERM or SIGINT.",
+    )
+    _add_role_args(p, "agent")
     p.set_defaults(handler=_run_agent)
 
-    p = sub.add_parser("root", help="run a root (seed and scheduler)")
-    _add_role_args(p)
+    p = sub.add_parser(
+        "root",
+        help="run a root (seed and scheduler)",
+        description="Run a root: the control API agents join at (ProxyConfig.port, "
+        "GET /healthz), the piece server (P2PConfig.p2pPort) and /metrics "
+        "(ExporterConfig.port). The config needs DeployConfig.mode: root. "
+        "Stops on SIGTERM or SIGINT.",
+    )
+    _add_role_args(p, "root")
     p.set_defaults(handler=_run_root)
 
     p = sub.add_parser("webhook", help="run the mutating admission webhook")
@@ -130,7 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", metavar="DIR", help="keep files here (default: a temp dir)")
     p.set_defaults(handler=_run_demo)
 
-    p = sub.add_parser("bench", help="multi-host benchmark in network namespaces (root)")
+    p = sub.add_parser(
+        "bench",
+        help="multi-host benchmark in network namespaces (root)",
+        description="Emulate --nodes hosts (network namespaces, links shaped with tc) and "
+        "time every node's pull of a generated image in each mode: direct from the "
+        "origin, through one caching proxy, BitTorrent, shoal. Needs root.",
+        epilog="Results go to --out: bench.json (the options, then per mode every node's "
+        "pull seconds or error, the bytes that left the origin by its link counters and "
+        "by its log, wall time, CPU use and notes), bench.md (a table made from the "
+        "JSON) and bench.png (completion-time CDFs); the table is also printed. "
+        "Exit 1 when any node failed in any mode.",
+    )
     p.add_argument("--nodes", "-n", type=int, default=16, help="node hosts (default 16)")
     p.add_argument("--rate", type=float, default=100.0, metavar="MBIT", help="node link B")
     p.add_argument("--origin-rate", type=float, default=100.0, metavar="MBIT", help="origin link")
@@ -207,16 +290,40 @@ def _profiled(handler: Handler, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand, which is where the flag was misplaced
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Handler = args.handler
     try:
         return _profiled(handler, args) if os.environ.get(PROFILE_ENV) else handler(args)
     except ShoalError as exc:
-        print(f"shoal {args.command}: {exc.message}", file=sys.stderr)
+        print(f"shoal {args.command}: {_one_line(exc.message)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        from shoal.lifecycle import describe_os_error
+
+        print(f"shoal {args.command}: {_one_line(describe_os_error(exc))}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        wanted = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if wanted is None:
+            raise  # a module shoal cannot do without: a broken install, show it
+        print(
+            f"shoal {args.command}: this needs {exc.name}, which is not installed: "
+            f"pip install 'shoal[{wanted}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"shoal {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "failed"
 
 
 if __name__ == "__main__":

@@ -40,23 +40,38 @@ class _Section(
 class DeployConfig(_Section, frozen=True):
     """Which role this process plays and where its logs go."""
 
+    #: the role this file is for: ``shoal agent`` and ``shoal root`` refuse the other's
     mode: Literal["agent", "root"] = "agent"
     #: directory for ``audit.log`` when ``logAuditMode`` is ``file``
     log_dir: str = "/dadi-p2p/log"
     #: write one audit line per operation
     log_audit: bool = False
+    #: ``stdout``: audit lines on standard output; ``file``: ``logDir/audit.log``
     log_audit_mode: Literal["stdout", "file"] = "stdout"
+    #: bytes ``audit.log`` may reach before it is rotated to ``audit.log.1``; 0 never rotates
+    log_audit_max_size: Annotated[int, msgspec.Meta(ge=0)] = 100 * MiB
+    #: rotated audit files kept (``audit.log.1`` ... ``audit.log.N``); older ones are deleted
+    log_audit_backups: Annotated[int, msgspec.Meta(ge=1)] = 5
+    #: least severe log message written to stderr
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text``: one readable line per message; ``json``: one JSON object per line
+    log_format: Literal["text", "json"] = "text"
     #: the ``node`` label of every metric (``IP:port``); empty means derive it at start
     node_name: str = ""
 
 
 class ExporterConfig(_Section, frozen=True):
-    """The Prometheus exporter of ``DADIP2P_*`` metrics."""
+    """The Prometheus exporter: the reference's ``DADIP2P_*`` families and shoal's own."""
 
+    #: serve ``/metrics`` at all
     enable: bool = True
+    #: port of ``/metrics`` (0: the kernel's choice)
     port: Port = 65003
     #: false: serve ``/metrics`` on the proxy port instead of a port of its own
     standalone_exporter_port: bool = True
+    #: seconds the ``DADIP2P_*`` rates and ``MaxLatency`` cover; set it to the scrape
+    #: interval so that every request falls in exactly one scrape
+    rate_window: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
 
 
 class ProxyConfig(_Section, frozen=True):
@@ -64,6 +79,8 @@ class ProxyConfig(_Section, frozen=True):
 
     #: listen address; empty means every address of every family (IPv4 and IPv6)
     listen: str = ""
+    #: agent: the registry mirror the container runtime pulls through; root: the
+    #: control API agents join at (and ``GET /healthz``)
     port: Port = 65001
     #: blobs fetched upstream at once; more wait their turn
     proxy_concurrency_limit: PositiveInt = 128
@@ -72,7 +89,9 @@ class ProxyConfig(_Section, frozen=True):
 class P2PConfig(_Section, frozen=True):
     """The peer network between agents and roots."""
 
+    #: listen address of the piece server; empty means every address of every family
     listen: str = ""
+    #: port of the piece server other agents fetch pieces from
     p2p_port: Port = 65002
     #: downstream (upload to peers) limit in MB/s (1 MB = 2**20 bytes); 0 means none
     throttle_limit_mb: Annotated[int, msgspec.Meta(ge=0)] = msgspec.field(
@@ -82,10 +101,14 @@ class P2PConfig(_Section, frozen=True):
     roots: tuple[str, ...] = ()
     #: cluster secret peers prove to each other; ``secretFile`` wins when both are set
     secret: str = ""
+    #: file holding the cluster secret (a mounted Secret); read at start
     secret_file: str = ""
     #: zone label of this node; the scheduler prefers parents in the same zone
     zone: str = ""
-    #: address other nodes reach this node's peer port at; empty means derive it
+    #: address other nodes reach this node's peer port at. Empty: ``listen`` when it is
+    #: one address, else the address this machine's host name resolves to, which on many
+    #: machines is 127.0.0.1 or 127.0.1.1 and unreachable from other nodes (the agent
+    #: warns at start); set it to the node's IP then
     advertise: str = ""
     #: seconds an agent waits for a blob's root before fetching from the origin itself
     root_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
@@ -100,6 +123,7 @@ class P2PConfig(_Section, frozen=True):
 class CacheConfig(_Section, frozen=True):
     """The node's piece store."""
 
+    #: directory of the piece store; empty means no store: the agent only relays
     path: str = "/dadi-p2p/cache"
     #: bytes of shoal's own data kept on disk before least-recently-used blobs go
     capacity: Annotated[int, msgspec.Meta(ge=0)] = 4 * GiB
@@ -126,7 +150,8 @@ class RegistryConfig(_Section, frozen=True):
 
     #: ``host[:port]`` exactly as it appears in image references
     host: str
-    #: talk plain HTTP instead of HTTPS
+    #: talk plain HTTP instead of HTTPS (the default for every registry, ``default``
+    #: included, unless its host is listed here with ``plainHTTP: true``)
     plain_http: bool = msgspec.field(default=False, name="plainHTTP")
     #: PEM file of the CA to trust for this registry, in addition to the system's
     ca_file: str = ""
@@ -143,6 +168,8 @@ class UpstreamConfig(_Section, frozen=True):
 
     #: registry used when the request names none (no ``?ns=``, no ``.distributed.`` host)
     default: str = ""
+    #: how to reach each registry (below); one not listed is spoken to over HTTPS with
+    #: the system's CAs
     registries: tuple[RegistryConfig, ...] = ()
     #: serve only registries listed in ``registries`` (plus ``default``)
     restrict_to_listed: bool = True
@@ -166,6 +193,7 @@ class UpstreamConfig(_Section, frozen=True):
 class AcceleratorConfig(_Section, frozen=True):
     """``/accelerator/<blob URL>`` for overlaybd's on-demand reads."""
 
+    #: serve ``/accelerator/<blob URL>`` on the proxy port at all
     enable: bool = True
     #: hosts a blob URL may point at; empty means the registries of ``UpstreamConfig``
     allowed_hosts: tuple[str, ...] = ()

@@ -1,11 +1,14 @@
-"""Shared plumbing of the long-running roles: flags over config, logging, signals."""
+"""Shared plumbing of the long-running roles: flags over config, signals, listeners.
+
+(Logging is set up by ``shoal.observability.logs.setup_logging``.)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
+import errno
+import re
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -44,16 +47,6 @@ def config_from_args(args: argparse.Namespace, role: str) -> Config:
     return config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
 
 
-def setup_logging() -> None:
-    """INFO by default; ``SHOAL_LOG=debug`` (or any level name) for more."""
-    level = os.environ.get("SHOAL_LOG", "info").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
 async def serve_until_signalled(
     make: Callable[[], AbstractAsyncContextManager[object]],
 ) -> None:
@@ -85,6 +78,27 @@ async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.App
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise ShoalError(f"cannot listen on port {port}: {exc.strerror}") from exc
+        raise ShoalError(describe_os_error(exc)) from exc
     bound: int = runner.addresses[0][1]
     return runner, bound
+
+
+#: asyncio's words for a listener that could not bind: "error while attempting to bind
+#: on address ('::', 65002, 0, 0): address already in use"
+_BIND = re.compile(r"bind on address \('([^']*)', (\d+)[^)]*\): (.*)$")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an error of the machine (a port in use, a file, a directory)."""
+    text = exc.strerror or str(exc)
+    bind = _BIND.search(text)
+    if bind is not None:
+        host, port, why = bind.groups()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"cannot listen on {where}: {why}"
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        return f"cannot listen: {text}"
+    if exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {text}"
+    return text

@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = Metrics(node_label(config, config.proxy.port), config.deploy.mode)
+        self.metrics = Metrics(
+            node_label(config, config.proxy.port),
+            config.deploy.mode,
+            window_s=config.exporter.rate_window,
+        )
         self.audit = AuditLog.from_config(config.deploy)
         self.upstream = UpstreamClient(config.upstream)
         self.store: PieceStore | None = None

@@ -60,7 +60,10 @@ class CpuMeter:
             try:
                 await self._task
             except asyncio.CancelledError:
-                pass
+                # the sampler's own cancellation, unless the run itself is being stopped
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
         end = read_stat()
         first = self._first or end
         total = end[1] - first[1]

@@ -1,7 +1,13 @@
 """``shoal bench``: refuse without root, run the modes with a progress display, report.
 
 Ctrl-C and SIGTERM cancel the run; the runner's ``finally`` then removes every
-namespace, link, process and file it made before the command exits.
+namespace, link, process and file it made before the command exits non-zero. Both
+signals get the event loop's own handler, SIGINT included: a command started in the
+background by a non-interactive shell (``make test &``, a CI step) inherits SIGINT
+*ignored*, Python then installs no KeyboardInterrupt handler, and asyncio.run's Ctrl-C
+handling never sees the signal: the run went on and exited 0 (the flake of
+tests/bench/test_interrupt.py). A second signal during the cleanup is ignored, so the
+cleanup itself is not cut short.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from shoal.bench.errors import BenchError, NotRootError
 from shoal.bench.netns import cleanup_leftovers
 from shoal.bench.report import markdown, plot, print_report, to_json, write_json
 from shoal.bench.runner import BenchOptions, BenchResult, run_benchmark
+
+#: what stops a run (and its cleanup runs): Ctrl-C and a polite kill
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -65,12 +74,17 @@ def run_bench(args: argparse.Namespace) -> int:
     result = asyncio.run(_main(opts, console))
     write_json(result, out / "bench.json")
     (out / "bench.md").write_text(markdown(to_json(result)))
-    plot(result, out / "bench.png")
+    written = [out / "bench.json", out / "bench.md"]
+    try:
+        plot(result, out / "bench.png")
+        written.append(out / "bench.png")
+    except ModuleNotFoundError as exc:  # matplotlib is the optional extra shoal[bench]
+        print(f"shoal bench: no bench.png: {exc.name} is missing (pip install 'shoal[bench]')")
     out_console = Console()
     if not out_console.is_terminal:
         out_console = Console(width=150)  # a file or a pipe gets the whole table
     print_report(result, out_console)
-    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
     failed = [
         m.run.mode for m in result.modes if m.skipped or any(n.seconds is None for n in m.run.nodes)
     ]
@@ -84,7 +98,15 @@ async def _main(opts: BenchOptions, console: Console) -> BenchResult:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    stopping: list[int] = []
+
+    def stop(sig: int) -> None:
+        if not stopping:
+            stopping.append(sig)
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
     progress = Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
@@ -112,4 +134,5 @@ async def _main(opts: BenchOptions, console: Console) -> BenchResult:
     except asyncio.CancelledError:
         raise BenchError("stopped by a signal; everything it made was removed") from None
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)

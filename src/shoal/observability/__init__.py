@@ -1,6 +1,7 @@
-"""``DADIP2P_*`` metrics and the audit log, in the reference system's formats."""
+"""Metrics (the reference ``DADIP2P_*`` set and shoal's own), logs and the audit log."""
 
 from shoal.observability.audit import AuditLog, AuditRecord
-from shoal.observability.metrics import Meter, Metrics, MetricType
+from shoal.observability.meter import Meter, MetricType
+from shoal.observability.metrics import Metrics
 
 __all__ = ["AuditLog", "AuditRecord", "Meter", "MetricType", "Metrics"]

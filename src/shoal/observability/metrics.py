@@ -1,101 +1,51 @@
-"""``DADIP2P_*`` metrics in the reference system's exposition format.
+"""All metrics of one process, and the one facade the rest of shoal calls.
 
-Users migrate dashboards and alerts from the reference system, so the families, labels
-and number format are kept exactly: ``name{node="IP:port",type="...",mode="agent"}
-1.000000 1692156721833`` with a millisecond timestamp. That format is valid Prometheus
-text exposition, so the renderer here is small and hand-written rather than bent out of
-``prometheus_client`` (which formats values and orders labels differently); the tests
-parse its output with ``prometheus_client``'s parser to keep it honest.
+Two kinds of families, both produced by ``prometheus_client`` collectors:
 
-Rates (``Read_Throughtput``, ``QPS``) and ``MaxLatency`` are computed over a sliding
-window of one-second buckets; ``Count`` is cumulative bytes.
+- the reference system's ``DADIP2P_*`` set, kept byte for byte (``reference.py``), with
+  millisecond timestamps because the reference has them. Scrape with
+  ``honorTimestamps: false`` so Prometheus ignores them and keeps its staleness marks;
+- shoal's own ``shoal_*`` families in Prometheus' conventions (``collectors.py``), plus
+  ``prometheus_client``'s ``process_*`` and ``python_*`` families.
+
+Call sites stay small and cheap: ``record``/``add_bytes`` touch a few numbers of one
+``Meter``; nothing is formatted until a scrape asks for it.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import deque
 from collections.abc import Callable
-from enum import StrEnum
 
+from prometheus_client.exposition import generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
 
-class MetricType(StrEnum):
-    PREAD = "pread"  # downstream requests answered (the mirror's clients)
-    DOWNLOAD = "download"  # back-to-origin fetches
-    PEER = "peer"  # pieces served to or fetched from other peers
-    DISK = "disk"  # piece store reads and writes
-    HTTP = "http"  # HTTP requests processed by the proxy
+from shoal.observability.collectors import (
+    BLOB_BYTES,
+    BLOB_BYTES_HELP,
+    BLOB_FIRST_BYTE,
+    BLOB_PULL,
+    HISTOGRAMS,
+    Histogram,
+    ShoalCollector,
+)
+from shoal.observability.meter import DEFAULT_WINDOW_S, Meter, MetricType
+from shoal.observability.reference import ReferenceCollector, render_reference
 
+__all__ = ["Meter", "MetricType", "Metrics"]
 
-WINDOW_SECONDS = 10
-
-
-class Meter:
-    """Bytes, requests and the worst latency of one ``type``, over a sliding window."""
-
-    __slots__ = ("_buckets", "_clock", "_started", "count", "requests")
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._started = clock()
-        # (second, bytes, requests, max latency in µs), newest last
-        self._buckets: deque[list[float]] = deque()
-        self.count = 0
-        self.requests = 0
-
-    def record(self, nbytes: int, latency_s: float) -> None:
-        now = self._clock()
-        second = math.floor(now)
-        if not self._buckets or self._buckets[-1][0] != second:
-            self._buckets.append([second, 0.0, 0.0, 0.0])
-            self._expire(now)
-        bucket = self._buckets[-1]
-        nbytes = max(nbytes, 0)
-        bucket[1] += nbytes
-        bucket[2] += 1
-        bucket[3] = max(bucket[3], latency_s * 1e6)
-        self.count += nbytes
-        self.requests += 1
-
-    def add_bytes(self, nbytes: int) -> None:
-        """Bytes that belong to a request already counted (a long body, streamed)."""
-        now = self._clock()
-        second = math.floor(now)
-        if not self._buckets or self._buckets[-1][0] != second:
-            self._buckets.append([second, 0.0, 0.0, 0.0])
-            self._expire(now)
-        self._buckets[-1][1] += nbytes
-        self.count += nbytes
-
-    def _expire(self, now: float) -> None:
-        horizon = math.floor(now) - WINDOW_SECONDS
-        while self._buckets and self._buckets[0][0] <= horizon:
-            self._buckets.popleft()
-
-    def _span(self, now: float) -> float:
-        return max(min(float(WINDOW_SECONDS), now - self._started), 1.0)
-
-    def throughput(self) -> float:
-        now = self._clock()
-        self._expire(now)
-        return sum(b[1] for b in self._buckets) / self._span(now)
-
-    def qps(self) -> float:
-        now = self._clock()
-        self._expire(now)
-        return sum(b[2] for b in self._buckets) / self._span(now)
-
-    def max_latency_us(self) -> float:
-        self._expire(self._clock())
-        return max((b[3] for b in self._buckets), default=0.0)
-
-    def __repr__(self) -> str:
-        return f"<Meter count={self.count} requests={self.requests}>"
+Labels = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    """All metrics of one process; ``render()`` gives the ``/metrics`` body."""
+    """The metrics of one agent, root or webhook; ``render()`` gives ``/metrics``.
+
+    ``reference=False`` (the webhook) leaves out the ``DADIP2P_*`` families and the
+    traffic counters, which describe a P2P service.
+    """
 
     def __init__(
         self,
@@ -104,14 +54,30 @@ class Metrics:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        window_s: float = DEFAULT_WINDOW_S,
+        reference: bool = True,
+        process: bool = True,
     ) -> None:
         self.node = node
         self.mode = mode
-        self._wall = wall
-        self.meters = {t: Meter(clock) for t in MetricType}
-        self._cache_source: Callable[[], tuple[int, int]] = lambda: (0, 0)
-        # shoal's own families beyond the reference set: name -> (help, {labels: value})
-        self._extra: dict[str, tuple[str, str, dict[tuple[tuple[str, str], ...], float]]] = {}
+        self.wall = wall
+        self.reference = reference
+        self.meters = {t: Meter(clock, window_s) for t in MetricType}
+        self._cache_source: Callable[[], tuple[int, int]] | None = None
+        #: shoal's own counters and gauges: name -> (help, type, {labels: value})
+        self.extra: dict[str, tuple[str, str, dict[Labels, float]]] = {}
+        self.histograms = {name: Histogram(spec) for name, spec in HISTOGRAMS.items()}
+        self.reference_registry = CollectorRegistry(auto_describe=False)
+        if reference:
+            self.reference_registry.register(ReferenceCollector(self))
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ShoalCollector(self))
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    # --- the reference meters ------------------------------------------------------
 
     def record(self, kind: MetricType, nbytes: int, latency_s: float) -> None:
         self.meters[kind].record(nbytes, latency_s)
@@ -123,66 +89,59 @@ class Metrics:
         """``source()`` returns (allocated, used) bytes of the piece store."""
         self._cache_source = source
 
+    @property
+    def has_cache(self) -> bool:
+        return self._cache_source is not None
+
+    def cache_usage(self) -> tuple[int, int]:
+        return self._cache_source() if self._cache_source is not None else (0, 0)
+
+    # --- shoal's own families ------------------------------------------------------
+
     def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
-        """Add to one of shoal's own counters (``shoal_*``), beyond the reference set."""
-        _, _, series = self._extra.setdefault(name, (help_text, "counter", {}))
+        """Add to one of shoal's own counters; its name must end in ``_total``."""
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r} must end in _total")
+        _, _, series = self.extra.setdefault(name, (help_text, "counter", {}))
         key = tuple(sorted(labels.items()))
         series[key] = series.get(key, 0.0) + amount
 
     def set_gauge(self, name: str, help_text: str, value: float, **labels: str) -> None:
-        _, _, series = self._extra.setdefault(name, (help_text, "gauge", {}))
+        _, _, series = self.extra.setdefault(name, (help_text, "gauge", {}))
         series[tuple(sorted(labels.items()))] = value
 
     def value(self, name: str, **labels: str) -> float:
-        entry = self._extra.get(name)
+        entry = self.extra.get(name)
         if entry is None:
             return 0.0
         return entry[2].get(tuple(sorted(labels.items())), 0.0)
 
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        """One observation of a histogram declared in ``collectors.HISTOGRAMS``."""
+        hist = self.histograms[name]
+        hist.observe(seconds, tuple(labels[k] for k in hist.spec.labels))
+
+    def observed(self, name: str, **labels: str) -> int:
+        """How many observations a histogram series holds (for tests and ``repr``)."""
+        hist = self.histograms[name]
+        return hist.count(tuple(labels[k] for k in hist.spec.labels))
+
+    def blob_served(
+        self, source: str, nbytes: int, seconds: float, first_byte_s: float | None
+    ) -> None:
+        """The mirror sent a whole blob (or a range of it) to its client."""
+        self.inc(BLOB_BYTES, BLOB_BYTES_HELP, float(max(nbytes, 0)), source=source)
+        self.observe(BLOB_PULL, seconds, source=source)
+        if first_byte_s is not None:
+            self.observe(BLOB_FIRST_BYTE, first_byte_s, source=source)
+
+    # --- exposition ----------------------------------------------------------------
+
     def render(self) -> str:
-        ts = int(self._wall() * 1000)
-        base = f'node="{_esc(self.node)}"'
-        mode = f'mode="{_esc(self.mode)}"'
-        out: list[str] = []
-
-        def family(name: str, help_text: str) -> None:
-            out.append(f"# HELP {name}{(' ' + help_text) if help_text else ''}")
-            out.append(f"# TYPE {name} gauge")
-
-        family("DADIP2P_Alive", "")
-        out.append(f"DADIP2P_Alive{{{base},{mode}}} {1.0:f} {ts}")
-        out.append("")
-        per_type: list[tuple[str, str, Callable[[Meter], float]]] = [
-            ("DADIP2P_Read_Throughtput", "Bytes / sec", Meter.throughput),
-            ("DADIP2P_QPS", "", Meter.qps),
-            ("DADIP2P_MaxLatency", "us", Meter.max_latency_us),
-            ("DADIP2P_Count", "Bytes", lambda m: float(m.count)),
-        ]
-        for name, help_text, fn in per_type:
-            family(name, help_text)
-            for kind, meter in self.meters.items():
-                out.append(f'{name}{{{base},type="{kind.value}",{mode}}} {fn(meter):f} {ts}')
-            out.append("")
-        allocated, used = self._cache_source()
-        family("DADIP2P_Cache", "")
-        out.append(f'DADIP2P_Cache{{{base},type="allocated",{mode}}} {float(allocated):f} {ts}')
-        out.append(f'DADIP2P_Cache{{{base},type="used",{mode}}} {float(used):f} {ts}')
-        out.append("")
-        family("DADIP2P_Label", "")
-        out.append("")
-        for name, (help_text, kind_name, series) in sorted(self._extra.items()):
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind_name}")
-            for key, value in sorted(series.items()):
-                labels = ",".join([base, *(f'{k}="{_esc(v)}"' for k, v in key), mode])
-                out.append(f"{name}{{{labels}}} {value:f} {ts}")
-            out.append("")
-        return "\n".join(out) + "\n"
+        """The ``/metrics`` body: the reference families first, in their own format."""
+        head = render_reference(self.reference_registry.collect())
+        return head + generate_latest(self.registry).decode()
 
     def __repr__(self) -> str:
         counts = " ".join(f"{k.value}={m.count}" for k, m in self.meters.items())
         return f"<Metrics node={self.node} mode={self.mode} {counts}>"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

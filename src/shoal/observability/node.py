@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 
 from shoal.config import Config
+
+log = logging.getLogger(__name__)
 
 
 def node_label(config: Config, port: int) -> str:
@@ -26,4 +30,22 @@ def advertise_host(config: Config) -> str:
     if listen and listen not in ("0.0.0.0", "::"):
         return f"[{listen}]" if ":" in listen else listen
     label = node_label(config, 0)
-    return label.rsplit(":", 1)[0]
+    host = label.rsplit(":", 1)[0]
+    if _is_loopback(host.strip("[]")) and any(not _is_loopback_root(r) for r in config.p2p.roots):
+        log.warning(
+            "P2PConfig.advertise is empty and this machine's name resolves to %s: other "
+            "nodes cannot fetch pieces from this one; set P2PConfig.advertise to its IP",
+            host,
+        )
+    return host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _is_loopback_root(root: str) -> bool:
+    return _is_loopback(root.rsplit(":", 1)[0].strip("[]"))

@@ -35,6 +35,7 @@ from shoal.errors import (
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler
+from shoal.observability.http import FIRST_BYTE, elapsed, mark_first_byte, request_context
 from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
 from shoal.oci.manifest import (
     ACCEPT_ALL,
@@ -100,7 +101,10 @@ class Mirror:
         return f"<Mirror [blobs: {active} upstream, {self.waiting} waiting]>"
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=1 << 20)
+        app = web.Application(
+            middlewares=[request_context, self._middleware], client_max_size=1 << 20
+        )
+        app.on_response_prepare.append(mark_first_byte)
         routes = [
             web.get("/v2/", self.handle_base),
             web.get("/v2", self.handle_base),
@@ -232,10 +236,19 @@ class Mirror:
         path = f"/v2/{name}/blobs/{digest}"
         pathname = f"/{self.upstream.base_url(host)}{path}"
         if self.provider is not None:
-            return await self._serve_stored(request, host, name, digest, byte_range, pathname)
-        if request.method == "HEAD":
+            info = self.provider.store.lookup(str(digest))
+            stored = info is not None and info.complete
+            source = "store" if stored else "p2p" if self.config.p2p.roots else "origin"
+            resp = await self._serve_stored(request, host, name, digest, byte_range, pathname)
+        elif request.method == "HEAD":
             return await self._head_blob(request, host, path, digest)
-        return await self._relay_blob(request, host, path, pathname, digest, byte_range)
+        else:
+            source = "origin"
+            resp = await self._relay_blob(request, host, path, pathname, digest, byte_range)
+        if request.method == "GET" and resp.status in (200, 206):
+            sent = resp.content_length if resp.content_length is not None else resp.body_length
+            self.metrics.blob_served(source, sent, elapsed(request), request.get(FIRST_BYTE))
+        return resp
 
     async def _serve_stored(
         self,

@@ -54,7 +54,9 @@ FAILURE_MEMORY = 30.0
 class Root:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = Metrics(node_label(config, config.proxy.port), "root")
+        self.metrics = Metrics(
+            node_label(config, config.proxy.port), "root", window_s=config.exporter.rate_window
+        )
         self.audit = AuditLog.from_config(config.deploy)
         self.secret = cluster_secret(config.p2p.secret, config.p2p.secret_file)
         self.upstream = UpstreamClient(config.upstream)

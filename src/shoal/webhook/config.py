@@ -17,6 +17,8 @@ SecretConfig:            # pull-secret clones
   enable: true
   syncTimeout: 5
   resyncPeriod: 300
+ExporterConfig:          # /metrics, plain HTTP
+  port: 65003
 ```
 
 Unknown keys and bad values are refused at start with one line naming the key.
@@ -25,7 +27,7 @@ Unknown keys and bad values are refused at start with one line naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -48,12 +50,18 @@ class ServerConfig(_Section, frozen=True):
 
     #: listen address; empty means every address of every family
     listen: str = ""
+    #: HTTPS port the API server sends AdmissionReviews to
     port: Port = 8443
-    #: PEM certificate chain and key; re-read when the files change (cert rotation)
+    #: PEM certificate chain; it and the key are re-read when the files change (rotation)
     tls_cert_file: str = "/etc/shoal/tls/tls.crt"
+    #: PEM private key of that certificate
     tls_key_file: str = "/etc/shoal/tls/tls.key"
     #: seconds between checks of the certificate files for a rotated certificate
     tls_reload_interval: PositiveFloat = 60.0
+    #: least severe log message written to stderr
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text``: one readable line per message; ``json``: one JSON object per line
+    log_format: Literal["text", "json"] = "text"
 
     def __post_init__(self) -> None:
         check_listen_address(self.listen)
@@ -76,6 +84,7 @@ class AccelerateConfig(_Section, frozen=True):
     p2p_port: Port = 65001
     #: clone of pull secret ``S`` is named ``<prefix>S<suffix>``
     secret_prefix: str = "acr-credential-"
+    #: see ``secretPrefix``
     secret_suffix: str = "-p2p"
 
     def __post_init__(self) -> None:
@@ -104,12 +113,23 @@ class SecretConfig(_Section, frozen=True):
     kubeconfig: str = ""
 
 
+class ExporterConfig(_Section, frozen=True):
+    """Prometheus ``/metrics`` over plain HTTP, on a port of its own (the admission port
+    speaks only TLS to the API server)."""
+
+    #: serve ``/metrics`` at all
+    enable: bool = True
+    #: port of ``/metrics`` (plain HTTP, on ``ServerConfig.listen``)
+    port: Port = 65003
+
+
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig, name="ServerConfig")
     accelerate: AccelerateConfig = msgspec.field(
         default_factory=AccelerateConfig, name="AccelerateConfig"
     )
     secrets: SecretConfig = msgspec.field(default_factory=SecretConfig, name="SecretConfig")
+    exporter: ExporterConfig = msgspec.field(default_factory=ExporterConfig, name="ExporterConfig")
 
 
 def parse_webhook_config(data: object) -> WebhookConfig:

@@ -12,8 +12,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 
 from shoal.errors import ConfigInvalidError
+from shoal.lifecycle import serve_app
+from shoal.observability import Metrics
+from shoal.observability.exporter import exporter_app
+from shoal.observability.logs import setup_logging
 from shoal.webhook.config import WebhookConfig, load_webhook_config
 from shoal.webhook.controller import SecretController
 from shoal.webhook.kube import KubeApiError, KubeClient
@@ -24,9 +29,7 @@ log = logging.getLogger("shoal.webhook")
 
 def run_webhook(args: argparse.Namespace) -> int:
     cfg = load_webhook_config(args.config)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(cfg.server.log_level, cfg.server.log_format)
     asyncio.run(serve(cfg))
     return 0
 
@@ -52,7 +55,15 @@ async def serve(cfg: WebhookConfig, stop: asyncio.Event | None = None) -> None:
             controller = await stack.enter_async_context(
                 SecretController(client, cfg.accelerate, cfg.secrets)
             )
-        server = await stack.enter_async_context(WebhookServer(cfg, controller))
+        metrics = Metrics("", "webhook", reference=False)
+        server = await stack.enter_async_context(WebhookServer(cfg, controller, metrics))
+        metrics.node = f"{socket.gethostname()}:{server.port}"
+        if cfg.exporter.enable:
+            runner, port = await serve_app(
+                exporter_app(metrics), cfg.server.listen, cfg.exporter.port
+            )
+            stack.push_async_callback(runner.cleanup)
+            log.info("metrics on port %d", port)
         log.info("%r ready", server)
         await stop.wait()
         log.info("stopping: %r %r", server, controller)

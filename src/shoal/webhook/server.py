@@ -19,12 +19,15 @@ import json
 import logging
 import os
 import ssl
+import time
 from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 
 from shoal.errors import ConfigInvalidError
+from shoal.observability import Metrics
+from shoal.observability.collectors import ADMISSION
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.controller import SecretController
 from shoal.webhook.review import Decision, Trigger, response, review
@@ -34,13 +37,30 @@ log = logging.getLogger("shoal.webhook")
 #: the API server sends at most a few MiB; a Pod with huge env blocks stays well below
 MAX_BODY = 8 << 20
 
+REVIEWS = "shoal_webhook_admission_reviews_total"
+REVIEWS_HELP = (
+    "AdmissionReviews answered, by trigger (pod, namespace) and result: patched, "
+    "unchanged, invalid (a body that could not be understood, allowed unchanged)"
+)
+CLONES_LATE = "shoal_webhook_secret_clones_late_total"
+CLONES_LATE_HELP = (
+    "Pull-secret clones not there when their Pod was admitted (retried in the background), "
+    "by reason: timeout (SecretConfig.syncTimeout), api (the API server refused or failed)"
+)
+
 
 class WebhookServer:
     """HTTPS AdmissionReview endpoint; owns its runner and its certificate-reload task."""
 
-    def __init__(self, cfg: WebhookConfig, controller: SecretController | None = None) -> None:
+    def __init__(
+        self,
+        cfg: WebhookConfig,
+        controller: SecretController | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._cfg = cfg
         self._controller = controller
+        self.metrics = metrics or Metrics("", "webhook", reference=False)
         self._runner: web.AppRunner | None = None
         self._reload: asyncio.Task[None] | None = None
         self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -130,6 +150,7 @@ class WebhookServer:
         return await self._mutate(request, "namespace")
 
     async def _mutate(self, request: web.Request, trigger: Trigger) -> web.Response:
+        start = time.perf_counter()
         self.reviews += 1
         raw = await request.read()
         try:
@@ -146,6 +167,9 @@ class WebhookServer:
         await self._ensure_clones(decision)
         if decision.patch:
             self.patched += 1
+        result = "patched" if decision.patch else "unchanged" if decision.understood else "invalid"
+        self.metrics.inc(REVIEWS, REVIEWS_HELP, trigger=trigger, result=result)
+        self.metrics.observe(ADMISSION, time.perf_counter() - start, trigger=trigger)
         return web.json_response(response(decision))
 
     async def _ensure_clones(self, decision: Decision) -> None:
@@ -163,8 +187,10 @@ class WebhookServer:
         except TimeoutError:
             for name in decision.secrets:
                 ctl.later(decision.namespace, name, "timed out while admitting the Pod")
+            self.metrics.inc(CLONES_LATE, CLONES_LATE_HELP, len(decision.secrets), reason="timeout")
             return
         if failed:
+            self.metrics.inc(CLONES_LATE, CLONES_LATE_HELP, len(failed), reason="api")
             log.warning(
                 "pod %s/%s admitted before the clones of %s exist (retrying)",
                 decision.namespace,
