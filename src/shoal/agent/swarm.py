@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 from shoal.cache.blob import BlobInfo
 from shoal.cache.errors import PieceCorruptError
@@ -115,6 +115,8 @@ class SwarmProvider:
         #: reports waiting for the next batch, by root
         self._outbox: dict[str, list[AnyReport]] = {}
         self.buffers = BufferPool()
+        #: told of each heartbeat call to a root: (root, "") if it answered, else why not
+        self.root_seen: Callable[[str, str], None] = lambda root, why: None
 
     def __repr__(self) -> str:
         return f"<SwarmProvider {self.peer_id} [{len(self._downloads)} downloading]>"
@@ -257,6 +259,7 @@ class SwarmProvider:
             for root in self.config.p2p.roots:
                 try:
                     health = await self.control.health(root)
+                    self.root_seen(root, "")
                     if incarnations.get(root) != health.incarnation:
                         held = self._held_for(root)
                         if held:
@@ -268,8 +271,9 @@ class SwarmProvider:
                         )
                         for pushed in answer.assignments:
                             self.deliver(pushed.blob, [o.offer() for o in pushed.parents])
-                except RootUnavailableError:
+                except RootUnavailableError as exc:
                     incarnations.pop(root, None)
+                    self.root_seen(root, exc.message)
 
     def _held_for(self, root: str) -> list[str]:
         held = []
