@@ -28,6 +28,7 @@ def _add_role_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy-port", type=int, metavar="PORT", help="registry mirror port")
     p.add_argument("--p2p-port", type=int, metavar="PORT", help="peer port")
     p.add_argument("--exporter-port", type=int, metavar="PORT", help="metrics port")
+    p.add_argument("--advertise", metavar="ADDR", help="address peers dial (P2PConfig.advertise)")
 
 
 def _run_agent(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ def test_distributed_file_parses_and_falls_back_to_origin() -> None:
     doc = tomllib.loads(f.text)
     assert doc == {
         "server": "https://test-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
-        "host": {AGENT: {"capabilities": ["pull", "resolve"]}},
+        "host": {AGENT: {"capabilities": ["pull", "resolve"], "dial_timeout": "1s"}},
     }
     hub = distributed_hosts("docker.io", AGENT, 65001)
     assert hub is not None and hub.directory == "docker.distributed.io:65001"
@@ -55,7 +55,7 @@ def test_mirror_file_parses() -> None:
     assert f.directory == "ghcr.io"
     assert tomllib.loads(f.text) == {
         "server": "https://ghcr.io",
-        "host": {AGENT: {"capabilities": ["pull", "resolve"]}},
+        "host": {AGENT: {"capabilities": ["pull", "resolve"], "dial_timeout": "1s"}},
     }
     plain = mirror_hosts("127.0.0.1:5000", AGENT, plain_http=True)
     assert tomllib.loads(plain.text)["server"] == "http://127.0.0.1:5000"
