@@ -67,6 +67,13 @@ class ApiServer(FakeApi):
         resp: web.StreamResponse = await handler(request)
         return resp
 
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        """A watcher that went away (a Pod killed mid-watch) ends its watch quietly."""
+        try:
+            return await super()._watch(request)
+        except ConnectionResetError:
+            return web.Response(status=499)
+
     async def _get_mwc(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in self.webhooks:
