@@ -29,6 +29,19 @@ from tests.cluster.scenario import (
 from tests.cluster.test_chart_cluster import old_roots_port
 
 
+def footprint(c: ChartCluster) -> str:
+    """The largest peak RSS of each rendered container, by Pod kind."""
+    pods = {"agent": [n.agent for n in c.nodes if n.agent], "root": c.roots}
+    if c.webhook is not None:
+        pods["webhook"] = [c.webhook]
+    out = []
+    for kind, group in pods.items():
+        peaks = [ctr.peak_rss() for pod in group for ctr in pod.containers]
+        if peaks:
+            out.append(f"{kind} max {max(peaks) / 2**20:.0f} (of {len(peaks)})")
+    return ", ".join(out)
+
+
 def timing(t: Timed) -> str:
     return f"direct {t.direct:.2f} s, this way {t.faulty:.2f} s, added {t.added:+.2f} s"
 
@@ -55,7 +68,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             failed += not early.ok
             await c.start_agent(c.nodes[hold[0]])
         if not args.no_main:
-            story = await pull_everywhere(c, "v1", seed=100)
+            story = await pull_everywhere(c, "v1", seed=100, layer_mib=args.layer_mib)
             findings = await check_pulls(c, story)
             for p in story.pulls:
                 print(f"  {p.node} {p.image}: {'ok' if p.ok else 'FAILED'} in {p.seconds:.2f} s")
@@ -64,6 +77,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                 "checks: " + ("all passed" if not findings else "\n  ".join(["FAILED:", *findings]))
             )
             failed += bool(findings) != args.old_roots_port
+            print("peak RSS (VmHWM), MiB: " + footprint(c))
         if args.faults and not args.old_roots_port:
             killed, hung = [], []
             for i in range(args.repeat):
@@ -102,6 +116,7 @@ def main() -> int:
     p.add_argument("--no-faults", dest="faults", action="store_false")
     p.add_argument("--no-main", action="store_true", help="skip the pulls on every node")
     p.add_argument("--repeat", type=int, default=1, help="fault measurements")
+    p.add_argument("--layer-mib", type=float, default=0, help="bigger images: layers of this size")
     p.add_argument("--keep", metavar="DIR", help="work directory to keep (logs, pod specs)")
     p.add_argument("--cleanup", action="store_true", help="remove crashed runs' leftovers, exit")
     args = p.parse_args()

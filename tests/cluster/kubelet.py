@@ -177,6 +177,19 @@ class Container:
                 self.proc.send_signal(signal.SIGCONT)  # a test may have stopped it
             await stop_process(self.proc)
 
+    def peak_rss(self) -> int:
+        """Bytes: the process's peak resident set (``VmHWM``), 0 when it is gone."""
+        if not self.alive:
+            return 0
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return 0
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
     def tail(self, n: int = 1500) -> str:
         try:
             return self.log.read_text(errors="replace")[-n:]

@@ -59,10 +59,15 @@ async def pull_everywhere(
     seed: int,
     private: bool = True,
     nodes: list[NodeRuntime] | None = None,
+    layer_mib: float = 0,
 ) -> Story:
-    images = {PUBLIC: c.image(f"pub-{tag}", "library/app", tag, [mib(2), mib(1)], seed)}
+    """``layer_mib``: 4 public and 2 private layers of that size (footprint runs), else
+    a few MiB in all."""
+    public = [mib(layer_mib)] * 4 if layer_mib else [mib(2), mib(1)]
+    images = {PUBLIC: c.image(f"pub-{tag}", "library/app", tag, public, seed)}
     if private:
-        images[PRIVATE] = c.image(f"priv-{tag}", "team/secret", tag, [mib(2)], seed + 1)
+        secret = [mib(layer_mib)] * 2 if layer_mib else [mib(2)]
+        images[PRIVATE] = c.image(f"priv-{tag}", "team/secret", tag, secret, seed + 1)
     for registry, image in images.items():
         await c.push(registry, image)
     refs = [f"{registry}/{image.repo}:{image.tag}" for registry, image in images.items()]
