@@ -13,6 +13,7 @@ without it these tests skip, except under CI, where they fail.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -403,3 +404,74 @@ def test_bad_values_are_refused(setting: str, message: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
         render("--set", setting)
     assert message in info.value.stderr
+
+
+def test_the_webhook_may_write_only_its_clones() -> None:
+    """On Kubernetes 1.30+ a ValidatingAdmissionPolicy confines the webhook's Secret
+    writes to the clones it manages, which RBAC cannot express. Its CEL, evaluated
+    here with cel-python against what the API server would hand it (no API server can
+    run here): the webhook's real clones pass, anything else is refused."""
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    from shoal.webhook.config import AccelerateConfig
+    from shoal.webhook.pullsecrets import desired_clone
+
+    docs = render("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    for version in ("1.30.0", "1.33.0"):
+        kubernetes_validate.validate(policy, version, strict=True)
+        kubernetes_validate.validate(binding, version, strict=True)
+    env = celpy.Environment()
+
+    def run(expr: str, activation: dict[str, Any]) -> bool:
+        names = {k: json_to_cel(v) for k, v in activation.items()}
+        return bool(env.program(env.compile(expr)).evaluate(names))
+
+    (condition,) = policy["spec"]["matchConditions"]
+    (rule,) = policy["spec"]["validations"]
+    webhook = f"system:serviceaccount:{NS}:shoal-webhook"
+    for user, applies in ((webhook, True), ("system:serviceaccount:kube-system:generic-gc", False)):
+        assert (
+            run(condition["expression"], {"request": {"userInfo": {"username": user}}}) is applies
+        )
+
+    source = {
+        "metadata": {"name": "regcred", "namespace": "apps", "uid": "u1", "resourceVersion": "7"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {
+            ".dockerconfigjson": base64.b64encode(
+                b'{"auths": {"r.example.com": {"auth": "eDp5"}}}'
+            ).decode()
+        },
+    }
+    clone = desired_clone(source, AccelerateConfig(registries=("r.example.com",)))  # type: ignore[arg-type]
+    assert clone is not None
+    foreign = {"metadata": {"name": "db-password", "namespace": "apps", "labels": {"app": "db"}}}
+    claimed = {
+        "metadata": {**foreign["metadata"], "labels": {"app.kubernetes.io/managed-by": "shoal"}}
+    }
+    fake = {"metadata": {"name": "acr-credential-db-p2p", "namespace": "apps"}}
+
+    def allowed(op: str, new: object, old: object) -> bool:
+        return run(
+            rule["expression"], {"request": {"operation": op}, "object": new, "oldObject": old}
+        )
+
+    assert allowed("CREATE", clone, None)
+    assert allowed("UPDATE", clone, clone)
+    assert allowed("DELETE", None, clone)
+    assert not allowed("CREATE", foreign, None)
+    assert not allowed("CREATE", fake, None)  # the name alone is not enough
+    assert not allowed("CREATE", claimed, None)  # nor the label alone
+    assert not allowed("UPDATE", foreign, foreign)
+    assert not allowed("UPDATE", claimed, foreign)  # no taking a Secret over by labelling it
+    taken = {"metadata": {**fake["metadata"], "labels": {"app.kubernetes.io/managed-by": "shoal"}}}
+    assert allowed("CREATE", taken, None)  # shaped like a clone, made as one: fine
+    assert not allowed("UPDATE", taken, fake)  # but not by relabelling someone's Secret
+    assert not allowed("DELETE", None, foreign)
