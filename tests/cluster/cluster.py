@@ -229,10 +229,10 @@ class ChartCluster:
         self._mark("roots")
         if self.with_webhook and rendered.by_kind("Deployment"):
             await self._start_webhook()
-            await self._hooks("post-install")
             self._mark("webhook")
         await self._start_nodes()
         self._mark("nodes")
+        await self._hooks("post-install")
 
     async def down(self) -> None:
         pods = [*self.jobs, *self.roots, *(n.agent for n in self.nodes if n.agent)]

@@ -114,3 +114,25 @@ def test_the_patch_tests_each_entry_by_name() -> None:
         {"op": "test", "path": "/webhooks/1/name", "value": "b"},
         {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": "new"},
     ]
+
+
+async def test_after_an_upgrade_deleted_them_the_post_job_makes_them_again(
+    api: tuple[ApiServer, KubeClient],
+) -> None:
+    """Chart 0.1.0 rendered these Secrets itself; upgrading from it, Helm deletes them
+    after the pre-upgrade Job ran. The post-upgrade Job (``secrets`` with
+    ``--webhook-configuration``) makes them again and writes the new CA."""
+    server, client = api
+    both = {"p2p_secret": "shoal-p2p", "tls_secret": "tls", "service": "shoal-webhook"}
+    await execute(client, args("secrets", **both))  # pre-upgrade: they still exist
+    del server.secrets[(NS, "shoal-p2p")], server.secrets[(NS, "tls")]  # Helm's upgrade
+    post = args("secrets", webhook_configuration="shoal-webhook", **both)
+    assert await execute(client, post) == [
+        f"secret {NS}/shoal-p2p: created",
+        f"secret {NS}/tls: created",
+        "shoal-webhook: caBundle written into 2 entries",
+    ]
+    ca = server.secrets[(NS, "tls")]["data"]["ca.crt"]
+    assert {
+        h["clientConfig"]["caBundle"] for h in server.webhooks["shoal-webhook"]["webhooks"]
+    } == {ca}

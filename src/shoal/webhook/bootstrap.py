@@ -9,9 +9,11 @@ never changes what exists:
 - ``secrets`` (pre-install, pre-upgrade): the agents' and roots' cluster secret (key
   ``secret``, 48 random characters) and, in ``hook`` TLS mode, the webhook's CA and
   serving certificate (a ``kubernetes.io/tls`` Secret with ``ca.crt``).
-- ``inject-ca`` (post-install, post-upgrade): the CA into every entry's
-  ``clientConfig.caBundle`` of the webhook's ``MutatingWebhookConfiguration``, with a
-  JSON Patch that tests each entry's name first (no blind index writes).
+- ``secrets --webhook-configuration NAME`` (post-install, post-upgrade): the same
+  again (an upgrade from a chart version that rendered these Secrets has just had Helm
+  delete them), then the CA into every entry's ``clientConfig.caBundle`` of the
+  webhook's ``MutatingWebhookConfiguration``, with a JSON Patch that tests each
+  entry's name first (no blind index writes). ``inject-ca`` does only the latter.
 
 Two Jobs racing on a create meet as ``409 AlreadyExists``: the loser reads the winner's.
 Every failure is one line on stderr and a non-zero exit (the Job retries).
@@ -190,7 +192,10 @@ async def inject_ca(client: KubeClient, args: argparse.Namespace) -> list[str]:
 
 async def execute(client: KubeClient, args: argparse.Namespace) -> list[str]:
     if args.command == "secrets":
-        return await ensure_secrets(client, args)
+        out = await ensure_secrets(client, args)
+        if args.webhook_configuration:
+            out += await inject_ca(client, args)
+        return out
     return await inject_ca(client, args)
 
 
@@ -209,6 +214,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--service", metavar="NAME", help="the webhook Service (certificate names)")
     s.add_argument("--cluster-domain", default="cluster.local")
     s.add_argument("--validity-days", type=int, default=3650)
+    s.add_argument(
+        "--webhook-configuration",
+        metavar="NAME",
+        help="then write the TLS secret's CA into this MutatingWebhookConfiguration",
+    )
     c = sub.add_parser("inject-ca", help="write the CA into the webhook configuration")
     c.add_argument("--namespace", required=True)
     c.add_argument("--tls-secret", metavar="NAME", required=True)

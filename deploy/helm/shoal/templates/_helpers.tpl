@@ -201,9 +201,9 @@ helm.sh/hook-weight: {{ .weight | quote }}
 helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- end -}}
 
-{{/* ServiceAccount and the least RBAC for one bootstrap phase: get (by name) and,
-     where needed, create on the release namespace's Secrets; get and patch on the
-     one webhook configuration whose caBundle it writes. */}}
+{{/* ServiceAccount and the least RBAC for one bootstrap phase: get (by name) and
+     create on the release namespace's Secrets; get and patch on the one webhook
+     configuration whose caBundle it writes, when it writes one. */}}
 {{- define "shoal.bootstrapRbac" -}}
 {{- $root := .root }}
 apiVersion: v1
@@ -232,13 +232,11 @@ rules:
     resources: [secrets]
     resourceNames: {{ .secrets | toJson }}
     verbs: [get]
-  {{- if has "create" .secretVerbs }}
   # create cannot be limited by name (the name is in the body); the Job creates only
   # the Secrets above, and only when they are missing
   - apiGroups: [""]
     resources: [secrets]
     verbs: [create]
-  {{- end }}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -326,7 +324,7 @@ spec:
         - name: bootstrap
           image: {{ include "shoal.image" $root }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-          command: [python, -m, shoal.webhook.bootstrap, {{ .command }}]
+          command: [python, -m, shoal.webhook.bootstrap, secrets]
           args:
             {{- toYaml .args | nindent 12 }}
           resources:
