@@ -173,6 +173,107 @@ class AcceleratorConfig(_Section, frozen=True):
     loopback_only: bool = True
 
 
+class PickerPolicy(_Section, frozen=True):
+    """The agent's piece picker (``shoal.swarm.picker``): which piece of which parent, now."""
+
+    #: pieces at the front of the wanted range fetched in order (the runtime streams them)
+    window: PositiveInt = 4
+    #: requests in flight to one parent
+    per_parent: PositiveInt = 3
+    #: requests in flight in all, per blob
+    total: PositiveInt = 12
+    #: rarest-first candidates looked at per pick
+    samples: PositiveInt = 4
+    #: a piece whose bytes flow this many times the mean piece time has stalled
+    stall_factor: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    #: seconds; a piece is never judged stalled sooner
+    stall_floor: NonNegativeFloat = 0.5
+    #: seconds a request may wait at a parent before its bytes start (the parent may be
+    #: waiting for the piece itself: asked again elsewhere, the parent not blamed)
+    queue_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: seconds a piece may run before the first one has landed (nothing to compare with)
+    first_piece_timeout: NonNegativeFloat = 30.0
+    #: seconds a parent that sent a bad piece is not asked again
+    ban_seconds: NonNegativeFloat = 60.0
+    #: duplicate requests at most, once every missing piece is requested
+    endgame: Annotated[int, msgspec.Meta(ge=0)] = 4
+    #: seconds between asks for more parents
+    refresh_interval: NonNegativeFloat = 1.0
+    #: weight of the newest piece time in the running mean (0..1)
+    ewma: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    #: a parent this many times slower per piece than the median of the others is slow
+    #: (0 = never judged so)
+    slow_ratio: NonNegativeFloat = 3.0
+    #: pieces from a parent before it may be judged slow
+    slow_samples: PositiveInt = 8
+    #: a parent holding requests that has sent nothing for this many mean piece times
+    #: is asked whether it is alive (a ping on its connection)
+    silence_factor: Annotated[float, msgspec.Meta(gt=0)] = 4.0
+    #: seconds; a parent is never suspected of silence sooner
+    silence_floor: NonNegativeFloat = 0.5
+
+
+class SchedulerPolicy(_Section, frozen=True):
+    """The root's scheduler (``shoal.swarm.scheduler``): the striped forest and spares."""
+
+    #: stripes per blob = child slots of an interior node
+    stripes: PositiveInt = 4
+    #: children of the seed (the root) per stripe
+    seed_fanout: PositiveInt = 1
+    #: offer a stripe parent as fetching its whole stripe (children queue ahead on it)
+    queue_on_stripe: bool = True
+    #: mesh parents offered beside the stripe parents
+    spares: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: random candidates scored per spare choice
+    sample: PositiveInt = 32
+    #: spare children (or active uploads) a peer takes before it counts as loaded
+    child_slots: PositiveInt = 6
+    #: pieces that make a spare fully useful
+    useful_enough: PositiveInt = 8
+    #: seconds a parent reported bad or slow is not offered again to the reporter
+    ban_seconds: NonNegativeFloat = 60.0
+    #: seconds a slow report counts against a parent
+    slow_memory: NonNegativeFloat = 30.0
+    #: distinct agents reporting bad pieces ban a parent for everyone
+    global_ban_reporters: PositiveInt = 2
+
+
+class DownloadPolicy(_Section, frozen=True):
+    """One blob download at an agent (``shoal.swarm.download``): its talk with the root."""
+
+    #: joins sent to a root that answers late before the next root is asked
+    join_tries: PositiveInt = 3
+    #: seconds the root may hold an ask for piece hashes it has not computed yet
+    hash_wait: NonNegativeFloat = 2.0
+    #: seconds before asking again when an answer brought no new hash
+    hash_pause: NonNegativeFloat = 0.05
+    #: seconds between health probes of a root whose call failed
+    probe_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    #: probes refused outright (nothing listens) before the root counts as gone; a
+    #: root that only answers late counts as gone after ``P2PConfig.rootTimeout``
+    refused_probes: PositiveInt = 3
+    #: seconds between asks whether the root has checked the whole digest
+    verdict_poll: Annotated[float, msgspec.Meta(gt=0)] = 0.05
+    #: such asks before the agent checks the digest itself
+    verdict_tries: PositiveInt = 100
+    #: seconds a satisfied on-demand (partial) download stays joined for more ranges
+    linger: NonNegativeFloat = 10.0
+    #: seconds a parent has to answer a liveness ping
+    ping_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    #: seconds between report batches to a root (one batch for every blob it schedules)
+    report_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.05
+    #: seconds between asks for pushed parent sets when there is nothing to report
+    push_poll: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+
+
+class SwarmConfig(_Section, frozen=True):
+    """The swarm's tunables; the defaults are the measured ones (docs/swarm.md)."""
+
+    picker: PickerPolicy = msgspec.field(default_factory=PickerPolicy)
+    scheduler: SchedulerPolicy = msgspec.field(default_factory=SchedulerPolicy)
+    download: DownloadPolicy = msgspec.field(default_factory=DownloadPolicy)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig, name="DeployConfig")
     exporter: ExporterConfig = msgspec.field(default_factory=ExporterConfig, name="ExporterConfig")
@@ -183,6 +284,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     accelerator: AcceleratorConfig = msgspec.field(
         default_factory=AcceleratorConfig, name="AcceleratorConfig"
     )
+    swarm: SwarmConfig = msgspec.field(default_factory=SwarmConfig, name="SwarmConfig")
 
     def replace(self, **changes: Any) -> Config:
         return msgspec.structs.replace(self, **changes)

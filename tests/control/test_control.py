@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shoal.control import codec
 from shoal.control.auth import SignatureInvalidError, cluster_secret, sign, verify
-from shoal.control.placement import owner, rank_roots
-from shoal.control.schema import HaveReport, LoadReport, Offer, UpdateRequest
+from shoal.control.schema import HaveReport, LoadReport, UpdateRequest
 from shoal.errors import ConfigInvalidError
-from shoal.swarm import ParentOffer
+from shoal.swarm import ParentOffer, owner, rank_roots
 
 SECRET = b"0123456789abcdef"
 
@@ -56,6 +56,6 @@ def test_reports_and_offers_round_trip_through_json() -> None:
     req = UpdateRequest("10.0.0.1:65002", [HaveReport("sha256:x", [1, 2]), LoadReport(3, 1e6)])
     assert msgspec.json.decode(msgspec.json.encode(req), type=UpdateRequest) == req
     offer = ParentOffer("p:1", "zone-a", have=(1 << 300) | 5, fetching=2, only=-1)
-    assert Offer.of(offer).offer() == offer
-    striped = ParentOffer("p:1", "", have=1, fetching=0, only=0b1010)
-    assert Offer.of(striped).offer() == striped
+    assert codec.offer(codec.offer_wire(offer)) == offer
+    striped = ParentOffer("p:1", "", have=1, fetching=0, only=0b1010, seed=True)
+    assert codec.offer(codec.offer_wire(striped)) == striped

@@ -12,6 +12,7 @@ from shoal.swarm import (
     ParentOffer,
     PickerPolicy,
     PiecePicker,
+    ProbePeer,
     Request,
     full_mask,
     mask_of,
@@ -68,8 +69,11 @@ def test_cut_through_asks_a_parent_for_a_piece_it_is_still_fetching() -> None:
     # news from the parent: it started fetching piece 1; the idle slot can use it
     assert p.on_fetching("a", 1)
     assert reqs(p.requests(0.1)) == [("a", 1)]
-    # a queued request does not stall while the parent waits for the piece itself
-    assert p.on_timer(5.0) == []
+    # a queued request does not stall while the parent waits for the piece itself;
+    # the silent parent is only asked whether it is alive
+    assert p.on_timer(5.0) == [ProbePeer("a")]
+    assert p.on_probe("a", True, 5.0) == []
+    assert p.on_timer(5.1) == []
 
 
 def test_prefers_what_a_parent_holds_over_what_it_fetches() -> None:

@@ -19,9 +19,11 @@ One check of a root, in order, each step naming what it found:
 
 Wrong port and wrong secret are configuration faults that waiting does not cure: they
 make the agent unready until fixed. Unreachable roots make it unready only when no root
-is usable at all. After start the heartbeat (``SwarmProvider._beat``) reports every
-health call through ``up``/``down``; a root that is not OK is checked again every
-``RECHECK`` seconds, so a fix (a restarted root, a corrected secret) is seen within that.
+is usable at all. After start the watch follows the heartbeat (``agent/heartbeat.py``:
+``Heartbeat.status``, per root the last failure in words, empty while it answers)
+every ``FOLLOW`` seconds rather than calling the roots again itself; a root that is not
+OK is checked again every ``RECHECK`` seconds, so a fix (a restarted root, a corrected
+secret) is seen within that.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -51,6 +54,8 @@ REACHABLE_METRIC = "shoal_root_reachable"
 REACHABLE_HELP = "1 when this agent can use the root: reachable, its control port, the same secret"
 #: seconds between checks of a root that is not OK
 RECHECK = 5.0
+#: seconds between looks at the heartbeat's word on each root
+FOLLOW = 1.0
 #: the state of this blob is asked to prove the secret: no root has it, none will fetch it
 PROBE_BLOB = "sha256:" + "0" * 64
 
@@ -117,6 +122,7 @@ class RootWatch:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._checked = asyncio.Event()
+        self._heartbeat: Mapping[str, str] = {}
         for root in self.roots:
             metrics.set_gauge(REACHABLE_METRIC, REACHABLE_HELP, 0.0, root=root)
 
@@ -187,6 +193,10 @@ class RootWatch:
 
     # --- fed by the heartbeat ------------------------------------------------------------
 
+    def follow(self, heartbeat: Mapping[str, str]) -> None:
+        """Take each root's state from the heartbeat's ``root -> failure ("" if none)``."""
+        self._heartbeat = heartbeat
+
     def report(self, root: str, why: str) -> None:
         """The heartbeat's word on ``root``: ``why`` is empty when it answered."""
         if why:
@@ -216,10 +226,16 @@ class RootWatch:
         ok = sum(1 for s in self.status.values() if s.state is RootState.OK)
         if self.roots:
             log.info("roots: %d of %d usable", ok, len(self.roots))
+        loop = asyncio.get_running_loop()
+        recheck = loop.time() + RECHECK
         while True:
-            await asyncio.sleep(RECHECK)
-            pending = [r for r, s in self.status.items() if s.state is not RootState.OK]
-            await asyncio.gather(*(self.refresh(r) for r in pending))
+            await asyncio.sleep(FOLLOW)
+            for root, why in list(self._heartbeat.items()):
+                self.report(root, why)
+            if loop.time() >= recheck:
+                recheck = loop.time() + RECHECK
+                pending = [r for r, s in self.status.items() if s.state is not RootState.OK]
+                await asyncio.gather(*(self.refresh(r) for r in pending))
 
     async def refresh(self, root: str) -> RootStatus:
         status = await self.check(root)

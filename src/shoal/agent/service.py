@@ -81,13 +81,25 @@ class Agent:
                     metrics=self.metrics,
                     audit=self.audit,
                 )
-                self.peer_client = PeerClient(secret, metrics=self.metrics)
+                # a read queued at a parent ends with the parent's answer (it holds it
+                # ``piece_wait``) or the picker's ``queueTimeout``: the client's own
+                # limit is only for a connection that died without saying so
+                queued = config.swarm.picker.queue_timeout
+                self.peer_client = PeerClient(
+                    secret, metrics=self.metrics, request_timeout=2 * queued + 5
+                )
                 self.control = ControlClient(secret, timeout=config.p2p.root_timeout)
                 self.swarm = SwarmProvider(
-                    config, self.store, self.peer_client, self.control, provider, self.metrics
+                    config,
+                    self.store,
+                    self.peer_client,
+                    self.control,
+                    provider,
+                    self.metrics,
+                    load=self.peer_server.load,
                 )
                 self.roots = RootWatch(config, secret, self.metrics)
-                self.swarm.root_seen = self.roots.report
+                self.roots.follow(self.swarm.heartbeat.status)
                 provider = self.swarm
         self.mirror = Mirror(config, self.upstream, self.metrics, self.audit, provider=provider)
         self._runners: list[web.AppRunner] = []

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import msgspec
 
-from shoal.swarm.messages import ParentOffer
-
 
 class Source(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where the root fetches the blob if it has to, with the joining client's credentials."""
@@ -22,25 +20,15 @@ class Source(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A ``ParentOffer`` on the wire (``codec.offer_wire`` / ``codec.offer``)."""
+
     peer: str
     zone: str
     have: str
     fetching: str
     only: str = "-1"
-
-    @classmethod
-    def of(cls, offer: ParentOffer) -> Offer:
-        return cls(
-            offer.peer,
-            offer.zone,
-            mask_hex(offer.have),
-            mask_hex(offer.fetching),
-            "-1" if offer.only == -1 else mask_hex(offer.only),
-        )
-
-    def offer(self) -> ParentOffer:
-        only = -1 if self.only == "-1" else hex_mask(self.only)
-        return ParentOffer(self.peer, self.zone, hex_mask(self.have), hex_mask(self.fetching), only)
+    spare: bool = False
+    seed: bool = False
 
 
 class JoinRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -63,8 +51,10 @@ class BlobState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hashes: list[str]
     #: the root holds every piece and the whole digest checked out
     complete: bool = False
-    #: the origin fetch failed (a digest mismatch, a refusal): why; nobody gets the blob
-    failed: str = ""
+    #: why the blob cannot be had: a ``swarm.BlobFailure`` value ("" = it can)
+    failure: str = ""
+    #: the failure in words, for logs
+    reason: str = ""
     seed: str = ""
     parents: list[Offer] = msgspec.field(default_factory=list)
 
@@ -89,6 +79,9 @@ class Pushed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class UpdateResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     assignments: list[Pushed] = msgspec.field(default_factory=list)
+    #: blobs the reports named whose swarm does not know the sender (it was dropped as
+    #: silent, or the root restarted): the agent joins them again
+    forgotten: list[str] = msgspec.field(default_factory=list)
 
 
 class HoldRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

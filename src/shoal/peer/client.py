@@ -114,6 +114,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._rbuf = memoryview(bytearray(_RECV_BUFFER))
         self._body: _Pending | None = None  # the read whose body is arriving; None: discard
         self._closed_exc: BaseException | None = None
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.requests = 0
         self.cancelled = 0
 
@@ -191,6 +192,9 @@ class PeerConnection(asyncio.BufferedProtocol):
             self.transport.write(self.conn.send(Pong(event.opaque)))
             return
         if isinstance(event, Pong):
+            waiter = self._pings.pop(event.opaque, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             return
         if not is_response(event):  # a request or one-way message from the peer
             if self.on_message is not None:
@@ -278,6 +282,24 @@ class PeerConnection(asyncio.BufferedProtocol):
         if self._closed_exc is not None or self.transport is None:
             raise PeerUnavailableError(f"connection to {self.address} is closed")
         self.transport.write(self.conn.send(event))
+
+    async def ping(self, limit_s: float) -> bool:
+        """Does the peer's event loop answer? (A stopped or wedged process keeps its
+        connections open; only an answer tells it from one waiting for a piece.)"""
+        if self._closed_exc is not None or self.transport is None:
+            return False
+        opaque = next(self._ids).to_bytes(8, "big")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[opaque] = waiter
+        self.transport.write(self.conn.send(Ping(opaque)))
+        try:
+            async with asyncio.timeout(limit_s):
+                await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._pings.pop(opaque, None)
 
     def next_id(self) -> int:
         return next(self._ids) & 0xFFFFFFFF
@@ -446,6 +468,16 @@ class PeerClient:
         if self.metrics is not None:
             self.metrics.record(MetricType.PEER, length, time.perf_counter() - start)
         return buffer
+
+    async def ping(self, peer: str | Address, limit_s: float) -> bool:
+        """True if ``peer`` answers a ping within ``limit_s`` seconds (connecting first if
+        need be, within the same limit)."""
+        try:
+            async with asyncio.timeout(limit_s):
+                conn = await self.connection(peer)
+        except (TimeoutError, PeerUnavailableError, AuthFailedError):
+            return False
+        return await conn.ping(limit_s)
 
     async def close(self) -> None:
         opening, self._connecting = list(self._connecting.values()), {}

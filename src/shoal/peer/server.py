@@ -105,6 +105,7 @@ class PeerServer:
         self.reads = 0
         self.reads_cancelled = 0
         self.bytes_sent = 0
+        self.sending = 0  # answers whose body is being sent now
         self.sendfile_native = True
 
     async def __aenter__(self) -> PeerServer:
@@ -149,6 +150,10 @@ class PeerServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    def load(self) -> tuple[int, int]:
+        """(uploads under way now, bytes sent so far): the agent's ``Load`` report."""
+        return self.sending, self.bytes_sent
 
     def __repr__(self) -> str:
         where = ",".join(f"{h}:{p}" for h, p in self.addresses) or "closed"
@@ -331,8 +336,12 @@ class _ServerConnection(asyncio.Protocol):
                         assert self.transport is not None
                         self.transport.write(self.conn.send(Data(req.request_id, req.length)))
                         # from here on a failure can only close the connection: body promised
-                        await self._send_body(src.file, src.offset, src.length, copy)
-                        await self._writable.wait()
+                        server.sending += 1
+                        try:
+                            await self._send_body(src.file, src.offset, src.length, copy)
+                            await self._writable.wait()
+                        finally:
+                            server.sending -= 1
             except ShoalError as exc:
                 rec.size = -1
                 if self._unanswered.pop(req.request_id, None) is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,41 +20,28 @@ import msgspec
 from aiohttp import web
 from aiohttp.web import Response
 
+from shoal.control import codec
 from shoal.control.auth import HEADER, verify
 from shoal.control.schema import (
-    AbandonedReport,
-    AnyReport,
-    BlobState,
     FailedReport,
-    FetchingReport,
-    HaveReport,
     Health,
     HoldRequest,
     JoinRequest,
-    LeaveReport,
-    LoadReport,
-    Offer,
     ParentsRequest,
-    Pushed,
     UpdateRequest,
     UpdateResponse,
-    hex_mask,
 )
 from shoal.errors import ShoalError
 from shoal.oci.digest import Digest, parse_digest
 from shoal.registry.origin_fetch import Source
 from shoal.registry.responses import error_response
 from shoal.swarm import (
-    Abandoned,
     AskParents,
     Assignment,
-    FailReason,
-    Fetching,
-    Have,
-    Join,
-    Leave,
-    Load,
-    ParentFailed,
+    BlobFailure,
+    BlobNotJoinedError,
+    BlobView,
+    PeerNotJoinedError,
     RootMessage,
     SwarmError,
 )
@@ -64,23 +52,6 @@ MAX_BODY = 4 << 20
 #: seconds a hash ask may be held (below the agents' control timeout)
 MAX_HASH_WAIT = 3.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def report_message(peer: str, report: AnyReport) -> RootMessage:
-    match report:
-        case HaveReport(blob=blob, indices=indices):
-            return Have(peer, blob, tuple(indices))
-        case FetchingReport(blob=blob, indices=indices):
-            return Fetching(peer, blob, tuple(indices))
-        case AbandonedReport(blob=blob, indices=indices):
-            return Abandoned(peer, blob, tuple(indices))
-        case FailedReport(blob=blob, parent=parent, reason=reason, index=index):
-            return ParentFailed(peer, blob, parent, FailReason(reason), index)
-        case LeaveReport(blob=blob):
-            return Leave(peer, blob)
-        case LoadReport(uploads=uploads, upload_bps=bps):
-            return Load(peer, uploads, bps)
-    raise ValueError(f"unknown report {report!r}")
 
 
 class ControlAPI:
@@ -138,14 +109,12 @@ class ControlAPI:
         req = msgspec.json.decode(await request.read(), type=JoinRequest)
         digest = parse_digest(req.blob)
         self.root.seen(req.peer)
-        failed = await self.root.open_blob(
+        failure = await self.root.open_blob(
             digest, Source(req.source.host, req.source.name, req.source.authorization)
         )
-        if failed:
-            return self._state(req.blob, req.known, None, failed)
-        assignment = self.root.schedule(
-            Join(req.peer, req.blob, req.zone, hex_mask(req.have), req.want)
-        )
+        if failure is not None:
+            return self._view(req.blob, req.known, None, failure)
+        assignment = self.root.schedule(codec.join(req))
         if assignment is not None:
             log.debug(
                 "%s joins %s: parents %s",
@@ -153,38 +122,46 @@ class ControlAPI:
                 req.blob[:19],
                 [p.peer for p in assignment.parents],
             )
-        return self._state(req.blob, req.known, assignment, "")
+        return self._view(req.blob, req.known, assignment, None)
 
     async def parents(self, request: web.Request) -> web.Response:
         req = msgspec.json.decode(await request.read(), type=ParentsRequest)
         self.root.seen(req.peer)
-        failed = self.root.failure(req.blob)
-        assignment = (
-            None if failed else self.root.schedule(AskParents(req.peer, req.blob, req.want))
-        )
-        return self._state(req.blob, req.known, assignment, failed)
+        failure = self.root.failure(req.blob)
+        assignment = None
+        if failure is None:
+            try:
+                assignment = self.root.schedule(AskParents(req.peer, req.blob, req.want))
+            except PeerNotJoinedError:
+                failure = (BlobFailure.NOT_JOINED, f"{req.peer} is not in the swarm")
+            except BlobNotJoinedError:
+                failure = (BlobFailure.UNKNOWN_BLOB, "no swarm for it here")
+        return self._view(req.blob, req.known, assignment, failure)
 
     async def update(self, request: web.Request) -> web.Response:
         req = msgspec.json.decode(await request.read(), type=UpdateRequest)
         self.root.seen(req.peer)
+        forgotten: set[str] = set()
         for report in req.reports:
             if isinstance(report, FailedReport):
                 log.debug("%s reports %s of %s: %s", req.peer, report.parent, report.blob[:19],
                           report.reason)  # fmt: skip
             try:
-                self.root.schedule(report_message(req.peer, report))
-            except SwarmError as exc:
+                self.root.schedule(codec.report(req.peer, report))
+            except (PeerNotJoinedError, BlobNotJoinedError) as exc:
+                log.debug("report from %s: %s", req.peer, exc)
+                blob = getattr(report, "blob", "")
+                if blob:
+                    forgotten.add(blob)
+            except (SwarmError, codec.CodecError) as exc:
                 log.debug("report from %s ignored: %s", req.peer, exc)
-        pushed = [
-            Pushed(a.blob, [Offer.of(o) for o in a.parents]) for a in self.root.drain(req.peer)
-        ]
+        pushed = [codec.pushed_wire(a) for a in self.root.drain(req.peer)]
         for p in pushed:
             log.debug(
                 "%s moved in %s: parents %s", req.peer, p.blob[:19], [o.peer for o in p.parents]
             )
-        return Response(
-            body=msgspec.json.encode(UpdateResponse(pushed)), content_type="application/json"
-        )
+        answer = UpdateResponse(pushed, sorted(forgotten))
+        return Response(body=msgspec.json.encode(answer), content_type="application/json")
 
     async def blob(self, request: web.Request) -> web.Response:
         """The blob's state; ``wait=S`` holds the answer (at most ``MAX_HASH_WAIT`` s)
@@ -195,24 +172,28 @@ class ControlAPI:
             wait = min(float(request.query.get("wait", "0")), MAX_HASH_WAIT)
         except ValueError as exc:
             raise web.HTTPBadRequest(text="known and wait must be numbers") from exc
-        failed = self.root.failure(digest)
-        if wait > 0 and not failed:
-            state = self.root.state(digest, known, failed)
-            if not state.hashes and not state.complete and 0 <= known < state.piece_count:
+        failure = self.root.failure(digest)
+        if wait > 0 and failure is None:
+            view = self.root.view(digest, known, None)
+            count = -(-view.size // view.piece_size) if view.piece_size else 0
+            if not view.hashes and not view.complete and 0 <= known < count:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self.root.wait_piece(digest, known)
-                failed = self.root.failure(digest)
-        return self._state(digest, known, None, failed)
+                failure = self.root.failure(digest)
+        return self._view(digest, known, None, failure)
 
-    def _state(
-        self, blob: str, known: int, assignment: Assignment | None, failed: str
+    def _view(
+        self,
+        blob: str,
+        known: int,
+        assignment: Assignment | None,
+        failure: tuple[BlobFailure, str] | None,
     ) -> web.Response:
-        state = self.root.state(blob, known, failed)
+        view = self.root.view(blob, known, failure)
         if assignment is not None:
-            state = msgspec.structs.replace(
-                state, parents=[Offer.of(offer) for offer in assignment.parents]
-            )
+            view = dataclasses.replace(view, parents=assignment.parents)
+        state = codec.view_wire(view)
         return web.Response(body=msgspec.json.encode(state), content_type="application/json")
 
 
@@ -228,11 +209,11 @@ class RootLike(Protocol):
         """``peer`` holds the whole blob: a parent as soon as its swarm opens."""
         ...
 
-    async def open_blob(self, digest: Digest, source: Source) -> str:
-        """Open (or find) the blob's swarm; a non-empty answer says why it cannot be had."""
+    async def open_blob(self, digest: Digest, source: Source) -> tuple[BlobFailure, str] | None:
+        """Open (or find) the blob's swarm; a failure says why it cannot be had."""
         ...
 
-    def failure(self, blob: str) -> str: ...
+    def failure(self, blob: str) -> tuple[BlobFailure, str] | None: ...
 
     def schedule(self, msg: RootMessage) -> Assignment | None: ...
 
@@ -240,7 +221,9 @@ class RootLike(Protocol):
         """Parent sets pushed to ``peer`` since it last asked."""
         ...
 
-    def state(self, blob: str, known: int, failed: str) -> BlobState: ...
+    def view(self, blob: str, known: int, failure: tuple[BlobFailure, str] | None) -> BlobView:
+        """What the root knows of ``blob``, hashes from piece ``known`` on."""
+        ...
 
     async def wait_piece(self, blob: str, index: int) -> None:
         """Until the root holds piece ``index`` (and so its hash), or it never will."""

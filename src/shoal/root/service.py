@@ -22,7 +22,6 @@ from aiohttp import web
 from shoal.cache.store import PieceStore
 from shoal.config import Config
 from shoal.control.auth import cluster_secret
-from shoal.control.schema import BlobState
 from shoal.errors import DigestMismatchError, ShoalError
 from shoal.lifecycle import serve_app
 from shoal.observability import AuditLog, Metrics, MetricType
@@ -33,7 +32,16 @@ from shoal.peer.server import PeerServer
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
 from shoal.registry.upstream import UpstreamClient
 from shoal.root.control_api import ControlAPI
-from shoal.swarm import Assignment, Have, Join, PeerDead, RootMessage, Scheduler
+from shoal.swarm import (
+    Assignment,
+    BlobFailure,
+    BlobView,
+    Have,
+    Join,
+    PeerDead,
+    RootMessage,
+    Scheduler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,7 @@ class Root:
             audit=self.audit,
         )
         self.metrics.set_cache_source(self.store.usage)
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(config.swarm.scheduler)
         self.fetcher = OriginFetcher(
             self.store,
             self.upstream,
@@ -78,8 +86,8 @@ class Root:
         self.peer_id = ""
         self.control_port = 0
         self.exporter_port = 0
-        self._failed: dict[str, tuple[float, str]] = {}
-        self._opening: dict[str, asyncio.Future[str]] = {}
+        self._failed: dict[str, tuple[float, BlobFailure, str]] = {}
+        self._opening: dict[str, asyncio.Future[tuple[BlobFailure, str] | None]] = {}
         self._last_seen: dict[str, float] = {}
         self._holders: dict[str, set[str]] = {}
         self._mailbox: dict[str, dict[str, Assignment]] = {}
@@ -169,14 +177,14 @@ class Root:
             return
         self.schedule(Join(peer, key, have=swarm.full))
 
-    def failure(self, blob: str) -> str:
+    def failure(self, blob: str) -> tuple[BlobFailure, str] | None:
         entry = self._failed.get(blob)
         if entry is None:
-            return ""
+            return None
         if entry[0] < time.monotonic():
             del self._failed[blob]
-            return ""
-        return entry[1]
+            return None
+        return entry[1], entry[2]
 
     def schedule(self, msg: RootMessage) -> Assignment | None:
         now = time.monotonic()
@@ -191,14 +199,14 @@ class Root:
     def drain(self, peer: str) -> list[Assignment]:
         return list(self._mailbox.pop(peer, {}).values())
 
-    async def open_blob(self, digest: Digest, source: Source) -> str:
+    async def open_blob(self, digest: Digest, source: Source) -> tuple[BlobFailure, str] | None:
         key = str(digest)
         failed = self.failure(key)
-        if failed:
+        if failed is not None:
             return failed
         try:
             self.scheduler.swarm(key)
-            return ""
+            return None
         except ShoalError:
             pass
         waiting = self._opening.get(key)
@@ -208,12 +216,12 @@ class Root:
             try:
                 waiting.set_result(await self._open(digest, source))
             except ShoalError as exc:
-                waiting.set_result(f"origin fetch failed: {exc.message}")
+                waiting.set_result((BlobFailure.ORIGIN_UNAVAILABLE, exc.message))
             finally:
                 del self._opening[key]
         return await asyncio.shield(waiting)
 
-    async def _open(self, digest: Digest, source: Source) -> str:
+    async def _open(self, digest: Digest, source: Source) -> tuple[BlobFailure, str] | None:
         key = str(digest)
         info, flight = await self.fetcher.start(digest, source)
         now = time.monotonic()
@@ -225,18 +233,20 @@ class Root:
             self.schedule(Have(self.peer_id, key, present))
         if flight is not None:
             self._spawn(self._watch(key, flight))
-        return ""
+        return None
 
     async def _watch(self, key: str, flight: Flight) -> None:
         try:
             await flight.wait()
         except DigestMismatchError as exc:
             log.error("blob %s FAILED for every agent: %s", key, exc.message)
-            self._failed[key] = (time.monotonic() + FAILURE_MEMORY, exc.message)
+            until = time.monotonic() + FAILURE_MEMORY
+            self._failed[key] = (until, BlobFailure.DIGEST_MISMATCH, exc.message)
             self.scheduler.drop_blob(key)
         except ShoalError as exc:
             log.error("origin fetch of %s failed: %s", key, exc.message)
-            self._failed[key] = (time.monotonic() + 5.0, exc.message)
+            until = time.monotonic() + 5.0
+            self._failed[key] = (until, BlobFailure.ORIGIN_UNAVAILABLE, exc.message)
             self.scheduler.drop_blob(key)
 
     def _on_piece(self, digest: str, index: int, _sha: bytes) -> None:
@@ -249,25 +259,25 @@ class Root:
         with contextlib.suppress(ShoalError):  # gone or abandoned: the state says why
             await self.store.wait_piece(blob, index)
 
-    def state(self, blob: str, known: int, failed: str) -> BlobState:
+    def view(self, blob: str, known: int, failure: tuple[BlobFailure, str] | None) -> BlobView:
         info = self.store.lookup(blob)
         if info is None:
-            return BlobState(
-                blob, 0, 0, known, [], failed=failed or "unknown blob", seed=self.peer_id
-            )
-        hashes: list[str] = []
+            code, reason = failure or (BlobFailure.UNKNOWN_BLOB, "unknown blob")
+            return BlobView(blob, hashes_from=known, failure=code, reason=reason, seed=self.peer_id)
+        hashes: list[bytes] = []
         for h in info.hashes[max(known, 0) :]:
             if h is None:
                 break
-            hashes.append(h.hex())
-        return BlobState(
+            hashes.append(h)
+        return BlobView(
             blob,
             info.size,
             info.piece_size,
             known,
-            hashes,
+            tuple(hashes),
             complete=info.complete,
-            failed=failed,
+            failure=None if failure is None else failure[0],
+            reason="" if failure is None else failure[1],
             seed=self.peer_id,
         )
 

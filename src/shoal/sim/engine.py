@@ -1,70 +1,75 @@
 """The discrete-event simulation of a pull through shoal, driving the real swarm code.
 
-Roles as in the real system: one ``Scheduler`` per root (blobs mapped to roots by
-rendezvous hashing of the digest), one ``PiecePicker`` per agent per layer, both
-unchanged from ``shoal.swarm``; the network is ``network.Network``. The engine plays
-the asyncio shells' part exactly as docs/swarm.md tells them to:
+Roles as in the real system, with the real classes: every agent runs one
+``BlobDownload`` per layer (the same machine the agent's asyncio driver runs), which
+drives a ``PiecePicker``; the roots run ``Scheduler``s behind the control plane of
+``roots.RootTier`` (joins, asks, long-polled hashes, verdicts, reports batched by each
+agent's ``Outbox``, pushed parent sets delivered with the next batch). The engine plays
+the drivers' part: it carries out the machines' actions on the network model
+(``network.Network``) and feeds back what happened, as the agent's driver does:
 
-* a root fetches a blob from the origin when the first agent joins it, piece after
-  piece (one origin flow at a time per blob), and sends ``Have`` for each;
 * a ``Request`` is sent on the parent->child connection if the parent holds the piece
-  (one writer per connection, as the real peer server: pieces on one connection go
-  one after another, connections share links max-min fairly), queues at the parent if
-  the parent is fetching that blob (cut-through: sent when the piece lands; the real
-  peer server waits ``piece_wait`` for it), else is refused; ``Fetching`` is
-  announced when a flow starts, ``Have`` when it lands;
-* ``Cancel`` stops the flow, refuses children queued on that piece when no request for
-  it is left, ``ParentFailed`` and ``NeedParents`` go to the blob's root;
-* each agent fetches every layer of the image at once (``concurrent_layers`` = 0), as
-  the agent does after serving the manifest, or a given number at a time, in order.
+  (one writer per connection, as the real peer server: pieces on one connection go one
+  after another, connections share links max-min fairly), queues at the parent if the
+  parent is fetching that blob (cut-through: sent when the piece lands), else is
+  refused (``FetchError.NOT_FOUND``);
+* a flow's first byte is ``on_started``, its last ``on_received``; ``Store`` succeeds at
+  once and the piece counts as held from then on (``on_stored``);
+* ``Cancel`` stops the flow; children queued on a piece nobody here fetches any more are
+  refused;
+* an agent hears of its parents only what a real agent hears: the offers in the root's
+  answers and pushes (no per-piece news from parents);
+* ``ProbePeer`` is answered after a round trip when the parent lives, after the ping
+  timeout when it is dead.
 
-Events at the same simulated time are handled as a batch: pickers woken by the batch
-are asked for requests once, and the network is settled once.
+Events at the same simulated time are handled as a batch and the network is settled
+once per batch.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import heapq
 import itertools
 import random
-from collections import OrderedDict, defaultdict, deque
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shoal.sim.network import Flow, Network
 from shoal.sim.params import SimParams
+from shoal.sim.roots import RootTier
 from shoal.swarm import (
     Abandoned,
-    AskParents,
+    Action,
     Assignment,
+    BlobDownload,
     Cancel,
-    FailReason,
+    Fail,
+    FetchError,
     Fetching,
+    FetchOrigin,
     Have,
-    Join,
-    NeedParents,
+    JoinRoot,
     ParentFailed,
-    PeerDead,
-    PickerAction,
-    PiecePicker,
+    ParentOffer,
+    ProbePeer,
+    ProbeRoot,
     Request,
-    Scheduler,
+    RequestHashes,
+    RequestParents,
+    RequestVerdict,
+    Store,
+    full_mask,
     piece_count,
     piece_length,
+    rank_roots,
 )
 
-_FLOW, _TICK, _DIE = 0, 1, 2
-UNREACHABLE, REFUSED = FailReason.UNREACHABLE, FailReason.REFUSED
-
-
-def rendezvous(digest: str, roots: Sequence[str]) -> int:
-    """Index of the root that owns ``digest``: highest hash of (root, digest) wins."""
-    return max(
-        range(len(roots)),
-        key=lambda j: hashlib.sha256(f"{roots[j]}|{digest}".encode()).digest(),
-    )
+_FLOW, _TICK, _DIE, _CALL = 0, 1, 2, 3
+UNREACHABLE, NOT_FOUND = FetchError.UNREACHABLE, FetchError.NOT_FOUND
 
 
 @dataclass(slots=True)
@@ -82,6 +87,10 @@ class Outcome:
     flows: int
     pieces: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def _parents(m: BlobDownload, *, offers: tuple[ParentOffer, ...], now: float) -> list[Action]:
+    return m.on_parents(offers, now)
 
 
 class SwarmSim:
@@ -122,7 +131,7 @@ class SwarmSim:
         ]
         self.is_root = [False, *([True] * params.roots), *([False] * n)]
         self.dead = [False] * len(self.name)
-        # blobs
+        # blobs: each belongs to the root that production's rendezvous hashing names
         self.digests = [
             "sha256:" + hashlib.sha256(f"{params.seed}/{j}/{s}".encode()).hexdigest()
             for j, s in enumerate(params.layers)
@@ -130,31 +139,22 @@ class SwarmSim:
         self.blob_index = {d: j for j, d in enumerate(self.digests)}
         self.sizes = list(params.layers)
         self.counts = [piece_count(s, params.piece_size) for s in self.sizes]
-        self.owner = [self.roots[rendezvous(d, self.root_names)] for d in self.digests]
-        self.scheds = {
-            r: Scheduler(params.scheduler, seed=params.seed * 1000 + k)
-            for k, r in enumerate(self.roots)
-        }
-        self.sched_of = [self.scheds[r] for r in self.owner]  # per blob, its root's
-        self.root_have = [0] * len(self.digests)
-        self.root_next = [-1] * len(self.digests)  # next piece to fetch; -1 = not started
+        self.full = [full_mask(c) for c in self.counts]
+        self.ranked = [rank_roots(d, self.root_names) for d in self.digests]
+        self.owner = [self.root_names.index(r[0]) for r in self.ranked]  # index in roots
+        self.root_node = [self.roots[o] for o in self.owner]  # per blob, its root's node
+        self.tier = RootTier(self)
+        self.root_next = [0] * len(self.digests)  # the root's next origin piece
         # per agent
-        self.pickers: list[dict[int, PiecePicker]] = [{} for _ in self.name]
+        self.dl: list[dict[int, BlobDownload]] = [{} for _ in self.name]
         self.next_layer = [0] * len(self.name)
         self.layer_done = [[float("inf")] * len(self.sizes) for _ in range(n)]
-        self.active: dict[tuple[int, int], PiecePicker] = {}
-        # swarm graph and transfers
-        self.children: dict[tuple[int, int], set[int]] = defaultdict(set)
-        self.parents: dict[tuple[int, int], list[int]] = {}
+        self.active: dict[tuple[int, int], BlobDownload] = {}
+        # transfers
         self.waiting: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        self.inbound: dict[tuple[int, int, int], int] = defaultdict(int)
         self.flows: dict[tuple[int, int, int, int], Flow] = {}
         self.current: dict[tuple[int, int], Flow] = {}  # per connection, the piece on the wire
         self.conn: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
-        # pickers to ask for requests, first woken first; an OrderedDict pops its oldest
-        # in O(1), where ``next(iter(dict))`` after many deletions scans them all
-        self.wake: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self.deferred: list[tuple[int, int, int, int, FailReason]] = []
         self.cut: set[tuple[int, int, int, int]] = set()  # cut-through sends (host CPU)
         # measures
         self.origin_bytes = 0.0
@@ -164,9 +164,18 @@ class SwarmSim:
         self.pieces_moved = 0
         self.total_flows = 0
         self.remaining_agents = n
-        self._ticks = 0
+        self.notes: list[str] = []
 
     # ------------------------------------------------------------------ event plumbing
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), _CALL, fn, 0))
+
+    def after(self, delay: float, fn: Callable[[], None]) -> None:
+        if delay <= 0:
+            fn()
+        else:
+            self.at(self.now + delay, fn)
 
     def _push(self, t: float, kind: int, obj: object, version: int = 0) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), kind, obj, version))
@@ -200,7 +209,7 @@ class SwarmSim:
             for v in victims:
                 self._push(self.rng.uniform(0.1, 0.9) * p.bound(), _DIE, v)
         self._push(p.tick_s(), _TICK, None)
-        self._drain()
+        self._settle()
         heap = self._heap
         while heap and self.remaining_agents > 0:
             t = heap[0][0]
@@ -211,16 +220,17 @@ class SwarmSim:
                 _, _, kind, obj, version = heapq.heappop(heap)
                 self.events += 1
                 if kind == _FLOW:
-                    f = obj
-                    assert isinstance(f, Flow)
-                    if f.version == version:
-                        self._flow_done(f)
+                    assert isinstance(obj, Flow)
+                    if obj.version == version:
+                        self._flow_done(obj)
+                elif kind == _CALL:
+                    obj()  # type: ignore[operator]
                 elif kind == _TICK:
                     self._tick()
                 else:
                     assert isinstance(obj, int)
                     self._die(obj)
-            self._drain()
+            self._settle()
         return Outcome(
             layer_done=self.layer_done,
             dead=[self.dead[a] for a in self.agents],
@@ -232,108 +242,116 @@ class SwarmSim:
             events=self.events,
             flows=self.total_flows,
             pieces=self.pieces_moved,
+            notes=self.notes,
         )
 
-    def _drain(self) -> None:
-        """Wake pickers touched by this batch, then settle the network once."""
-        while self.wake or self.deferred:
-            while self.deferred:
-                c, b, parent, i, why = self.deferred.pop()
-                pk = self.pickers[c].get(b)
-                if pk is not None and not self.dead[c]:
-                    self._act(c, b, pk.on_failed(self.name[parent], i, self.now, why))
-            wake, pickers, dead, now = self.wake, self.pickers, self.dead, self.now
-            while wake:
-                (c, b), _ = wake.popitem(last=False)
-                pk = pickers[c][b]
-                if not pk.done and not dead[c]:
-                    acts = pk.requests(now)
-                    if acts:
-                        self._act(c, b, acts)
+    def _settle(self) -> None:
         origin_dirty = self.origin in self.net._dirty_up
         self.net.settle(self.now, self._schedule)
         if origin_dirty:
             self.origin_peak = max(self.origin_peak, self.net.rate_out(self.origin))
 
-    # ------------------------------------------------------------------ agents
+    # ------------------------------------------------------------------ the drivers' part
 
     def _start_layer(self, a: int) -> None:
         b = self.next_layer[a]
         if b >= len(self.sizes):
             return
         self.next_layer[a] = b + 1
-        pk = PiecePicker(
-            self.name[a], self.digests[b], self.counts[b], self.p.picker, seed=a * 131 + b
+        m = BlobDownload(
+            self.name[a],
+            self.digests[b],
+            self.ranked[b],
+            policy=self.p.download,
+            picker=self.p.picker,
+            root_timeout=self.p.root_timeout,
+            seed=a * 131 + b,
         )
-        self.pickers[a][b] = pk
-        self.active[(a, b)] = pk
-        root = self.owner[b]
-        sched = self.scheds[root]
-        if self.root_next[b] < 0:
-            sched.add_blob(self.digests[b], self.sizes[b], self.p.piece_size, self.name[root], 0.0)
-            self.root_next[b] = 0
-            self._origin_fetch(b)
-        ans = sched.handle(Join(self.name[a], self.digests[b], self.zone[a]), self.now)
-        assert ans is not None
-        self._assign(a, b, ans)
+        self.dl[a][b] = m
+        self.active[(a, b)] = m
+        self._act(a, b, m.start(self.now))
 
-    def _assign(self, a: int, b: int, ans: Assignment) -> None:
-        new = [self.id[o.peer] for o in ans.parents]
-        for old in self.parents.get((a, b), ()):
-            self.children[(old, b)].discard(a)
-        for x in new:
-            self.children[(x, b)].add(a)
-        self.parents[(a, b)] = new
-        pk = self.pickers[a][b]
-        self._act(a, b, pk.on_parents(ans.parents, self.now))
-        self.wake[(a, b)] = None
-        self._updates(b)
+    def answer(self, a: int, b: int, event: Callable[[BlobDownload], list[Action]]) -> None:
+        """Deliver a root's answer to agent ``a``'s download of ``b`` (if it still runs)."""
+        m = self.dl[a].get(b)
+        if m is not None and not self.dead[a] and not m.ended:
+            self._act(a, b, event(m))
 
-    def _updates(self, b: int) -> None:
-        """Deliver the root's unsolicited parent updates (a tree changed under them)."""
-        for ans in self.scheds[self.owner[b]].take_updates(self.now):
-            a = self.id[ans.peer]
-            blob = self.blob_index[ans.blob]
-            if not self.dead[a] and blob in self.pickers[a]:
-                self._assign(a, blob, ans)
+    def pushed(self, a: int, mail: dict[int, Assignment]) -> None:
+        for b, ans in mail.items():
+            offers = ans.parents
+            self.answer(a, b, functools.partial(_parents, offers=offers, now=self.now))
 
-    def _act(self, c: int, b: int, actions: list[PickerAction]) -> None:
+    def live_roots(self, a: int) -> set[str]:
+        return {m.root for m in self.dl[a].values() if m.root and not m.ended}
+
+    def _act(self, c: int, b: int, actions: list[Action]) -> None:
+        tier = self.tier
         for act in actions:
             t = type(act)
             if t is Request:
                 assert isinstance(act, Request)
                 self._request(c, b, self.id[act.parent], act.index)
+            elif t is Have or t is Fetching or t is Abandoned or t is ParentFailed:
+                assert isinstance(act, Have | Fetching | Abandoned | ParentFailed)
+                tier.report(c, b, act)
+            elif t is Store:
+                assert isinstance(act, Store)
+                self._stored(c, b, act.parent, act.index)
             elif t is Cancel:
                 assert isinstance(act, Cancel)
                 self._cancel(c, b, self.id[act.parent], act.index)
-            elif t is ParentFailed:
-                assert isinstance(act, ParentFailed)
-                self.scheds[self.owner[b]].handle(act, self.now)
-                self._updates(b)
-            elif t is NeedParents:
-                ans = self.scheds[self.owner[b]].handle(
-                    AskParents(self.name[c], self.digests[b]), self.now
-                )
-                assert ans is not None
-                self._assign(c, b, ans)
+            elif t is ProbePeer:
+                assert isinstance(act, ProbePeer)
+                self._probe_peer(c, b, act.parent)
+            elif t is RequestHashes:
+                assert isinstance(act, RequestHashes)
+                tier.hashes(c, b, act.known)
+            elif t is RequestParents:
+                tier.parents(c, b)
+            elif t is JoinRoot:
+                assert isinstance(act, JoinRoot)
+                tier.join(c, b, act.have)
+            elif t is RequestVerdict:
+                tier.verdict(c, b)
+            elif t is ProbeRoot:
+                assert isinstance(act, ProbeRoot)
+                tier.probe(c, b, act.root)
+            elif t is FetchOrigin or t is Fail:
+                self.notes.append(f"{self.name[c]} {self.digests[b][:19]}: {act!r}")
+
+    def _probe_peer(self, c: int, b: int, parent: str) -> None:
+        alive = not self.dead[self.id[parent]]
+        delay = self.p.control_rtt if alive else self.p.download.ping_timeout
+        self.after(
+            delay, lambda: self.answer(c, b, lambda m: m.on_probe_peer(parent, alive, self.now))
+        )
 
     def _holds(self, x: int, b: int, i: int) -> bool:
         if self.is_root[x]:
-            return bool(self.root_have[b] >> i & 1)
-        pk = self.pickers[x].get(b)
-        return pk is not None and bool(pk.have >> i & 1)
+            return bool(self.tier.have[b] >> i & 1)
+        m = self.dl[x].get(b)
+        return m is not None and m.picker is not None and bool(m.picker.have >> i & 1)
 
     def _request(self, c: int, b: int, parent: int, i: int) -> None:
         if self.dead[parent]:
-            self.deferred.append((c, b, parent, i, UNREACHABLE))
+            self._failed_later(c, b, parent, i, UNREACHABLE)
         elif self._holds(parent, b, i):
             self._send(parent, c, b, i)
-        elif self.is_root[parent] or b in self.pickers[parent]:
+        elif self.is_root[parent] or b in self.dl[parent]:
             # the peer server holds a read of a piece of a blob it is fetching until the
-            # piece lands (``piece_wait``, 30 s, as the picker's ``queue_timeout``)
+            # piece lands (``piece_wait``)
             self.waiting[(parent, b, i)].append(c)
         else:
-            self.deferred.append((c, b, parent, i, REFUSED))
+            self._failed_later(c, b, parent, i, NOT_FOUND)
+
+    def _failed_later(self, c: int, b: int, parent: int, i: int, why: FetchError) -> None:
+        """A fetch fails: the answer (or the reset) reaches the child a moment later, as
+        it does over a real connection; never inside the action that asked."""
+        nm = self.name[parent]
+        self.at(
+            self.now, lambda: self.answer(c, b, lambda m: m.on_fetch_failed(nm, i, why, self.now))
+        )
 
     def _send(self, src: int, dst: int, b: int, i: int) -> None:
         """Queue piece ``i`` on the connection ``src -> dst``: one writer per connection
@@ -356,34 +374,18 @@ class SwarmSim:
             cpu, key = self.p.cpu, (src, dst, b, i)
             cost = cpu.send + (cpu.agent_in_cut if key in self.cut else cpu.agent_in)
             self.cut.discard(key)
-        now = self.now
-        f = self.net.start(src, dst, size, now, (b, i), cost)
+        f = self.net.start(src, dst, size, self.now, (b, i), cost)
         self.total_flows += 1
         self.flows[(src, dst, b, i)] = f
         self.current[(src, dst)] = f
-        self.inbound[(dst, b, i)] += 1
-        nm = self.name[dst]
-        pickers = self.pickers
-        pickers[dst][b].on_started(self.name[src], i, now)
-        self.sched_of[b].handle(Fetching(nm, self.digests[b], (i,)), now)
-        kids = self.children.get((dst, b))
-        if kids:
-            wake = self.wake
-            for ch in kids:
-                if pickers[ch][b].on_fetching(nm, i):
-                    wake[(ch, b)] = None
+        m = self.dl[dst].get(b)
+        if m is not None:
+            self._act(dst, b, m.on_started(self.name[src], i, self.now))
 
     def _end_flow(self, f: Flow) -> None:
         b, i = f.payload
         src, dst = f.src, f.dst
         del self.flows[(src, dst, b, i)]
-        key = (dst, b, i)
-        inbound = self.inbound
-        left = inbound[key] - 1
-        if left:
-            inbound[key] = left
-        else:
-            del inbound[key]
         self.net.stop(f, self.now)
         link = (src, dst)
         if self.current.get(link) is f:
@@ -408,13 +410,12 @@ class SwarmSim:
             queue = self.waiting.get((parent, b, i))
             if queue and c in queue:
                 queue.remove(c)
-        pk = self.pickers[c][b]
-        if not (pk.requested >> i & 1) and not (pk.have >> i & 1):
-            self.scheds[self.owner[b]].handle(
-                Abandoned(self.name[c], self.digests[b], (i,)), self.now
-            )
+        m = self.dl[c][b]
+        pk = m.picker
+        if pk is not None and not (pk.requested >> i & 1) and not (pk.have >> i & 1):
+            # nobody here fetches it now: children queued on it are refused
             for w in self.waiting.pop((c, b, i), []):
-                self.deferred.append((w, b, c, i, REFUSED))
+                self._failed_later(w, b, c, i, FetchError.PIECE_MISSING)
 
     def _flow_done(self, f: Flow) -> None:
         b, i = f.payload
@@ -429,33 +430,25 @@ class SwarmSim:
             self.root_up += f.size
         else:
             self.peer_bytes += f.size
-        pk = self.pickers[dst][b]
-        was = pk.have >> i & 1
-        acts = pk.on_piece(self.name[src], i, self.now)
-        if acts:
-            self._act(dst, b, acts)
-        if not was and pk.have >> i & 1:
-            self._landed(dst, b, i)
-        self.wake[(dst, b)] = None
+        m = self.dl[dst].get(b)
+        if m is not None:
+            self._act(dst, b, m.on_received(self.name[src], i, self.now))
 
-    def _landed(self, a: int, b: int, i: int) -> None:
-        nm = self.name[a]
-        self.sched_of[b].handle(Have(nm, self.digests[b], (i,)), self.now)
+    def _stored(self, a: int, b: int, parent: str, i: int) -> None:
+        m = self.dl[a][b]
+        pk = m.picker
+        assert pk is not None
+        was = pk.have >> i & 1
+        self._act(a, b, m.on_stored(parent, i, True, self.now))
+        if was or not pk.have >> i & 1:
+            return
         waiters = self.waiting.pop((a, b, i), None)
         if waiters:
             for w in waiters:
                 if not self.dead[w]:
                     self._send_waited(a, w, b, i)
-        pickers = self.pickers
-        kids = self.children.get((a, b))
-        if kids:
-            wake = self.wake
-            for ch in kids:
-                if pickers[ch][b].on_have(nm, i):
-                    wake[(ch, b)] = None
-        pk = pickers[a][b]
         if pk.done:
-            del self.active[(a, b)]
+            self.active.pop((a, b), None)
             self.layer_done[a - self.first_agent][b] = self.now
             self._start_layer(a)
             if self._finished(a):
@@ -463,47 +456,36 @@ class SwarmSim:
 
     # ------------------------------------------------------------------ roots, faults
 
-    def _origin_fetch(self, b: int) -> None:
+    def origin_fetch(self, b: int) -> None:
+        """The root fetches piece after piece from the origin (one flow at a time)."""
         i = self.root_next[b]
         if i < self.counts[b]:
             self.root_next[b] = i + 1
             size = piece_length(self.sizes[b], self.p.piece_size, i)
-            f = self.net.start(self.origin, self.owner[b], size, self.now, (b, i))
+            root = self.root_node[b]
+            f = self.net.start(self.origin, root, size, self.now, (b, i))
             self.total_flows += 1
-            self.flows[(self.origin, self.owner[b], b, i)] = f
+            self.flows[(self.origin, root, b, i)] = f
 
     def _root_landed(self, r: int, b: int, i: int) -> None:
-        self.root_have[b] |= 1 << i
-        nm = self.name[r]
-        self.scheds[r].handle(Have(nm, self.digests[b], (i,)), self.now)
-        self._origin_fetch(b)
+        self.tier.landed(b, i)
+        self.origin_fetch(b)
         for w in self.waiting.pop((r, b, i), []):
             if not self.dead[w]:
                 self._send_waited(r, w, b, i)
-        for ch in self.children.get((r, b), ()):
-            if self.pickers[ch][b].on_have(nm, i):
-                self.wake[(ch, b)] = None
 
     def _tick(self) -> None:
         now = self.now
-        self._ticks += 1
-        # idle pickers are woken about once a second: that is how often they may ask
-        # for parents (refresh_interval); stall checks run every tick
-        every = max(1, round(self.p.picker.refresh_interval / self.p.tick_s()))
-        wake_idle = self._ticks % every == 0
-        for (c, b), pk in list(self.active.items()):
-            if pk.in_flight:
-                acts = pk.on_timer(now)
-                if acts:
-                    self._act(c, b, acts)
-            if wake_idle and pk.idle:
-                self.wake[(c, b)] = None
+        for (c, b), m in list(self.active.items()):
+            acts = m.tick(now)
+            if acts:
+                self._act(c, b, acts)
         if self.active:
             self._push(now + self.p.tick_s(), _TICK, None)
 
     def _finished(self, a: int) -> bool:
         return self.next_layer[a] >= len(self.sizes) and all(
-            pk.done for pk in self.pickers[a].values()
+            m.picker is not None and m.picker.done for m in self.dl[a].values()
         )
 
     def _die(self, a: int) -> None:
@@ -511,22 +493,20 @@ class SwarmSim:
             return  # finished before its time came: it lives
         self.dead[a] = True
         self.remaining_agents -= 1
+        # connections reset: every child with bytes or reads on this node hears it
         for key in [k for k in self.conn if a in k]:
             for b, i in self.conn.pop(key):
                 if key[0] == a:
-                    self.deferred.append((key[1], b, a, i, UNREACHABLE))
+                    self._failed_later(key[1], b, a, i, UNREACHABLE)
         for f in list(self.net.ups[a]):
             b, i = f.payload
             self._end_flow(f)
-            self.deferred.append((f.dst, b, a, i, UNREACHABLE))
+            self._failed_later(f.dst, b, a, i, UNREACHABLE)
         for f in list(self.net.downs[a]):
             self._end_flow(f)
         for wkey in [k for k in self.waiting if k[0] == a]:
             for w in self.waiting.pop(wkey):
-                self.deferred.append((w, wkey[1], a, wkey[2], UNREACHABLE))
-        for b in list(self.pickers[a]):
+                self._failed_later(w, wkey[1], a, wkey[2], UNREACHABLE)
+        for b in list(self.dl[a]):
             self.active.pop((a, b), None)
-        for r in self.roots:
-            self.scheds[r].handle(PeerDead(self.name[a]), self.now)
-        for b in range(len(self.digests)):
-            self._updates(b)
+        self.tier.dead(a)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from shoal.swarm import PickerPolicy, SchedulerPolicy
+from shoal.swarm import DownloadPolicy, PickerPolicy, SchedulerPolicy
 
 GBIT = 1e9 / 8  # bytes/s in one Gbit/s
 MB = 1e6
@@ -81,13 +81,22 @@ class SimParams:
     cpu: CpuCosts = field(default_factory=lambda: CpuCosts())
     picker: PickerPolicy = field(default_factory=PickerPolicy)
     scheduler: SchedulerPolicy = field(default_factory=SchedulerPolicy)
+    download: DownloadPolicy = field(default_factory=DownloadPolicy)
+    #: seconds of one control call to a root and back (the scheduler sees a request half
+    #: of it after it left); 0 = instant, only the outbox's batching delays reports
+    control_rtt: float = 0.0
+    #: ``P2PConfig.rootTimeout``: seconds a doubted root may stay silent
+    root_timeout: float = 5.0
+    #: seconds of silence after which a root drops an agent (``shoal.root``'s rule)
+    peer_timeout: float = 15.0
 
     @property
     def image_bytes(self) -> int:
         return sum(self.layers)
 
     def tick_s(self) -> float:
-        return self.tick or max(0.05, self.bound() / 200)
+        """At most 1 s: a download that hears nothing for longer thinks it was stopped."""
+        return self.tick or min(max(0.05, self.bound() / 200), 1.0)
 
     def bound(self) -> float:
         """Physical lower bound on any node's pull time (no decompression).

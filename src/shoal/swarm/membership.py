@@ -53,6 +53,7 @@ class Member:
         "peer",
         "spares",
         "stripe_parent",
+        "zone",
     )
 
     def __init__(self, peer: PeerState, have: int, stripes: int) -> None:
@@ -65,6 +66,7 @@ class Member:
         self.kids: set[PeerId] = set()  # tree children (in the home stripe's tree)
         self.spares: list[PeerId] = []
         self.bans: dict[PeerId, float] = {}  # parent -> until
+        self.zone = ""  # the zone it was placed in (its peer's zone may change later)
 
 
 class BlobSwarm:

@@ -23,10 +23,35 @@ PeerId = str
 
 
 class FailReason(enum.Enum):
+    """Why an agent gave up on a parent, as it tells the root (``ParentFailed``)."""
+
     SLOW = "slow"  # a piece took far longer than this agent's piece times (stall)
     BAD_PIECE = "bad-piece"  # bytes did not match the root's piece hash: ban
-    UNREACHABLE = "unreachable"  # connect/read error, closed connection
+    UNREACHABLE = "unreachable"  # connect/read error, closed connection, no pong
     REFUSED = "refused"  # the parent answered busy / piece missing
+
+
+class FetchError(enum.Enum):
+    """How one piece fetch from a parent ended without the piece: the peer protocol's
+    error codes as the download machine sees them (the shell maps the wire's codes)."""
+
+    UNREACHABLE = "unreachable"  # no connection, connection lost, no answer
+    NOT_FOUND = "not-found"  # the parent does not have the blob
+    PIECE_MISSING = "piece-missing"  # it has the blob, not (yet) the piece
+    BUSY = "busy"  # too much in flight there: ask elsewhere
+    BAD_REQUEST = "bad-request"  # the range is not in the blob as the parent has it
+    INTERNAL = "internal"  # the parent failed locally (an I/O error)
+
+
+class BlobFailure(enum.Enum):
+    """Why a root cannot serve a blob (``BlobView.failure``), so that an agent acts on
+    a code and never on message text."""
+
+    ORIGIN_UNAVAILABLE = "origin-unavailable"  # the root could not fetch it: try yourself
+    DIGEST_MISMATCH = "digest-mismatch"  # the origin's bytes are not the digest: nobody
+    UNKNOWN_BLOB = "unknown-blob"  # the root has no swarm for it (not joined there)
+    NOT_JOINED = "not-joined"  # the asker is not (any more) a member: join again
+    SOURCE_REFUSED = "source-refused"  # the root's upstream policy refuses the origin
 
 
 # ---------------------------------------------------------------- agent -> root
@@ -177,4 +202,36 @@ class NeedParents:
     blob: str
 
 
-PickerAction = Request | Cancel | ParentFailed | NeedParents
+@dataclass(frozen=True, slots=True)
+class ProbePeer:
+    """``parent`` holds requests and has sent nothing for a while: is it alive? (a ping
+    on its connection; the answer goes to ``on_probe``)."""
+
+    parent: PeerId
+
+
+PickerAction = Request | Cancel | ParentFailed | NeedParents | ProbePeer
+
+
+# ---------------------------------------------------------------- root -> agent (views)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobView:
+    """What a root says of a blob in answer to a join, an ask for parents or hashes.
+
+    ``hashes`` are the root's piece hashes from piece ``hashes_from`` on (the root hashes
+    pieces in order as the origin sends them, so they are a prefix); ``complete``: the
+    root holds every piece and the whole digest checked out.
+    """
+
+    blob: str
+    size: int = 0
+    piece_size: int = 0
+    hashes_from: int = 0
+    hashes: tuple[bytes, ...] = ()
+    complete: bool = False
+    failure: BlobFailure | None = None
+    reason: str = ""  #: the failure in words, for logs
+    seed: PeerId = ""
+    parents: tuple[ParentOffer, ...] = ()

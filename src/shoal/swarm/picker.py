@@ -39,6 +39,14 @@ Rules:
    most ``endgame`` duplicates); the first copy to land wins, the others are cancelled.
 6. Starving: slots idle, pieces missing and no parent can help -> ``NeedParents`` (at
    most once per ``refresh_interval``).
+7. Silence: a parent that holds requests, none of them flowing, and has sent nothing for
+   ``silence_factor`` x the mean piece time, never sooner than ``silence_floor``, is
+   probed (``ProbePeer``: a ping on its connection). A stripe parent waiting for its own
+   parent is alive and says so; a stopped or wedged one does not answer and is dropped
+   as ``UNREACHABLE`` within a ping timeout, its queued requests asked elsewhere. Without
+   this, reads queued at a stopped parent waited out ``queue_timeout`` (30 s).
+8. Wanted: only pieces in ``wanted`` are asked for (``want``); a whole download wants
+   every piece, an on-demand range the pieces it covers. ``satisfied`` says they are here.
 
 Piece state table (``_PIECE``): what happens to a piece on each event.
 """
@@ -48,9 +56,9 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from operator import attrgetter
 
+from shoal.config import PickerPolicy
 from shoal.swarm.errors import PieceIndexError
 from shoal.swarm.messages import (
     Cancel,
@@ -60,6 +68,7 @@ from shoal.swarm.messages import (
     ParentOffer,
     PeerId,
     PickerAction,
+    ProbePeer,
     Request,
 )
 from shoal.swarm.pieces import full_mask, lowest
@@ -94,35 +103,16 @@ _PIECE: dict[tuple[PieceState, PieceEvent], PieceState] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class PickerPolicy:
-    window: int = 4  #: pieces at the front fetched in order
-    per_parent: int = 3  #: requests in flight to one parent
-    total: int = 12  #: requests in flight in all
-    samples: int = 4  #: rarest-first candidates looked at per pick
-    stall_factor: float = 10.0  #: stalled when a piece runs this many x the mean piece time
-    stall_floor: float = 0.5  #: seconds; never stalled sooner
-    queue_timeout: float = 30.0  #: seconds a request may wait at a parent before it starts
-    #: seconds a piece may run before the first one has landed (no mean to compare with;
-    #: the floor alone cancelled every first 32 MiB piece on a busy disk, at 1,000 nodes
-    #: a cascade of false "slow" reports)
-    first_piece_timeout: float = 30.0
-    ban_seconds: float = 60.0  #: a parent that sent a bad piece is not asked again for this long
-    endgame: int = 4  #: duplicate requests at most, once everything is requested
-    refresh_interval: float = 1.0  #: seconds between NeedParents
-    ewma: float = 0.2  #: weight of the newest piece time in the mean
-    slow_ratio: float = 3.0  #: a parent this many x slower per piece than the median is slow
-    slow_samples: int = 8  #: pieces from a parent before it may be judged slow
-
-
 class _Parent:
     __slots__ = (
         "has",
+        "heard",
         "inflight",
         "mean",
         "only",
         "peer",
         "pending",
+        "probing",
         "retiring",
         "samples",
         "seed",
@@ -140,6 +130,8 @@ class _Parent:
         self.seed = offer.seed
         self.mean = 0.0  # this parent's mean piece time
         self.samples = 0
+        self.heard = 0.0  # last sign of life while it held requests (rule 7)
+        self.probing = False
 
 
 _busy = attrgetter("inflight")  # a parent's requests in flight (C-level key for ``min``)
@@ -173,6 +165,7 @@ class PiecePicker:
         self.policy = policy or PickerPolicy()
         self.full = full_mask(count)
         self.have = have & self.full
+        self.wanted = self.full  # pieces to fetch (rule 8)
         self.requested = 0  # pieces with at least one request out
         self._reqs: dict[int, list[_Req]] = {}
         self._parents: dict[PeerId, _Parent] = {}
@@ -199,13 +192,18 @@ class PiecePicker:
         return self.have == self.full
 
     @property
+    def satisfied(self) -> bool:
+        """Every wanted piece is here."""
+        return self.wanted & ~self.have == 0
+
+    @property
     def in_flight(self) -> int:
         return self._inflight
 
     @property
     def idle(self) -> bool:
         """Room for another request (cheap check before calling ``requests``)."""
-        return self._inflight < self.policy.total and self.have != self.full
+        return self._inflight < self.policy.total and bool(self.wanted & ~self.have)
 
     @property
     def contiguous(self) -> int:
@@ -224,7 +222,8 @@ class PiecePicker:
         return [(r.parent, i) for i, rs in self._reqs.items() for r in rs]
 
     def next_deadline(self) -> float | None:
-        """When ``on_timer`` may find a stalled request; ``None`` when nothing is in flight."""
+        """When ``on_timer`` may find a stalled request or a silent parent; ``None`` when
+        nothing is in flight."""
         limit = self._stall_limit()
         best: float | None = None
         for rs in self._reqs.values():
@@ -232,7 +231,46 @@ class PiecePicker:
                 t = r.started + limit if r.started >= 0 else r.asked + self.policy.queue_timeout
                 if best is None or t < best:
                     best = t
+        quiet = self._silence_limit()
+        flowing = self._flowing()
+        for p in self._parents.values():
+            if p.inflight and not p.probing and p.peer not in flowing:
+                t = p.heard + quiet
+                if best is None or t < best:
+                    best = t
         return best
+
+    # what the shell asks for ------------------------------------------------------------
+
+    def want(self, mask: int) -> None:
+        """Fetch these pieces too (rule 8); ``-1`` is every piece."""
+        self.wanted |= mask & self.full
+
+    def set_wanted(self, mask: int) -> None:
+        """Fetch only these pieces (an on-demand download's first range)."""
+        self.wanted = mask & self.full
+
+    def shift(self, gap: float) -> None:
+        """This process did not run for ``gap`` seconds (stopped, swapped out): move every
+        clock on by as much, so that nobody is blamed for time that passed only here."""
+        for rs in self._reqs.values():
+            for r in rs:
+                r.asked += gap
+                if r.started >= 0:
+                    r.started += gap
+        for p in self._parents.values():
+            p.heard += gap
+        self._last_need += gap
+
+    def abandon(self) -> list[PickerAction]:
+        """Give up every request (the download goes elsewhere): their cancellations."""
+        actions: list[PickerAction] = []
+        for index, rs in list(self._reqs.items()):
+            for r in list(rs):
+                actions.append(Cancel(r.parent, index))
+                self._remove_req(index, r)
+            self.requested &= ~(1 << index)
+        return actions
 
     # events ---------------------------------------------------------------------------
 
@@ -306,6 +344,9 @@ class PiecePicker:
         for r in self._reqs.get(index, ()):
             if r.parent == parent and r.started < 0:
                 r.started = now
+        p = self._parents.get(parent)
+        if p is not None:
+            p.heard = now
 
     def on_piece(
         self, parent: PeerId, index: int, now: float, *, ok: bool = True
@@ -318,6 +359,9 @@ class PiecePicker:
             return []  # cancelled before, or never asked: ignore
         if not ok:
             return self._fail(index, req, FailReason.BAD_PIECE, now)
+        p = self._parents.get(parent)
+        if p is not None:
+            p.heard = now
         self._remove_req(index, req)
         self._transition(index, PieceEvent.LANDED)
         started = req.started if req.started >= 0 else req.asked
@@ -346,10 +390,25 @@ class PiecePicker:
         req = next((r for r in self._reqs.get(index, []) if r.parent == parent), None)
         if req is None:
             return []
+        p = self._parents.get(parent)
+        if p is not None and reason is FailReason.REFUSED:
+            p.heard = now  # it answered: alive
         return self._fail(index, req, reason, now)
 
+    def on_probe(self, parent: PeerId, alive: bool, now: float) -> list[PickerAction]:
+        """The answer to ``ProbePeer`` (rule 7): alive, or gone (dropped, reported)."""
+        p = self._parents.get(parent)
+        if p is None:
+            return []
+        p.probing = False
+        if alive:
+            p.heard = now
+            return []
+        return self._drop_parent(parent, now, FailReason.UNREACHABLE, -1)
+
     def on_timer(self, now: float) -> list[PickerAction]:
-        """Cancel stalled requests (rule 3); their pieces go back to missing."""
+        """Cancel stalled requests (rule 3), their pieces back to missing; probe silent
+        parents (rule 7)."""
         limit = self._stall_limit()
         qt = self.policy.queue_timeout
         stalled = [
@@ -371,7 +430,17 @@ class PiecePicker:
                 seed = parent is not None and parent.seed
                 why = FailReason.SLOW if r.started >= 0 and not seed else FailReason.REFUSED
                 actions += self._fail(i, r, why, now)
+        quiet = self._silence_limit()
+        flowing = self._flowing()
+        for p in self._parents.values():
+            if p.inflight and not p.probing and p.peer not in flowing and now - p.heard > quiet:
+                p.probing = True
+                actions.append(ProbePeer(p.peer))
         return actions
+
+    def _flowing(self) -> set[PeerId]:
+        """Parents sending a piece now: the stall rule watches them, not rule 7."""
+        return {r.parent for rs in self._reqs.values() for r in rs if r.started >= 0}
 
     # decisions ------------------------------------------------------------------------
 
@@ -381,7 +450,7 @@ class PiecePicker:
         if self._inflight >= pol.total or self.have == self.full:
             return []
         actions: list[PickerAction] = []
-        free = self.full & ~self.have & ~self.requested
+        free = self.wanted & ~self.have & ~self.requested
         if free:
             first = lowest(free)
             window = ((1 << pol.window) - 1) << first
@@ -439,6 +508,8 @@ class PiecePicker:
 
     def _ask(self, p: _Parent, index: int, now: float, actions: list[PickerAction]) -> None:
         self._transition(index, PieceEvent.ASK)
+        if p.inflight == 0:
+            p.heard = now  # the silence clock runs while it holds requests
         self._reqs.setdefault(index, []).append(_Req(p.peer, now))
         self.requested |= 1 << index
         p.inflight += 1
@@ -545,6 +616,9 @@ class PiecePicker:
         if self._mean == 0.0:  # no piece yet: nothing to compare with but a generous bound
             return max(self.policy.stall_floor, self.policy.first_piece_timeout)
         return max(self.policy.stall_floor, self.policy.stall_factor * self._mean)
+
+    def _silence_limit(self) -> float:
+        return max(self.policy.silence_floor, self.policy.silence_factor * self._mean)
 
     def _expire_bans(self, now: float) -> None:
         for pid in [p for p, t in self._banned.items() if t <= now]:
