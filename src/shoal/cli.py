@@ -69,6 +69,7 @@ def _add_role_args(p: argparse.ArgumentParser, role: str) -> None:
         metavar="PORT",
         help="/metrics port, ExporterConfig.port (default 65003)",
     )
+    p.add_argument("--advertise", metavar="ADDR", help="address peers dial (P2PConfig.advertise)")
 
 
 def _start_role(args: argparse.Namespace, role: str) -> Config:

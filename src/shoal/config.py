@@ -297,8 +297,11 @@ class DownloadPolicy(_Section, frozen=True):
 class SwarmConfig(_Section, frozen=True):
     """The swarm's tunables; the defaults are the measured ones (docs/swarm.md)."""
 
+    #: the agent's choice of piece and parent, per blob
     picker: PickerPolicy = msgspec.field(default_factory=PickerPolicy)
+    #: the root's stripe trees and spare parents
     scheduler: SchedulerPolicy = msgspec.field(default_factory=SchedulerPolicy)
+    #: a download's talk with its root: joins, hashes, doubts, reports
     download: DownloadPolicy = msgspec.field(default_factory=DownloadPolicy)
 
 

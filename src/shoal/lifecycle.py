@@ -44,6 +44,10 @@ def config_from_args(args: argparse.Namespace, role: str) -> Config:
         p2p = _replace(p2p, p2p_port=args.p2p_port)
     if args.exporter_port is not None:
         exporter = _replace(exporter, port=args.exporter_port)
+    if getattr(args, "advertise", None):
+        if any(c in args.advertise for c in "$() /") or not args.advertise.strip("[]"):
+            raise ConfigInvalidError(f"--advertise: {args.advertise!r} is not an address")
+        p2p = _replace(p2p, advertise=args.advertise)
     return config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
 
 

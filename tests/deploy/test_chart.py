@@ -4,7 +4,8 @@ Every built-in object must pass ``kubernetes-validate`` (strict: unknown fields 
 errors) for the oldest and newest Kubernetes the chart is tested against; objects of
 CRDs the validator has no schema for (cert-manager, Prometheus operator) get a
 structural check. The config files in the ConfigMaps are parsed by shoal's own config
-loaders, so a key the programs would refuse never ships in the chart.
+loaders, so a key the programs would refuse never ships in the chart. What the rendered
+manifests do when run is tests/cluster's; here is what they say.
 
 Helm comes from ``scripts/install-helm.sh`` (run by ``make test``); on a machine
 without it these tests skip, except under CI, where they fail.
@@ -23,7 +24,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
 
 from shoal.config import parse_config
 from shoal.webhook.config import parse_webhook_config
@@ -38,6 +38,7 @@ CRD_KINDS = {
     ("cert-manager.io/v1", "Issuer"),
     ("cert-manager.io/v1", "Certificate"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 
@@ -50,15 +51,18 @@ def helm() -> str:
     return found
 
 
-def render(*args: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
+def render_text(*args: str) -> str:
+    return subprocess.run(
         [helm(), "template", "shoal", str(CHART), "--namespace", NS, *args],
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
     ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(render_text(*args)) if d]
 
 
 RENDERS = {
@@ -89,6 +93,13 @@ def one(docs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, An
     found = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)]
     assert len(found) == 1, (kind, suffix, [d["metadata"]["name"] for d in found])
     return found[0]
+
+
+@pytest.mark.parametrize("name", sorted(RENDERS))
+def test_two_renders_are_byte_identical(name: str) -> None:
+    """No secret or key is generated at render time: GitOps tools render on every sync
+    and would otherwise rotate the cluster secret and the webhook CA each time."""
+    assert render_text(*RENDERS[name]) == render_text(*RENDERS[name])
 
 
 def test_every_object_is_valid(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -124,10 +135,20 @@ def test_agent_and_root_configs_load_in_shoal(rendered: tuple[str, list[dict[str
     root = parse_config(yaml.safe_load(one(docs, "ConfigMap", "-root")["data"]["p2p-config.yaml"]))
     assert agent.deploy.mode == "agent" and root.deploy.mode == "root"
     assert agent.p2p.roots == root.p2p.roots
-    replicas = one(docs, "StatefulSet")["spec"]["replicas"]
+    sts = one(docs, "StatefulSet")
+    replicas = sts["spec"]["replicas"]
+    domain = "cluster.local" if name == "default" else "k8s.example.internal"
+    # a root serves agents on its control port (ProxyConfig.port), not its peer port
     assert agent.p2p.roots == tuple(
-        f"shoal-root-{i}.shoal-root.{NS}.svc:{agent.p2p.p2p_port}" for i in range(replicas)
+        f"shoal-root-{i}.shoal-root.{NS}.svc.{domain}:{root.proxy.port}" for i in range(replicas)
     )
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert ports["control"] == root.proxy.port != root.p2p.p2p_port == ports["p2p"]
+    svc = one(docs, "Service", "-root")
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}["control"] == root.proxy.port
     if name == "default":
         assert agent.cache.capacity == 4294967296  # an int, not 4.294967296e+09
         assert (agent.proxy.proxy_concurrency_limit, agent.p2p.p2p_port) == (128, 65002)
@@ -168,8 +189,24 @@ def test_agent_daemonset_shape(rendered: tuple[str, list[dict[str, Any]]]) -> No
     name, docs = rendered
     spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
     agent = spec["containers"][0]
-    assert agent["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    # small requests, a memory limit, no CPU limit (docs/install.md, "Footprint")
+    assert set(agent["resources"]["requests"]) == {"cpu", "memory"}
+    assert set(agent["resources"]["limits"]) == {"memory"}
+    # peers dial the node's own address, from the downward API
+    assert agent["command"][-1] == "--advertise=$(NODE_IP)"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    # HTTP probes on the mirror port: a hung agent still accepts TCP connections
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert agent[probe]["httpGet"] == {"path": path, "port": "proxy"}, probe
+    assert agent["livenessProbe"]["terminationGracePeriodSeconds"] == 2
     cache = next(v for v in spec["volumes"] if v["name"] == "cache")
     assert cache["hostPath"]["path"] == "/var/lib/shoal/cache"
     init = spec["initContainers"][0]
@@ -177,9 +214,24 @@ def test_agent_daemonset_shape(rendered: tuple[str, list[dict[str, Any]]]) -> No
     assert "--etc-hosts=/host/etc-hosts" in init["command"]
     hosts = next(v for v in spec["volumes"] if v["name"] == "etc-hosts")
     assert hosts["hostPath"] == {"path": "/etc/hosts", "type": "File"}
-    if name != "default":
-        assert "--mirror=quay.io" in init["command"] and "--mirror=ghcr.io" in init["command"]
-        assert {p["containerPort"] for p in agent["ports"]} == {65001, 65012, 65013}
+    image = agent["image"]
+    if name == "default":
+        assert image == "ghcr.io/shoal-project/shoal:0.1.0" and len(spec["containers"]) == 1
+        return
+    assert image == "registry.example.com/platform/shoal@sha256:" + "0123456789abcdef" * 4
+    assert "--mirror=quay.io" in init["command"] and "--mirror=ghcr.io" in init["command"]
+    k3s = "/var/lib/rancher/k3s/agent/etc/containerd"
+    assert f"--host-path={k3s}/certs.d" in init["command"]
+    assert (
+        next(v for v in spec["volumes"] if v["name"] == "hosts-dir")["hostPath"]["path"]
+        == f"{k3s}/certs.d"
+    )
+    keeper = spec["containers"][1]  # k3s empties certs.d at each start: written again
+    assert keeper["name"] == "node-setup-keeper" and keeper["command"][-1] == "--every=30"
+    assert {p["containerPort"] for p in agent["ports"]} == {65001, 65012, 65013}
+    assert {"name": "SHOAL_LOG", "value": "debug"} in agent["env"]
+    assert any(m["name"] == "internal-ca" for m in agent["volumeMounts"])
+    assert any(v["name"] == "internal-ca" for v in spec["volumes"])
     assert spec["automountServiceAccountToken"] is False
 
 
@@ -211,31 +263,99 @@ def test_two_webhook_entries_and_tls(rendered: tuple[str, list[dict[str, Any]]])
         assert cert["spec"]["secretName"] == "shoal-webhook-tls"
         assert f"shoal-webhook.{NS}.svc" in cert["spec"]["dnsNames"]
         return
-    # helm mode: caBundle is the CA that signed the served certificate
-    secret = one(docs, "Secret", "-tls")
-    ca = x509.load_pem_x509_certificate(base64.b64decode(pod["clientConfig"]["caBundle"]))
-    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
-    assert pod["clientConfig"]["caBundle"] == ns["clientConfig"]["caBundle"]
-    assert secret["data"]["ca.crt"] == pod["clientConfig"]["caBundle"]
-    leaf.verify_directly_issued_by(ca)
-    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert f"shoal-webhook.{NS}.svc" in sans.get_values_for_type(x509.DNSName)
+    # hook mode: no key and no CA in the render; the bootstrap Jobs make the certificate
+    # once (pre-install) and write its CA into caBundle (post-install)
+    assert not by_kind(docs, "Secret")
+    assert "caBundle" not in pod["clientConfig"] and "caBundle" not in ns["clientConfig"]
+    jobs = {j["metadata"]["annotations"]["helm.sh/hook"]: j for j in by_kind(docs, "Job")}
+    make = jobs["pre-install,pre-upgrade"]["spec"]["template"]["spec"]["containers"][0]
+    assert make["command"] == ["python", "-m", "shoal.webhook.bootstrap", "secrets"]
+    assert (
+        "--tls-secret=shoal-webhook-tls" in make["args"]
+        and "--service=shoal-webhook" in make["args"]
+    )
+    # after Helm applied the release: the same Secrets again (an upgrade from a chart
+    # that rendered them has just deleted them), then the CA into the configuration
+    again = jobs["post-install,post-upgrade"]["spec"]["template"]["spec"]["containers"][0]
+    assert again["command"] == make["command"]
+    assert again["args"] == [*make["args"], "--webhook-configuration=shoal-webhook"]
 
 
 def test_rbac_is_least_privilege(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    _, docs = rendered
-    (role,) = by_kind(docs, "ClusterRole")
-    assert role["rules"] == [
+    name, docs = rendered
+    roles = {r["metadata"]["name"]: r["rules"] for r in by_kind(docs, "ClusterRole")}
+    # exactly the calls shoal/webhook/kube.py makes for the pull-secret controller
+    assert roles.pop("shoal-webhook") == [
         {
             "apiGroups": [""],
             "resources": ["secrets"],
             "verbs": ["get", "list", "watch", "create", "update", "delete"],
         }
     ]
-    assert not by_kind(docs, "Role")
+    local = {r["metadata"]["name"]: r["rules"] for r in by_kind(docs, "Role")}
+    if name == "full-cert-manager":
+        # cert-manager makes the certificate; the cluster secret is an existing one
+        assert not roles and not local and not by_kind(docs, "Job")
+    elif name == "full":
+        # the certificate is the hook's; the cluster secret is an existing one
+        assert local["shoal-bootstrap"][0]["resourceNames"] == ["shoal-webhook-tls"]
+    else:
+        assert local["shoal-bootstrap"][0] == {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["shoal-p2p", "shoal-webhook-tls"],
+            "verbs": ["get"],
+        }
+    if name != "full-cert-manager":
+        # both phases may get and create the same Secrets
+        assert local["shoal-bootstrap-post"] == local["shoal-bootstrap"]
+        assert local["shoal-bootstrap"][1] == {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["create"],
+        }
+        # the CA goes into one webhook configuration, named
+        assert roles.pop("shoal-bootstrap-post") == [
+            {
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["mutatingwebhookconfigurations"],
+                "resourceNames": ["shoal-webhook"],
+                "verbs": ["get", "patch"],
+            }
+        ]
+    assert not roles
     for sa in by_kind(docs, "ServiceAccount"):
-        if not sa["metadata"]["name"].endswith("-webhook"):
+        if not sa["metadata"]["name"].endswith(("-webhook", "-bootstrap", "-bootstrap-post")):
             assert sa["automountServiceAccountToken"] is False
+
+
+def test_bootstrap_hooks_are_ordered_and_cleaned_up(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    for doc in docs:
+        notes = doc["metadata"].get("annotations") or {}
+        if "helm.sh/hook" not in notes:
+            continue
+        assert doc["metadata"]["name"].startswith("shoal-bootstrap")
+        assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        # ServiceAccount and RBAC before the Job that uses them
+        assert notes["helm.sh/hook-weight"] == ("0" if doc["kind"] == "Job" else "-10")
+
+
+def test_root_disruption_budget(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rendered
+    pdb = one(docs, "PodDisruptionBudget", "-root")
+    assert pdb["spec"]["maxUnavailable"] == (1 if name == "default" else 2)
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "root"
+    policies = by_kind(docs, "NetworkPolicy")
+    if name == "default":
+        assert not policies
+        return
+    root = one(docs, "NetworkPolicy", "-root")
+    ports = {p["port"] for p in root["spec"]["ingress"][0]["ports"]}
+    assert ports == {65001, 65012, 65013}
+    assert root["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
 
 
 def test_metrics_objects(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -249,6 +369,25 @@ def test_metrics_objects(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
     for metric in ("Alive", "Read_Throughtput", "QPS", "MaxLatency", "Count", "Cache"):
         assert f"DADIP2P_{metric}" in exprs
+    for metric in ("shoal_origin_fallback_total", "shoal_root_reachable"):
+        assert metric in exprs
+    rule = one(docs, "PrometheusRule")
+    alerts = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "shoal_origin_fallback_total" in alerts["ShoalOriginFallbacks"]
+    assert "shoal_root_reachable" in alerts["ShoalNoRoot"]
+
+
+def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    docs = render(*RENDERS["full"])
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(one(docs, "PrometheusRule")["spec"]))
+    done = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
@@ -257,6 +396,8 @@ def test_metrics_objects(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         ("webhook.tls.mode=nope", "/webhook/tls/mode"),
         ("p2p.v2.imagetag=1", "additional properties 'imagetag' not allowed"),
         ("p2p.v2.p2pPort=70000", "/p2p/v2/p2pPort"),
+        ("imagePullPolicy=Always", "additional properties 'imagePullPolicy' not allowed"),
+        ("image.digest=latest", "/image/digest"),
     ],
 )
 def test_bad_values_are_refused(setting: str, message: str) -> None:
@@ -264,3 +405,74 @@ def test_bad_values_are_refused(setting: str, message: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
         render("--set", setting)
     assert message in info.value.stderr
+
+
+def test_the_webhook_may_write_only_its_clones() -> None:
+    """On Kubernetes 1.30+ a ValidatingAdmissionPolicy confines the webhook's Secret
+    writes to the clones it manages, which RBAC cannot express. Its CEL, evaluated
+    here with cel-python against what the API server would hand it (no API server can
+    run here): the webhook's real clones pass, anything else is refused."""
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    from shoal.webhook.config import AccelerateConfig
+    from shoal.webhook.pullsecrets import desired_clone
+
+    docs = render("--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    for version in ("1.30.0", "1.33.0"):
+        kubernetes_validate.validate(policy, version, strict=True)
+        kubernetes_validate.validate(binding, version, strict=True)
+    env = celpy.Environment()
+
+    def run(expr: str, activation: dict[str, Any]) -> bool:
+        names = {k: json_to_cel(v) for k, v in activation.items()}
+        return bool(env.program(env.compile(expr)).evaluate(names))
+
+    (condition,) = policy["spec"]["matchConditions"]
+    (rule,) = policy["spec"]["validations"]
+    webhook = f"system:serviceaccount:{NS}:shoal-webhook"
+    for user, applies in ((webhook, True), ("system:serviceaccount:kube-system:generic-gc", False)):
+        assert (
+            run(condition["expression"], {"request": {"userInfo": {"username": user}}}) is applies
+        )
+
+    source = {
+        "metadata": {"name": "regcred", "namespace": "apps", "uid": "u1", "resourceVersion": "7"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {
+            ".dockerconfigjson": base64.b64encode(
+                b'{"auths": {"r.example.com": {"auth": "eDp5"}}}'
+            ).decode()
+        },
+    }
+    clone = desired_clone(source, AccelerateConfig(registries=("r.example.com",)))  # type: ignore[arg-type]
+    assert clone is not None
+    foreign = {"metadata": {"name": "db-password", "namespace": "apps", "labels": {"app": "db"}}}
+    claimed = {
+        "metadata": {**foreign["metadata"], "labels": {"app.kubernetes.io/managed-by": "shoal"}}
+    }
+    fake = {"metadata": {"name": "acr-credential-db-p2p", "namespace": "apps"}}
+
+    def allowed(op: str, new: object, old: object) -> bool:
+        return run(
+            rule["expression"], {"request": {"operation": op}, "object": new, "oldObject": old}
+        )
+
+    assert allowed("CREATE", clone, None)
+    assert allowed("UPDATE", clone, clone)
+    assert allowed("DELETE", None, clone)
+    assert not allowed("CREATE", foreign, None)
+    assert not allowed("CREATE", fake, None)  # the name alone is not enough
+    assert not allowed("CREATE", claimed, None)  # nor the label alone
+    assert not allowed("UPDATE", foreign, foreign)
+    assert not allowed("UPDATE", claimed, foreign)  # no taking a Secret over by labelling it
+    taken = {"metadata": {**fake["metadata"], "labels": {"app.kubernetes.io/managed-by": "shoal"}}}
+    assert allowed("CREATE", taken, None)  # shaped like a clone, made as one: fine
+    assert not allowed("UPDATE", taken, fake)  # but not by relabelling someone's Secret
+    assert not allowed("DELETE", None, foreign)

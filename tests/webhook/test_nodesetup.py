@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tomllib
 from collections.abc import AsyncIterator, Iterator
@@ -42,7 +43,7 @@ def test_distributed_file_parses_and_falls_back_to_origin() -> None:
     doc = tomllib.loads(f.text)
     assert doc == {
         "server": "https://test-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
-        "host": {AGENT: {"capabilities": ["pull", "resolve"]}},
+        "host": {AGENT: {"capabilities": ["pull", "resolve"], "dial_timeout": "1s"}},
     }
     hub = distributed_hosts("docker.io", AGENT, 65001)
     assert hub is not None and hub.directory == "docker.distributed.io:65001"
@@ -55,7 +56,7 @@ def test_mirror_file_parses() -> None:
     assert f.directory == "ghcr.io"
     assert tomllib.loads(f.text) == {
         "server": "https://ghcr.io",
-        "host": {AGENT: {"capabilities": ["pull", "resolve"]}},
+        "host": {AGENT: {"capabilities": ["pull", "resolve"], "dial_timeout": "1s"}},
     }
     plain = mirror_hosts("127.0.0.1:5000", AGENT, plain_http=True)
     assert tomllib.loads(plain.text)["server"] == "http://127.0.0.1:5000"
@@ -123,6 +124,37 @@ def test_cli_reads_the_agent_config(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert "warning" not in err
     assert containerd_uses(containerd, "/somewhere/else") is not None
+
+
+async def test_every_writes_back_what_the_runtime_removed(tmp_path: Path) -> None:
+    """k3s empties its certs.d at every start; ``--every`` puts the files back."""
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("UpstreamConfig:\n  registries:\n    - host: registry.example.com\n")
+    hosts = tmp_path / "certs.d"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shoal", "node-setup", "--hosts-dir", str(hosts),
+        "--config", str(cfg), "--every", "0.1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    target = hosts / "registry.distributed.example.com:65001" / "hosts.toml"
+    try:
+        for _ in range(200):
+            if target.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert target.read_text().startswith(MARKER)
+        shutil.rmtree(hosts)  # what k3s does at its start
+        for _ in range(200):
+            if target.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert target.read_text().startswith(MARKER)
+        assert proc.returncode is None  # still running
+    finally:
+        proc.terminate()
+        out, _ = await proc.communicate()
+    # one line per change, not one every 0.1 s
+    assert out.decode().count("node-setup: written:") == 2
 
 
 # -- a real containerd --------------------------------------------------------------

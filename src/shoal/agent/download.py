@@ -24,6 +24,8 @@ from shoal.control.client import ControlClient, RootUnavailableError
 from shoal.control.schema import ParentsRequest
 from shoal.control.schema import Source as WireSource
 from shoal.errors import DigestMismatchError, ShoalError, UpstreamUnavailableError
+from shoal.observability import Metrics
+from shoal.observability.collectors import PIECE_FETCH
 from shoal.oci.digest import Digest
 from shoal.peer.buffers import BufferPool
 from shoal.peer.client import PeerClient
@@ -90,6 +92,7 @@ class DownloadHost(Protocol):
     peers: PeerClient
     control: ControlClient
     buffers: BufferPool
+    metrics: Metrics
     peer_id: str
 
     @property
@@ -137,6 +140,8 @@ class DownloadDriver:
         self._wake = asyncio.Event()
         self._fetches: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._received: dict[tuple[str, int], memoryview] = {}
+        self._asked: dict[tuple[str, int], float] = {}  # for the piece fetch histogram
+        self._seed = ""  # the root's peer id (piece source "root" in the metrics)
         self._helpers: set[asyncio.Task[None]] = set()
         self._final: set[asyncio.Task[None]] = set()
         self._sealed = False  # the origin fetcher sealed the blob itself
@@ -208,6 +213,7 @@ class DownloadDriver:
                 if task is not None:
                     task.cancel()
                 data = self._received.pop((a.parent, a.index), None)
+                self._asked.pop((a.parent, a.index), None)
                 if data is not None:
                     self._give(data)
             elif isinstance(a, Have | Fetching | Abandoned | ParentFailed):
@@ -264,6 +270,7 @@ class DownloadDriver:
             self._event(self.machine.on_root_silent(a.root, False, self._now()))
             return
         self.p.saw_root(a.root)
+        self._seed = view.seed or self._seed
         self._event(self.machine.on_joined(a.root, view, self._now()))
 
     async def _call(
@@ -362,10 +369,12 @@ class DownloadDriver:
             index, self.key[7:19], parent, first - asked, loop.time() - first,
         )  # fmt: skip
         self._received[(parent, index)] = data
+        self._asked[(parent, index)] = asked
         self._event(self.machine.on_received(parent, index, loop.time()))
 
     async def _store(self, a: Store) -> None:
         data = self._received.pop((a.parent, a.index), None)
+        asked = self._asked.pop((a.parent, a.index), None)
         if data is None:
             return  # cancelled meanwhile
         try:
@@ -382,7 +391,11 @@ class DownloadDriver:
             )
             return
         self._give(data)
-        self._event(self.machine.on_stored(a.parent, a.index, ok, self._now()))
+        now = self._now()
+        if ok and asked is not None:
+            source = "root" if a.parent == self._seed else "peer"
+            self.p.metrics.observe(PIECE_FETCH, now - asked, source=source)
+        self._event(self.machine.on_stored(a.parent, a.index, ok, now))
 
     async def _probe_peer(self, parent: str) -> None:
         alive = await self.p.peers.ping(parent, self.p.config.swarm.download.ping_timeout)

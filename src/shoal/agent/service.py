@@ -3,6 +3,11 @@
 ``async with Agent(config) as agent:`` starts every listener and owns every task; leaving
 the block stops them in reverse order. Ports given as 0 are chosen by the kernel and can
 be read back (``agent.proxy_port``), which is how tests run several agents side by side.
+
+At start the agent checks its roots (``roots.RootWatch``: reachable, a root's control
+port, the same secret) without waiting for them, since roots may start after agents;
+the mirror port answers ``/healthz`` and ``/readyz`` for the kubelet's probes
+(``health.py``), and ``shoal_origin_fallback_total`` is exported at 0 from the start.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from types import TracebackType
 
 from aiohttp import web
 
+from shoal.agent.health import health_routes
+from shoal.agent.roots import RootWatch, check_roots, export_fallback_counter
 from shoal.agent.swarm import SwarmProvider
 from shoal.cache.store import PieceStore
 from shoal.config import Config
@@ -47,7 +54,10 @@ class Agent:
         self.peer_client: PeerClient | None = None
         self.control: ControlClient | None = None
         self.swarm: SwarmProvider | None = None
+        self.roots: RootWatch | None = None
         self.peer_id = ""
+        check_roots(config.p2p.roots)
+        export_fallback_counter(self.metrics)
         provider: BlobProvider | None = None
         if config.cache.path:
             self.store = PieceStore.from_config(
@@ -92,6 +102,8 @@ class Agent:
                     self.metrics,
                     load=self.peer_server.load,
                 )
+                self.roots = RootWatch(config, secret, self.metrics)
+                self.roots.follow(self.swarm.heartbeat.status)
                 provider = self.swarm
         self.mirror = Mirror(config, self.upstream, self.metrics, self.audit, provider=provider)
         self._runners: list[web.AppRunner] = []
@@ -111,8 +123,12 @@ class Agent:
                 self.peer_id = f"{host}:{self.peer_server.port}"
                 self.peer_server.node = self.peer_id
                 self.swarm.start(self.peer_id)
-            self.proxy_port = await self._serve(self.mirror.app(), self.config.proxy.port)
-            self.metrics.node = node_label(self.config, self.proxy_port)
+            if self.roots is not None:
+                await self.roots.__aenter__()
+            app = self.mirror.app()
+            app.add_routes(health_routes(self.roots))
+            self.proxy_port = await self._serve(app, self.config.proxy.port)
+            self.metrics.node = self._node_label()
             exporter = self.config.exporter
             if exporter.enable and exporter.standalone_exporter_port:
                 self.exporter_port = await self._serve(exporter_app(self.metrics), exporter.port)
@@ -136,6 +152,14 @@ class Agent:
     ) -> None:
         await self.close()
 
+    def _node_label(self) -> str:
+        """``IP:port`` of the mirror; the advertised address when there is one, since
+        a host-network agent's own name may resolve to a loopback address."""
+        advertise = self.config.p2p.advertise
+        if advertise and not self.config.deploy.node_name:
+            return f"{advertise}:{self.proxy_port}"
+        return node_label(self.config, self.proxy_port)
+
     async def _serve(self, app: web.Application, port: int) -> int:
         runner, bound = await serve_app(app, self.config.proxy.listen, port)
         self._runners.append(runner)
@@ -145,6 +169,8 @@ class Agent:
         runners, self._runners = self._runners, []
         for runner in reversed(runners):
             await runner.cleanup()
+        if self.roots is not None:
+            await self.roots.close()
         if self.swarm is not None:
             await self.swarm.close()
         if self.peer_server is not None:

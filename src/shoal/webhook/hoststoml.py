@@ -54,6 +54,13 @@ def server_url(registry: str, *, plain_http: bool = False) -> str:
     return f"{'http' if plain_http else 'https'}://{host}"
 
 
+#: containerd 1.7+ gives up connecting to the agent after this and goes to ``server``
+#: (1.6 ignores the key). It bounds a dead agent whose port drops connections (a hung
+#: agent's full accept queue); an agent that accepts but never answers is the liveness
+#: probe's to end (docs/install.md, "When an agent fails").
+DIAL_TIMEOUT = "1s"
+
+
 def _render(server: str, agent: str, comment: str) -> str:
     return (
         f"{MARKER}\n"
@@ -62,6 +69,7 @@ def _render(server: str, agent: str, comment: str) -> str:
         f"\n"
         f"[host.{json.dumps(agent)}]\n"
         f'  capabilities = ["pull", "resolve"]\n'
+        f"  dial_timeout = {json.dumps(DIAL_TIMEOUT)}\n"
     )
 
 

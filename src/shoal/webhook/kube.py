@@ -1,6 +1,7 @@
 """The few Kubernetes API calls the webhook makes, over aiohttp.
 
-Only Secrets are read and written (get, list, watch, create, replace, delete), so a
+The webhook reads and writes only Secrets (get, list, watch, create, replace, delete);
+the chart's bootstrap Job also reads and patches its own webhook configuration. A
 small typed client is clearer than the generated one and is tested against a real
 HTTP server on loopback that answers with the API's own JSON shapes.
 ``kubernetes_asyncio`` is used for what it does well: reading a kubeconfig (contexts,
@@ -27,6 +28,7 @@ from shoal.errors import ShoalError
 from shoal.webhook.types import Secret, WatchEvent
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+MWC_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 class KubeApiError(ShoalError):
@@ -131,6 +133,7 @@ class KubeClient:
         params: dict[str, str] | None = None,
         body: object = None,
         allow_404: bool = False,
+        content_type: str = "application/json",
     ) -> dict[str, Any] | None:
         if self._session is None:
             raise KubeApiError("client is not open")
@@ -140,7 +143,7 @@ class KubeClient:
                 self.server + path,
                 params=params,
                 data=json.dumps(body) if body is not None else None,
-                headers={**self._headers(), "Content-Type": "application/json"},
+                headers={**self._headers(), "Content-Type": content_type},
                 ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             ) as resp:
@@ -175,6 +178,22 @@ class KubeClient:
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         await self._call("DELETE", self._secrets(namespace, name), allow_404=True)
+
+    async def get_webhook_configuration(self, name: str) -> dict[str, Any] | None:
+        """A MutatingWebhookConfiguration (the bootstrap Job writes its caBundle)."""
+        return await self._call("GET", f"{MWC_PATH}/{quote(name)}", allow_404=True)
+
+    async def patch_webhook_configuration(
+        self, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A JSON Patch (RFC 6902) of a MutatingWebhookConfiguration."""
+        got = await self._call(
+            "PATCH",
+            f"{MWC_PATH}/{quote(name)}",
+            body=ops,
+            content_type="application/json-patch+json",
+        )
+        return got or {}
 
     async def list_secrets(
         self,

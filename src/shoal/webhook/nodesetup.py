@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,19 @@ def registries_of(cfg: Config) -> tuple[list[str], list[str]]:
 
 
 def run_node_setup(args: argparse.Namespace) -> int:
+    """Write the files once; with ``--every S``, again every S seconds (forever), for
+    runtimes whose own tooling removes them (k3s empties its certs.d at every start)."""
+    every = getattr(args, "every", 0) or 0
+    if every < 0:
+        raise ConfigInvalidError(f"--every: {every} is not a number of seconds")
+    rc = setup_once(args, quiet=False)
+    while every:
+        time.sleep(every)
+        setup_once(args, quiet=True)
+    return rc
+
+
+def setup_once(args: argparse.Namespace, *, quiet: bool) -> int:
     cfg = load_config(args.config) if args.config else Config()
     distributed, plain = registries_of(cfg)
     distributed += list(args.distributed or [])
@@ -152,6 +166,8 @@ def run_node_setup(args: argparse.Namespace) -> int:
             print(f"node-setup: {args.etc_hosts}: {len(endpoints)} name(s) -> 127.0.0.1")
     out = write_files(Path(args.hosts_dir), files, prune=not args.no_prune)
     out.skipped = skipped
+    if quiet and not (out.written or out.removed):
+        return 0
     for name, items in (
         ("written", out.written),
         ("unchanged", out.unchanged),
@@ -193,6 +209,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--p2p-port", type=int, metavar="PORT", help="port in <a>.distributed.<b>:PORT")
     p.add_argument("--no-prune", action="store_true", help="keep files for unlisted registries")
+    p.add_argument(
+        "--every",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="keep running and write the files again every SECONDS (0: once, then exit)",
+    )
     p.add_argument(
         "--etc-hosts",
         metavar="FILE",

@@ -1,42 +1,64 @@
 {{/* Names and labels shared by every template. */}}
 
+{{- define "shoal.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* 40 characters at most, so that every suffix below still fits a 63-character name. */}}
 {{- define "shoal.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "shoal.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "shoal.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "shoal.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "shoal.selector" -}}
-app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/name: {{ include "shoal.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* repository:tag, or repository@digest when a digest is given. */}}
 {{- define "shoal.image" -}}
-{{ .Values.p2p.v2.image }}:{{ .Values.p2p.v2.imageTag }}
+{{- $repo := .Values.image.repository | default .Values.p2p.v2.image -}}
+{{- if .Values.image.digest -}}
+{{ $repo }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ $repo }}:{{ .Values.image.tag | default .Values.p2p.v2.imageTag | default .Chart.AppVersion }}
+{{- end -}}
 {{- end -}}
 
 {{- define "shoal.rootName" -}}{{ include "shoal.fullname" . }}-root{{- end -}}
+{{- define "shoal.agentName" -}}{{ include "shoal.fullname" . }}-agent{{- end -}}
 {{- define "shoal.webhookName" -}}{{ include "shoal.fullname" . }}-webhook{{- end -}}
+{{- define "shoal.bootstrapName" -}}{{ include "shoal.fullname" . }}-bootstrap{{- end -}}
 {{- define "shoal.p2pSecretName" -}}
 {{- .Values.p2pSecret.existingSecret | default (printf "%s-p2p" (include "shoal.fullname" .)) -}}
 {{- end -}}
 
-{{/* The roots as host:port, by their stable StatefulSet names. */}}
+{{/* The roots' control endpoints, host:port, by their stable StatefulSet names. A root
+     serves agents on its ProxyConfig.port (proxyPort here), not on its peer port. */}}
 {{- define "shoal.roots" -}}
 {{- $name := include "shoal.rootName" . -}}
 {{- range $i := until (int .Values.root.replicas) }}
-- {{ printf "%s-%d.%s.%s.svc:%d" $name $i $name $.Release.Namespace (int $.Values.p2p.v2.p2pPort) | quote }}
+- {{ printf "%s-%d.%s.%s.svc.%s:%d" $name $i $name $.Release.Namespace $.Values.clusterDomain (int $.Values.proxyPort) | quote }}
 {{- end -}}
 {{- end -}}
 
@@ -78,11 +100,11 @@ AcceleratorConfig:
   enable: true
 {{- end -}}
 
-{{/* Which TLS source the webhook uses: certManager, helm or secret. */}}
+{{/* Which TLS source the webhook uses: certManager, hook or secret. */}}
 {{- define "shoal.tlsMode" -}}
 {{- $mode := .Values.webhook.tls.mode -}}
 {{- if eq $mode "auto" -}}
-{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}certManager{{- else -}}helm{{- end -}}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}certManager{{- else -}}hook{{- end -}}
 {{- else -}}
 {{- $mode -}}
 {{- end -}}
@@ -94,6 +116,11 @@ AcceleratorConfig:
 {{- else -}}
 {{- include "shoal.webhookName" . }}-tls
 {{- end -}}
+{{- end -}}
+
+{{/* True when a hook Job must make a Secret: the p2p secret, the webhook's certificate. */}}
+{{- define "shoal.bootstrapNeeded" -}}
+{{- if or (not .Values.p2pSecret.existingSecret) (and .Values.webhook.enabled (eq (include "shoal.tlsMode" .) "hook")) -}}true{{- end -}}
 {{- end -}}
 
 {{/* The webhook's config file (shoal.webhook.config). */}}
@@ -120,4 +147,198 @@ SecretConfig:
   enable: {{ .Values.webhook.secrets.enable }}
   syncTimeout: {{ .Values.webhook.secrets.syncTimeout }}
   resyncPeriod: {{ .Values.webhook.secrets.resyncPeriod }}
+{{- end -}}
+
+{{/* An httpGet probe on a named port, with the timings from values. */}}
+{{- define "shoal.httpProbe" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+periodSeconds: {{ int .probe.periodSeconds }}
+timeoutSeconds: {{ int .probe.timeoutSeconds }}
+failureThreshold: {{ int .probe.failureThreshold }}
+{{- with .grace }}
+terminationGracePeriodSeconds: {{ int . }}
+{{- end }}
+{{- end -}}
+
+{{/* shoal node-setup, as the init container (and the rewrite sidecar) run it. */}}
+{{- define "shoal.nodeSetupCommand" -}}
+- shoal
+- node-setup
+- --config=/etc/shoal/p2p-config.yaml
+- --hosts-dir=/host/hosts.d
+- --host-path={{ .Values.nodeSetup.hostsDir }}
+- --agent=http://127.0.0.1:{{ int .Values.proxyPort }}
+- --containerd-config=/host/containerd/{{ base .Values.nodeSetup.containerdConfig }}
+{{- if .Values.nodeSetup.resolveLocally }}
+- --etc-hosts=/host/etc-hosts
+{{- end }}
+{{- range .Values.nodeSetup.mirrorRegistries }}
+- --mirror={{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "shoal.nodeSetupMounts" -}}
+- name: config
+  mountPath: /etc/shoal
+  readOnly: true
+- name: hosts-dir
+  mountPath: /host/hosts.d
+- name: containerd-config
+  mountPath: /host/containerd
+  readOnly: true
+{{- if .Values.nodeSetup.resolveLocally }}
+- name: etc-hosts
+  mountPath: /host/etc-hosts
+{{- end }}
+{{- end -}}
+
+{{/* Hook annotations of the bootstrap objects of one phase; RBAC before the Job. */}}
+{{- define "shoal.hookAnnotations" -}}
+helm.sh/hook: {{ .phase }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
+
+{{/* ServiceAccount and the least RBAC for one bootstrap phase: get (by name) and
+     create on the release namespace's Secrets; get and patch on the one webhook
+     configuration whose caBundle it writes, when it writes one. */}}
+{{- define "shoal.bootstrapRbac" -}}
+{{- $root := .root }}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "shoal.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: bootstrap
+  annotations:
+    {{- include "shoal.hookAnnotations" (dict "phase" .phase "weight" -10) | nindent 4 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "shoal.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: bootstrap
+  annotations:
+    {{- include "shoal.hookAnnotations" (dict "phase" .phase "weight" -10) | nindent 4 }}
+rules:
+  - apiGroups: [""]
+    resources: [secrets]
+    resourceNames: {{ .secrets | toJson }}
+    verbs: [get]
+  # create cannot be limited by name (the name is in the body); the Job creates only
+  # the Secrets above, and only when they are missing
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "shoal.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: bootstrap
+  annotations:
+    {{- include "shoal.hookAnnotations" (dict "phase" .phase "weight" -10) | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .name }}
+    namespace: {{ $root.Release.Namespace }}
+{{- if .webhookConfiguration }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "shoal.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: bootstrap
+  annotations:
+    {{- include "shoal.hookAnnotations" (dict "phase" .phase "weight" -10) | nindent 4 }}
+rules:
+  - apiGroups: [admissionregistration.k8s.io]
+    resources: [mutatingwebhookconfigurations]
+    resourceNames: [{{ .webhookConfiguration | quote }}]
+    verbs: [get, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "shoal.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: bootstrap
+  annotations:
+    {{- include "shoal.hookAnnotations" (dict "phase" .phase "weight" -10) | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .name }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+{{- end -}}
+
+{{- define "shoal.bootstrapJob" -}}
+{{- $root := .root }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "shoal.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: bootstrap
+  annotations:
+    {{- include "shoal.hookAnnotations" (dict "phase" .phase "weight" 0) | nindent 4 }}
+spec:
+  backoffLimit: 4
+  activeDeadlineSeconds: 300
+  template:
+    metadata:
+      labels:
+        {{- include "shoal.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: bootstrap
+    spec:
+      serviceAccountName: {{ .name }}
+      restartPolicy: Never
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: bootstrap
+          image: {{ include "shoal.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: [python, -m, shoal.webhook.bootstrap, secrets]
+          args:
+            {{- toYaml .args | nindent 12 }}
+          resources:
+            {{- toYaml $root.Values.bootstrap.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.webhook.securityContext | nindent 12 }}
+      securityContext:
+        {{- toYaml $root.Values.webhook.podSecurityContext | nindent 8 }}
+      {{- with $root.Values.webhook.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.webhook.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
 {{- end -}}
