@@ -13,6 +13,7 @@ typo in a config file must never be silently ignored on a thousand nodes.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -24,6 +25,11 @@ from shoal.errors import ConfigInvalidError
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+#: the piece store's bounds (``shoal.cache.layout``, a layer above this one)
+MIN_PIECE_SIZE = 16 * 1024
+MAX_PIECE_SIZE = 16 * (1 << 20)
 
 T = TypeVar("T")
 
@@ -60,18 +66,31 @@ class ExporterConfig(_Section, frozen=True):
 
 
 class ProxyConfig(_Section, frozen=True):
-    """The registry mirror the node's container runtime talks to."""
+    """The registry mirror the node's container runtime talks to (on a root: the
+    control API). The limits below hold for every HTTP port the process serves."""
 
     #: listen address; empty means every address of every family (IPv4 and IPv6)
     listen: str = ""
     port: Port = 65001
     #: blobs fetched upstream at once; more wait their turn
     proxy_concurrency_limit: PositiveInt = 128
+    #: seconds from a request's first byte to its last header line (slow-loris guard)
+    header_timeout: PositiveFloat = 10.0
+    #: seconds a connection may stay open without a complete request (idle keep-alive)
+    idle_timeout: PositiveFloat = 60.0
+    #: open connections in total; 0 means three quarters of the open-file limit
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: open connections from one client address; 0 means no per-client cap
+    max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 256
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
 
 
 class P2PConfig(_Section, frozen=True):
     """The peer network between agents and roots."""
 
+    #: listen address of the peer port; empty means every address of every family
     listen: str = ""
     p2p_port: Port = 65002
     #: downstream (upload to peers) limit in MB/s (1 MB = 2**20 bytes); 0 means none
@@ -96,6 +115,35 @@ class P2PConfig(_Section, frozen=True):
     #: traffic and disk for layers the node already has unpacked
     prefetch: bool = True
 
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
+        for root in self.roots:
+            host, sep, port = root.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"roots: {root!r} is not host:port")
+
+
+class ControlConfig(_Section, frozen=True):
+    """The control API between agents and roots (joins, reports, forwarded credentials).
+
+    TLS by default: an agent's join carries the client's registry ``Authorization``, so
+    the API must never run in clear on a real network. The certificate comes from the
+    cluster's own CA (the chart or cert-manager makes it); ``tls: false`` is a
+    development mode and both sides log it loudly at start.
+    """
+
+    #: serve (root) and call (agent) the control API over HTTPS
+    tls: bool = True
+    #: PEM file of the CA agents verify the roots' certificates against
+    ca_file: str = "/etc/shoal/control/ca.crt"
+    #: the root's certificate chain and key (PEM); re-read when the files change
+    cert_file: str = "/etc/shoal/control/tls.crt"
+    key_file: str = "/etc/shoal/control/tls.key"
+    #: distinct peers one source address may have joined as; 0 means no cap
+    peers_per_source: Annotated[int, msgspec.Meta(ge=0)] = 8
+    #: seconds the root waits for a new member's peer handshake before refusing it
+    vet_timeout: PositiveFloat = 2.0
+
 
 class CacheConfig(_Section, frozen=True):
     """The node's piece store."""
@@ -114,7 +162,12 @@ class CacheConfig(_Section, frozen=True):
             and not isinstance(self.aio_enable, bool)
             and self.aio_enable not in (0, 1)
         ):
-            raise ValueError("aioEnable must be 0, 1, true or false")
+            raise ValueError("aioEnable: must be 0, 1, true or false")
+        if self.piece_size and not MIN_PIECE_SIZE <= self.piece_size <= MAX_PIECE_SIZE:
+            raise ValueError(
+                f"pieceSize: must be 0 (by blob size) or {MIN_PIECE_SIZE}..{MAX_PIECE_SIZE} "
+                f"bytes, not {self.piece_size}"
+            )
 
     @property
     def aio(self) -> bool:
@@ -132,10 +185,17 @@ class RegistryConfig(_Section, frozen=True):
     ca_file: str = ""
     #: skip TLS verification (self-signed test registries only)
     insecure_skip_verify: bool = False
+    #: hosts (``host[:port]``, or ``*.suffix``) this registry may redirect blob reads to,
+    #: such as its object storage; a redirect anywhere else is refused. An exact entry
+    #: may be on an internal address, a ``*.`` pattern only on a public one
+    redirect_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.host or "/" in self.host or any(c.isspace() for c in self.host):
-            raise ValueError(f"not a registry host: {self.host!r}")
+        if not _is_authority(self.host):
+            raise ValueError(f"host: not a registry host: {self.host!r}")
+        for entry in self.redirect_hosts:
+            if not _is_authority(entry.removeprefix("*.")):
+                raise ValueError(f"redirectHosts: not a host or *.suffix pattern: {entry!r}")
 
 
 class UpstreamConfig(_Section, frozen=True):
@@ -172,6 +232,11 @@ class AcceleratorConfig(_Section, frozen=True):
     #: answer only clients on the loopback interface
     loopback_only: bool = True
 
+    def __post_init__(self) -> None:
+        for entry in self.allowed_hosts:
+            if not _is_authority(entry):
+                raise ValueError(f"allowedHosts: not a host[:port]: {entry!r}")
+
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig, name="DeployConfig")
@@ -183,6 +248,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     accelerator: AcceleratorConfig = msgspec.field(
         default_factory=AcceleratorConfig, name="AcceleratorConfig"
     )
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig, name="ControlConfig")
 
     def replace(self, **changes: Any) -> Config:
         return msgspec.structs.replace(self, **changes)
@@ -206,6 +272,10 @@ def read_yaml(path: str | Path, label: str) -> object:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigInvalidError(f"{label}: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigInvalidError(
+            f"{label}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from exc
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -234,7 +304,30 @@ def _key_message(msg: str) -> str:
         field = text.split("`")[1]
         full = f"{key}.{field}" if key != "(top level)" else field
         return f"unknown key {full}"
+    own = _OWN_CHECK.match(text)  # a section's __post_init__ names its field first
+    if own is not None and key != "(top level)":
+        return f"{key}.{own['field']}: {own['rest']}"
     return f"{key}: {text}"
+
+
+_OWN_CHECK = re.compile(r"^(?P<field>[a-z][A-Za-z0-9]*): (?P<rest>.*)$", re.DOTALL)
+
+
+def _check_listen(value: str) -> None:
+    try:
+        check_listen_address(value)
+    except ConfigInvalidError as exc:
+        raise ValueError(f"listen: {exc.message}") from exc
+
+
+def _is_authority(value: str) -> bool:
+    """``host`` or ``host:port`` (``[v6]:port``), no path, no space, no userinfo."""
+    if not value or any(c.isspace() or c in "/@?#" for c in value):
+        return False
+    host, sep, port = value.rpartition(":")
+    if sep and not value.endswith("]") and ("[" in value or host.count(":") == 0):
+        return bool(host) and port.isdigit() and 0 < int(port) <= 65535
+    return True
 
 
 def check_listen_address(value: str) -> str:
@@ -247,3 +340,73 @@ def check_listen_address(value: str) -> str:
     except ValueError as exc:
         raise ConfigInvalidError(f"listen address is not an IP address: {value!r}") from exc
     return stripped
+
+
+def check_files(config: Config, role: str) -> None:
+    """Everything the config names on disk, checked before the role starts: a missing CA
+    file or an unwritable directory is one line naming its key, not a traceback later."""
+    for i, reg in enumerate(config.upstream.registries):
+        if reg.ca_file:
+            _check_ca(reg.ca_file, f"UpstreamConfig.registries[{i}].caFile")
+    deploy = config.deploy
+    if deploy.log_audit and deploy.log_audit_mode == "file":
+        _check_writable_dir(deploy.log_dir, "DeployConfig.logDir")
+    if config.cache.path:
+        _check_writable_dir(config.cache.path, "CacheConfig.path")
+    control = config.control
+    if not control.tls:
+        return
+    if role == "root":
+        _check_cert(control.cert_file, control.key_file)
+    elif config.p2p.roots:
+        _check_ca(control.ca_file, "ControlConfig.caFile")
+
+
+def _check_ca(path: str, key: str) -> None:
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError as exc:
+        raise ConfigInvalidError(f"config: {key}: no such file {path}") from exc
+    except OSError as exc:
+        raise ConfigInvalidError(f"config: {key}: cannot read {path}: {exc.strerror}") from exc
+    except ssl.SSLError as exc:
+        raise ConfigInvalidError(f"config: {key}: {path} holds no PEM certificate") from exc
+
+
+def _check_cert(cert: str, key: str) -> None:
+    import ssl
+
+    for path, name in ((cert, "ControlConfig.certFile"), (key, "ControlConfig.keyFile")):
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigInvalidError(
+                f"config: {name}: cannot read {path}: {exc.strerror}"
+                " (or set ControlConfig.tls: false for a development cluster)"
+            ) from exc
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigInvalidError(
+            f"config: ControlConfig.certFile: {cert} and keyFile {key} are not a "
+            f"PEM certificate chain and its key ({exc.reason or exc})"
+        ) from exc
+
+
+def _check_writable_dir(path: str, key: str) -> None:
+    import os
+    import tempfile
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigInvalidError(
+            f"config: {key}: {path} is not a writable directory: {reason}"
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigInvalidError(f"config: {key}: {path} is not a writable directory")
