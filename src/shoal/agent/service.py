@@ -72,7 +72,9 @@ class Agent:
                     audit=self.audit,
                 )
                 self.peer_client = PeerClient(secret, metrics=self.metrics)
-                self.control = ControlClient(secret, timeout=config.p2p.root_timeout)
+                self.control = ControlClient(
+                    secret, timeout=config.p2p.root_timeout, control=config.control
+                )
                 self.swarm = SwarmProvider(
                     config, self.store, self.peer_client, self.control, provider, self.metrics
                 )
