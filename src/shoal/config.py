@@ -80,8 +80,10 @@ class ProxyConfig(_Section, frozen=True):
     idle_timeout: PositiveFloat = 60.0
     #: open connections in total; 0 means three quarters of the open-file limit
     max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
-    #: open connections from one client address; 0 means no per-client cap
-    max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 256
+    #: open connections from one client address; 0 means the role's default: 256 for
+    #: an agent's mirror (the node's runtime opens many), 32 for a root's control API
+    #: (an agent keeps at most 16 to a root; each TLS connection costs a root ~0.3 MiB)
+    max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)

@@ -155,14 +155,22 @@ class ServerLimits:
     max_connections: int = 0
     #: 0: no per-client cap
     max_per_client: int = 256
+    #: bytes of a request body buffered before reading from the socket pauses (also
+    #: bounds what TLS decrypts ahead of the application)
+    read_bufsize: int = 1 << 16
 
     @classmethod
-    def of(cls, proxy: ProxyConfig) -> ServerLimits:
+    def of(
+        cls, proxy: ProxyConfig, *, per_client: int = 256, read_bufsize: int = 1 << 16
+    ) -> ServerLimits:
+        """The ``ProxyConfig`` keys; ``per_client`` is the role's default for
+        ``maxConnectionsPerClient: 0``."""
         return cls(
             header_timeout=proxy.header_timeout,
             idle_timeout=proxy.idle_timeout,
             max_connections=proxy.max_connections,
-            max_per_client=proxy.max_connections_per_client,
+            max_per_client=proxy.max_connections_per_client or per_client,
+            read_bufsize=read_bufsize,
         )
 
     def total(self) -> int:
@@ -271,27 +279,47 @@ class _Handler(RequestHandler):
         self.client = ""
         self.in_request = False
         self.admitted = False
+        self.started = False
         self._header_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def admit(self, transport: asyncio.BaseTransport, *, answer: bool) -> bool:
+        """Count this connection at the gate; refused ones are closed (with a canned
+        HTTP answer when ``answer``: not before a TLS handshake)."""
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refusal = self.gate.admit(self.client, self)
-        if refusal is not None:
-            assert isinstance(transport, asyncio.Transport)
+        if refusal is None:
+            self.admitted = True
+            return True
+        assert isinstance(transport, asyncio.WriteTransport)
+        if answer:
             transport.write(refusal)
             transport.close()
+        else:
+            transport.abort()
+        return False
+
+    def release(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.gate.release(self.client, self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.admitted and not self.admit(transport, answer=True):
             return
-        self.admitted = True
+        self.started = True
+        if transport.get_extra_info("sslcontext") is not None:
+            # decrypt no further ahead than the body buffer: an unread body stays small
+            limit = self.gate.limits.read_bufsize
+            transport.set_read_buffer_limits(high=2 * limit, low=limit)  # type: ignore[attr-defined]
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if not self.admitted:
-            return
-        self.admitted = False
         self._cancel_header_timer()
-        self.gate.release(self.client, self)
-        super().connection_lost(exc)
+        self.release()
+        if self.started:
+            self.started = False
+            super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if data and not self.in_request and self._header_timer is None:
@@ -410,6 +438,102 @@ async def _request_clock(
     return await handler(request)
 
 
+class _TLSAcceptor(asyncio.Protocol):
+    """A TLS connection is counted from the moment it is accepted, and given
+    ``header_timeout`` for its handshake: asyncio's own TLS server would spend a
+    handshake (and ~0.3 MiB) on every connection before the gate could say no, and
+    wait 60 s for a ClientHello that never comes."""
+
+    def __init__(self, server: _Server, tls: ssl.SSLContext, tasks: set[asyncio.Task[None]]):
+        self.server = server
+        self.tls = tls
+        self.tasks = tasks
+        self.handler: _Handler | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self.server()
+        assert isinstance(handler, _Handler) and isinstance(transport, asyncio.Transport)
+        if not handler.admit(transport, answer=False):
+            return
+        self.handler = handler
+        transport.pause_reading()  # the ClientHello is for the TLS layer, not for us
+        task = asyncio.get_running_loop().create_task(self._handshake(transport, handler))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handshake(self, transport: asyncio.Transport, handler: _Handler) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(
+                transport,
+                handler,
+                self.tls,
+                server_side=True,
+                ssl_handshake_timeout=handler.gate.limits.header_timeout,
+            )
+        except asyncio.CancelledError:
+            transport.abort()
+            handler.release()
+            raise
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            handler.gate.log.log(
+                logging.INFO, "TLS handshake with %s failed: %s", handler.client, _describe(exc)
+            )
+            transport.abort()
+            handler.release()
+            return
+        if tls is None or tls.is_closing():
+            handler.release()
+            return
+        handler.connection_made(tls)
+
+    def data_received(self, data: bytes) -> None:  # never: reading is paused
+        pass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.handler is not None and not self.handler.started:
+            self.handler.release()
+
+
+class _Site(web.BaseSite):
+    """``TCPSite`` with the TLS handshake done by ``_TLSAcceptor``."""
+
+    def __init__(
+        self, runner: _Runner, host: str | None, port: int, tls: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self._tls else 'http'}://{self._host or '*'}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert isinstance(server, _Server)
+        tls = self._tls
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            server if tls is None else lambda: _TLSAcceptor(server, tls, self._handshakes)
+        )
+        loop = asyncio.get_running_loop()
+        # a root takes the joins of every agent for every layer at the same instant (32
+        # agents x 5 blobs = 160 connects in the bench); aiohttp's default backlog of 128
+        # dropped SYNs and agents gave up on a healthy root
+        self._server = await loop.create_server(
+            factory, self._host, self._port, backlog=LISTEN_BACKLOG, reuse_address=True
+        )
+
+    async def stop(self) -> None:
+        for task in list(self._handshakes):
+            task.cancel()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        await super().stop()
+
+
 class _Server(web.Server):
     def __init__(self, plain: web.Server, gate: _Gate, kwargs: dict[str, Any]) -> None:
         super().__init__(
@@ -454,21 +578,12 @@ async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.App
         access_log=None,
         handle_signals=False,
         keepalive_timeout=limits.idle_timeout,
+        read_bufsize=limits.read_bufsize,
         # nobody reads a body we did not ask for: an unread one closes the connection
         lingering_time=0,
     )
     await runner.setup()
-    # a root takes the joins of every agent for every layer at the same instant (32
-    # agents x 5 blobs = 160 connects in the bench); aiohttp's default backlog of 128
-    # dropped SYNs and agents gave up on a healthy root
-    site = web.TCPSite(
-        runner,
-        host=host or None,
-        port=port,
-        reuse_address=True,
-        backlog=LISTEN_BACKLOG,
-        ssl_context=tls,
-    )
+    site = _Site(runner, host or None, port, tls)
     try:
         await site.start()
     except OSError as exc:

@@ -102,7 +102,12 @@ class LocalCluster:
                 "logDir": str(self.workdir / f"{node.name}-log"),
             },
             "ExporterConfig": {"enable": True, "port": node.exporter_port},
-            "ProxyConfig": {"listen": "127.0.0.1", "port": node.proxy_port},
+            "ProxyConfig": {
+                "listen": "127.0.0.1",
+                "port": node.proxy_port,
+                # every agent reaches the root from 127.0.0.1: room for all of them
+                "maxConnectionsPerClient": max(32, 16 * len(self.agents) + 32),
+            },
             "P2PConfig": {
                 "listen": "127.0.0.1",
                 "advertise": "127.0.0.1",
@@ -163,7 +168,7 @@ class LocalCluster:
                 stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
             )
-        scheme = "https" if self.certs else "http"
+        scheme = "https" if self.config(node)["ControlConfig"].get("tls") else "http"
         url = (
             f"{scheme}://{node.control}/healthz"
             if node.role == "root"

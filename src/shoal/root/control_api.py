@@ -93,6 +93,8 @@ MAX_BODY = max(BODY_LIMITS.values())
 BODY_TIMEOUT = 10.0
 #: routes whose peer is vetted before the request goes on (they make it a member)
 VETTED = frozenset({"/swarm/v1/join", "/swarm/v1/hold"})
+#: connections one client address may hold by default (an agent keeps at most 16)
+PER_CLIENT = 32
 #: seconds between looks at the certificate files for a renewed certificate
 TLS_RELOAD_INTERVAL = 60.0
 #: seconds a hash ask may be held (below the agents' control timeout)
@@ -146,7 +148,9 @@ class ControlAPI:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
-        app[SERVER_LIMITS] = ServerLimits.of(self.root.config.proxy)
+        app[SERVER_LIMITS] = ServerLimits.of(
+            self.root.config.proxy, per_client=PER_CLIENT, read_bufsize=16 << 10
+        )
         if self.tls is not None:
             app[TLS_CONTEXT] = self.tls.context
         app.cleanup_ctx.append(self._background)
