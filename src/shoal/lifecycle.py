@@ -30,6 +30,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -142,6 +143,8 @@ class LogLimiter:
 
 #: pending connections a listener queues (the kernel caps it at net.core.somaxconn)
 LISTEN_BACKLOG = 4096
+#: connections accepted per wakeup of the loop (asyncio's "backlog" argument)
+ACCEPT_BATCH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +259,7 @@ class _Gate:
                         logging.WARNING, "closed an idle connection of %s to make room", client
                     )
                     victim.shut()
+                    victim.release()  # now: its close completes only on the next turn
                     return True
             break
         return False
@@ -413,7 +417,8 @@ class _Handler(RequestHandler):
 
 
 def _printable(text: str, limit: int = 120) -> str:
-    return repr(text[:limit])[1:-1]
+    """One line, control bytes escaped, at most ``limit`` characters."""
+    return repr(" ".join(text.split())[:limit])[1:-1]
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -520,12 +525,17 @@ class _Site(web.BaseSite):
             server if tls is None else lambda: _TLSAcceptor(server, tls, self._handshakes)
         )
         loop = asyncio.get_running_loop()
-        # a root takes the joins of every agent for every layer at the same instant (32
-        # agents x 5 blobs = 160 connects in the bench); aiohttp's default backlog of 128
-        # dropped SYNs and agents gave up on a healthy root
+        # asyncio accepts up to ``backlog`` connections per wakeup before any of them
+        # reaches the gate: a small batch, or a burst exhausts the descriptors first
         self._server = await loop.create_server(
-            factory, self._host, self._port, backlog=LISTEN_BACKLOG, reuse_address=True
+            factory, self._host, self._port, backlog=ACCEPT_BATCH, reuse_address=True
         )
+        # ... and a long queue in the kernel: a root takes the joins of every agent for
+        # every layer at the same instant (32 agents x 5 blobs = 160 connects in the
+        # bench); a backlog of 128 dropped SYNs and agents gave up on a healthy root
+        for listener in self._server.sockets:
+            with socket.socket(fileno=os.dup(listener.fileno())) as same:
+                same.listen(LISTEN_BACKLOG)
 
     async def stop(self) -> None:
         for task in list(self._handshakes):
