@@ -130,3 +130,18 @@ async def test_the_root_refuses_plain_http_when_tls_is_on(tmp_path: Path) -> Non
             pass
         else:
             raise AssertionError("a certificate outside the cluster CA was accepted")
+
+
+async def test_a_silent_tls_client_is_closed_after_the_header_timeout(tmp_path: Path) -> None:
+    """A connection that never says ClientHello holds a root's descriptor for
+    ``headerTimeout``, not for asyncio's 60 s handshake timeout."""
+    async with root_under_test(tmp_path, "127.0.0.1:5000", ProxyConfig={"headerTimeout": 1}) as rt:
+        reader, writer = await asyncio.open_connection("127.0.0.1", rt.root.control_port)
+        start = time.monotonic()
+        async with asyncio.timeout(10):
+            assert await reader.read(4096) == b""
+        writer.close()
+        waited = time.monotonic() - start
+        status, _ = await rt.call("GET", f"/swarm/v1/blobs/{DIGEST}?known=0")
+    assert 0.5 < waited < 4
+    assert status == 200
