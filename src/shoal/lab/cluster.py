@@ -2,7 +2,9 @@
 
 Each node is its own process started from its own config file, as in production, so a
 test can kill one by PID mid-blob and watch the others cope. Ports are chosen free on
-127.0.0.1; every node gets its own piece store under the work directory.
+127.0.0.1; every node gets its own piece store under the work directory. The control
+API runs over TLS with a CA the cluster makes for itself (``lab.certs``), as a real
+cluster's does with the chart's.
 """
 
 from __future__ import annotations
