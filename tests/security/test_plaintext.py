@@ -10,19 +10,33 @@ the capture: that is what proves the capture sees the joins at all.
 from __future__ import annotations
 
 import base64
+import hashlib
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from shoal.lab.cluster import LocalCluster
+from shoal.lab.cluster import LocalCluster, Node
 from shoal.lab.image import BuiltImage, basic_authorization
 from shoal.lab.origin import OriginRegistry
 from shoal.lab.ports import free_port
 from tests.conftest import PASSWORD, USER
 from tests.security.helpers import relay
-from tests.swarm_e2e.test_faults import pull_digest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+async def pull_digest(node: Node, img: BuiltImage, digest: str, authorization: str) -> str:
+    url = f"http://{node.mirror}/v2/{img.repo}/blobs/{digest}"
+    h = hashlib.sha256()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, headers={"Authorization": authorization}) as r,
+    ):
+        assert r.status == 200
+        async for chunk in r.content.iter_chunked(1 << 20):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "development-plain"])
@@ -39,9 +53,7 @@ async def test_an_agents_control_traffic_shows_no_authorization_in_clear(
     async with relay(("127.0.0.1", cluster.roots[0].proxy_port), port=relay_port) as tap:
         async with cluster:
             agent = cluster.agents[0]
-            got = await pull_digest(
-                agent, private_image, layer.digest, {"Authorization": authorization}
-            )
+            got = await pull_digest(agent, private_image, layer.digest, authorization)
             assert got == layer.digest
         log = agent.log.read_text(errors="replace")
     captured = tap.captured
