@@ -32,7 +32,7 @@ from shoal.errors import (
     ShoalError,
     UpstreamUnavailableError,
 )
-from shoal.lifecycle import SERVER_LIMITS, ServerLimits
+from shoal.httpserver import SERVER_LIMITS, ServerLimits
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler

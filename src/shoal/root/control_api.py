@@ -58,7 +58,7 @@ from shoal.control.schema import (
 )
 from shoal.control.tls import ServerTLS, server_tls
 from shoal.errors import ShoalError
-from shoal.lifecycle import SERVER_LIMITS, TLS_CONTEXT, ServerLimits
+from shoal.httpserver import SERVER_LIMITS, TLS_CONTEXT, ServerLimits
 from shoal.oci.digest import Digest, parse_digest
 from shoal.registry.origin_fetch import Source
 from shoal.registry.responses import error_response
