@@ -144,7 +144,8 @@ class ControlConfig(_Section, frozen=True):
     #: distinct peers one source address may have joined as; 0 means no cap
     peers_per_source: Annotated[int, msgspec.Meta(ge=0)] = 8
     #: seconds the root waits for a new member's peer handshake before refusing it
-    vet_timeout: PositiveFloat = 2.0
+    #: (keep it below the agents' P2PConfig.rootTimeout)
+    vet_timeout: PositiveFloat = 3.0
 
 
 class CacheConfig(_Section, frozen=True):

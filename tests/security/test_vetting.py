@@ -9,7 +9,14 @@ import pytest
 
 from shoal.config import ControlConfig
 from shoal.errors import TooManyRequestsError
-from shoal.root.vetting import REFUSED_FOR, SOURCE_WINDOW, VETTED_FOR, PeerUnvettedError, Vetting
+from shoal.root.vetting import (
+    REFUSED_FOR,
+    SOURCE_WINDOW,
+    TIMED_OUT_FOR,
+    VETTED_FOR,
+    PeerUnvettedError,
+    Vetting,
+)
 
 SECRET = b"0123456789abcdef"
 
@@ -72,6 +79,11 @@ async def test_a_peer_that_never_answers_is_refused_within_the_timeout() -> None
     async with asyncio.timeout(1):
         with pytest.raises(PeerUnvettedError, match="no answer in time"):
             await v.admit("10.0.0.3:65002", "10.0.0.3")
+    # it may only have been slow: asked again soon, and let in once it answers
+    probes.delay = 0.0
+    clock.now += TIMED_OUT_FOR + 1
+    await v.admit("10.0.0.3:65002", "10.0.0.3")
+    assert len(probes.asked) == 2
 
 
 async def test_one_source_may_claim_only_so_many_peers() -> None:

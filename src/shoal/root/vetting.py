@@ -9,8 +9,9 @@ pulls timing out on them. So before a peer's first ``Join`` reaches the schedule
    ``peer`` (its advertised ``host:port``) and runs the wire handshake (HMAC over both
    sides' nonces), within ``ControlConfig.vetTimeout``. A peer that answers becomes a
    member and is remembered (``VETTED_FOR`` seconds); one that does not is refused
-   (``403``) and remembered as refused for ``REFUSED_FOR`` seconds, so asking again
-   costs nothing. A peer naming the root itself is refused.
+   (``403``) and remembered as refused for ``REFUSED_FOR`` seconds (``TIMED_OUT_FOR``
+   when it only did not answer in time), so asking again costs nothing. A peer naming
+   the root itself is refused.
 2. **Each source address may claim at most ``ControlConfig.peersPerSource`` peers**
    (seen within ``SOURCE_WINDOW`` seconds): a node runs one agent, so one address
    claiming many identities is the Sybil pattern; the excess is answered ``429``
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 VETTED_FOR = 600.0
 REFUSED_FOR = 30.0
+#: a peer that only did not answer in time may be a live agent on a loaded node: it is
+#: asked again soon (a black-holed Sybil costs a probe slot for vetTimeout each time)
+TIMED_OUT_FOR = 5.0
 SOURCE_WINDOW = 600.0
 MAX_PROBES = 32
 #: bound on what is remembered (peers and sources), against a flood of identities
@@ -146,8 +150,9 @@ class Vetting:
                 now = self._clock()
                 if len(self._refused) > MAX_REMEMBERED:
                     self._refused.clear()
-                self._refused[peer] = (now + REFUSED_FOR, why)
-                log.info("%s", why)
+                late = isinstance(exc, TimeoutError)
+                self._refused[peer] = (now + (TIMED_OUT_FOR if late else REFUSED_FOR), why)
+                log.warning("%s: refused as a member", why)
                 return why
         now = self._clock()
         if len(self._vetted) > MAX_REMEMBERED:
