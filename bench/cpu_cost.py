@@ -64,6 +64,7 @@ from shoal.bench.modes.base import registries_conf
 from shoal.bench.netns import Cluster
 from shoal.bench.proc import in_netns
 from shoal.bench.workload import push_via_loopback, wait_http
+from shoal.lab.certs import make_control_certs
 from shoal.lab.cluster import LocalCluster
 from shoal.lab.image import BuiltImage, build_image, push_image
 from shoal.lab.origin import OriginRegistry
@@ -221,6 +222,7 @@ async def in_namespaces(work: Path, image: BuiltImage, piece: int, rate_mbit: fl
             secret = secrets.token_hex(16)
             root_host = cluster.roots[0]
             roots = [f"{root_host.ip}:{AGENT_PORT}"]
+            certs = make_control_certs(work / "control-tls", [root_host.ip])
             async with contextlib.AsyncExitStack() as stack:
                 pids = {"registry": pid_with_arg(str(work / "origin" / "config.yml"))}
                 for name, host, mode in (
@@ -247,6 +249,7 @@ async def in_namespaces(work: Path, image: BuiltImage, piece: int, rate_mbit: fl
                             "default": origin.address,
                             "registries": [{"host": origin.address, "plainHTTP": True}],
                         },
+                        "ControlConfig": certs.config(),
                     }
                     cfg = work / f"{name}.yml"
                     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -255,8 +258,11 @@ async def in_namespaces(work: Path, image: BuiltImage, piece: int, rate_mbit: fl
                         spawned(in_netns(host.netns, argv), work / f"{name}.log")
                     )
                     pids[name] = proc.pid  # ``ip netns exec`` execs: the same PID
-                    url = f"http://{host.ip if mode == 'root' else '127.0.0.1'}:{AGENT_PORT}/"
-                    await wait_http(host.netns, url if mode == "root" else url + "v2/", 60)
+                    if mode == "root":
+                        url = f"https://{host.ip}:{AGENT_PORT}/healthz"
+                        await wait_http(host.netns, url, 60, cafile=str(certs.ca_file))
+                    else:
+                        await wait_http(host.netns, f"http://127.0.0.1:{AGENT_PORT}/v2/", 60)
                 ref = f"{origin.address}/{image.repo}:{image.tag}"
 
                 async def pull(agent: int, tag: str) -> None:

@@ -13,6 +13,7 @@ typo in a config file must never be silently ignored on a thousand nodes.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -24,6 +25,11 @@ from shoal.errors import ConfigInvalidError
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+#: the piece store's bounds (``shoal.cache.layout``, a layer above this one)
+MIN_PIECE_SIZE = 16 * 1024
+MAX_PIECE_SIZE = 16 * (1 << 20)
 
 T = TypeVar("T")
 
@@ -75,7 +81,8 @@ class ExporterConfig(_Section, frozen=True):
 
 
 class ProxyConfig(_Section, frozen=True):
-    """The registry mirror the node's container runtime talks to."""
+    """The registry mirror the node's container runtime talks to (on a root: the
+    control API). The limits below hold for every HTTP port the process serves."""
 
     #: listen address; empty means every address of every family (IPv4 and IPv6)
     listen: str = ""
@@ -84,6 +91,19 @@ class ProxyConfig(_Section, frozen=True):
     port: Port = 65001
     #: blobs fetched upstream at once; more wait their turn
     proxy_concurrency_limit: PositiveInt = 128
+    #: seconds from a request's first byte to its last header line (slow-loris guard)
+    header_timeout: PositiveFloat = 10.0
+    #: seconds a connection may stay open without a complete request (idle keep-alive)
+    idle_timeout: PositiveFloat = 60.0
+    #: open connections in total; 0 means three quarters of the open-file limit
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: open connections from one client address; 0 means the role's default: 256 for
+    #: an agent's mirror (the node's runtime opens many), 32 for a root's control API
+    #: (an agent keeps at most 16 to a root; each TLS connection costs a root ~0.3 MiB)
+    max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
 
 
 class P2PConfig(_Section, frozen=True):
@@ -119,6 +139,36 @@ class P2PConfig(_Section, frozen=True):
     #: traffic and disk for layers the node already has unpacked
     prefetch: bool = True
 
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
+        for root in self.roots:
+            host, sep, port = root.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"roots: {root!r} is not host:port")
+
+
+class ControlConfig(_Section, frozen=True):
+    """The control API between agents and roots (joins, reports, forwarded credentials).
+
+    TLS by default: an agent's join carries the client's registry ``Authorization``, so
+    the API must never run in clear on a real network. The certificate comes from the
+    cluster's own CA (the chart or cert-manager makes it); ``tls: false`` is a
+    development mode and both sides log it loudly at start.
+    """
+
+    #: serve (root) and call (agent) the control API over HTTPS
+    tls: bool = True
+    #: PEM file of the CA agents verify the roots' certificates against
+    ca_file: str = "/etc/shoal/control/ca.crt"
+    #: the root's certificate chain and key (PEM); re-read when the files change
+    cert_file: str = "/etc/shoal/control/tls.crt"
+    key_file: str = "/etc/shoal/control/tls.key"
+    #: distinct peers one source address may have joined as; 0 means no cap
+    peers_per_source: Annotated[int, msgspec.Meta(ge=0)] = 8
+    #: seconds the root waits for a new member's peer handshake before refusing it
+    #: (keep it below the agents' P2PConfig.rootTimeout)
+    vet_timeout: PositiveFloat = 3.0
+
 
 class CacheConfig(_Section, frozen=True):
     """The node's piece store."""
@@ -138,7 +188,12 @@ class CacheConfig(_Section, frozen=True):
             and not isinstance(self.aio_enable, bool)
             and self.aio_enable not in (0, 1)
         ):
-            raise ValueError("aioEnable must be 0, 1, true or false")
+            raise ValueError("aioEnable: must be 0, 1, true or false")
+        if self.piece_size and not MIN_PIECE_SIZE <= self.piece_size <= MAX_PIECE_SIZE:
+            raise ValueError(
+                f"pieceSize: must be 0 (by blob size) or {MIN_PIECE_SIZE}..{MAX_PIECE_SIZE} "
+                f"bytes, not {self.piece_size}"
+            )
 
     @property
     def aio(self) -> bool:
@@ -157,10 +212,17 @@ class RegistryConfig(_Section, frozen=True):
     ca_file: str = ""
     #: skip TLS verification (self-signed test registries only)
     insecure_skip_verify: bool = False
+    #: hosts (``host[:port]``, or ``*.suffix``) this registry may redirect blob reads to,
+    #: such as its object storage; a redirect anywhere else is refused. An exact entry
+    #: may be on an internal address, a ``*.`` pattern only on a public one
+    redirect_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.host or "/" in self.host or any(c.isspace() for c in self.host):
-            raise ValueError(f"not a registry host: {self.host!r}")
+        if not _is_authority(self.host):
+            raise ValueError(f"host: not a registry host: {self.host!r}")
+        for entry in self.redirect_hosts:
+            if not _is_authority(entry.removeprefix("*.")):
+                raise ValueError(f"redirectHosts: not a host or *.suffix pattern: {entry!r}")
 
 
 class UpstreamConfig(_Section, frozen=True):
@@ -199,6 +261,11 @@ class AcceleratorConfig(_Section, frozen=True):
     allowed_hosts: tuple[str, ...] = ()
     #: answer only clients on the loopback interface
     loopback_only: bool = True
+
+    def __post_init__(self) -> None:
+        for entry in self.allowed_hosts:
+            if not _is_authority(entry):
+                raise ValueError(f"allowedHosts: not a host[:port]: {entry!r}")
 
 
 class PickerPolicy(_Section, frozen=True):
@@ -316,6 +383,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         default_factory=AcceleratorConfig, name="AcceleratorConfig"
     )
     swarm: SwarmConfig = msgspec.field(default_factory=SwarmConfig, name="SwarmConfig")
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig, name="ControlConfig")
 
     def replace(self, **changes: Any) -> Config:
         return msgspec.structs.replace(self, **changes)
@@ -339,6 +407,10 @@ def read_yaml(path: str | Path, label: str) -> object:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigInvalidError(f"{label}: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigInvalidError(
+            f"{label}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from exc
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -367,7 +439,30 @@ def _key_message(msg: str) -> str:
         field = text.split("`")[1]
         full = f"{key}.{field}" if key != "(top level)" else field
         return f"unknown key {full}"
+    own = _OWN_CHECK.match(text)  # a section's __post_init__ names its field first
+    if own is not None and key != "(top level)":
+        return f"{key}.{own['field']}: {own['rest']}"
     return f"{key}: {text}"
+
+
+_OWN_CHECK = re.compile(r"^(?P<field>[a-z][A-Za-z0-9]*): (?P<rest>.*)$", re.DOTALL)
+
+
+def _check_listen(value: str) -> None:
+    try:
+        check_listen_address(value)
+    except ConfigInvalidError as exc:
+        raise ValueError(f"listen: {exc.message}") from exc
+
+
+def _is_authority(value: str) -> bool:
+    """``host`` or ``host:port`` (``[v6]:port``), no path, no space, no userinfo."""
+    if not value or any(c.isspace() or c in "/@?#" for c in value):
+        return False
+    host, sep, port = value.rpartition(":")
+    if sep and not value.endswith("]") and ("[" in value or host.count(":") == 0):
+        return bool(host) and port.isdigit() and 0 < int(port) <= 65535
+    return True
 
 
 def check_listen_address(value: str) -> str:

@@ -9,6 +9,9 @@ only ever catch ``ShoalError``.
 
 from __future__ import annotations
 
+import errno
+import re
+
 
 class ShoalError(Exception):
     """Root of every error shoal raises deliberately."""
@@ -90,3 +93,24 @@ class TooManyRequestsError(ShoalError):
 class UnsupportedError(ShoalError):
     http_status = 405
     oci_code = "UNSUPPORTED"
+
+
+#: asyncio's words for a listener that could not bind: "error while attempting to bind
+#: on address ('::', 65002, 0, 0): address already in use"
+_BIND = re.compile(r"bind on address \('([^']*)', (\d+)[^)]*\): (.*)$")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an error of the machine (a port in use, a file, a directory)."""
+    text = exc.strerror or str(exc)
+    bind = _BIND.search(text)
+    if bind is not None:
+        host, port, why = bind.groups()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"cannot listen on {where}: {why}"
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        return f"cannot listen: {text}"
+    if exc.filename is not None:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {text}"
+    return text

@@ -1,23 +1,45 @@
 """Shared plumbing of the long-running roles: flags over config, signals, listeners.
 
-(Logging is set up by ``shoal.observability.logs.setup_logging``.)
+Their HTTP ports run on ``shoal.httpserver`` (``serve_app``, re-exported here); logging
+is set up by ``shoal.observability.logs.setup_logging``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import re
+import os
 import signal
+import ssl
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
-from aiohttp import web
 from msgspec.structs import replace as _replace
 
 from shoal.config import Config, check_listen_address, load_config, parse_config
-from shoal.errors import ConfigInvalidError, ShoalError
+from shoal.errors import ConfigInvalidError, describe_os_error
+from shoal.httpserver import (
+    SERVER_LIMITS,
+    TLS_CONTEXT,
+    LogLimiter,
+    ServerLimits,
+    gate_of,
+    serve_app,
+)
+
+__all__ = [
+    "SERVER_LIMITS",
+    "TLS_CONTEXT",
+    "LogLimiter",
+    "ServerLimits",
+    "config_from_args",
+    "describe_os_error",
+    "gate_of",
+    "serve_app",
+    "serve_until_signalled",
+]
 
 
 def config_from_args(args: argparse.Namespace, role: str) -> Config:
@@ -48,7 +70,9 @@ def config_from_args(args: argparse.Namespace, role: str) -> Config:
         if any(c in args.advertise for c in "$() /") or not args.advertise.strip("[]"):
             raise ConfigInvalidError(f"--advertise: {args.advertise!r} is not an address")
         p2p = _replace(p2p, advertise=args.advertise)
-    return config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
+    config = config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
+    check_files(config, role)
+    return config
 
 
 async def serve_until_signalled(
@@ -63,46 +87,66 @@ async def serve_until_signalled(
         await stop.wait()
 
 
-#: pending connections a listener queues (the kernel caps it at net.core.somaxconn)
-LISTEN_BACKLOG = 4096
+def check_files(config: Config, role: str) -> None:
+    """Everything the config names on disk, checked before the role starts: a missing CA
+    file or an unwritable directory is one line naming its key, not a traceback later.
+    (Here, not in ``shoal.config``: parsing the config does no IO, so the sans-IO core
+    may import it.)"""
+    for i, reg in enumerate(config.upstream.registries):
+        if reg.ca_file:
+            _check_ca(reg.ca_file, f"UpstreamConfig.registries[{i}].caFile")
+    deploy = config.deploy
+    if deploy.log_audit and deploy.log_audit_mode == "file":
+        _check_writable_dir(deploy.log_dir, "DeployConfig.logDir")
+    if config.cache.path:
+        _check_writable_dir(config.cache.path, "CacheConfig.path")
+    control = config.control
+    if not control.tls:
+        return
+    if role == "root":
+        _check_cert(control.cert_file, control.key_file)
+    elif config.p2p.roots:
+        _check_ca(control.ca_file, "ControlConfig.caFile")
 
 
-async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Listen with ``app`` on ``host`` ("" = every IPv4 and IPv6 address) and ``port``
-    (0 = kernel's choice); return the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    # a root takes the joins of every agent for every layer at the same instant (32
-    # agents x 5 blobs = 160 connects in the bench); aiohttp's default backlog of 128
-    # dropped SYNs and agents gave up on a healthy root
-    site = web.TCPSite(
-        runner, host=host or None, port=port, reuse_address=True, backlog=LISTEN_BACKLOG
-    )
+def _check_ca(path: str, key: str) -> None:
     try:
-        await site.start()
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError as exc:
+        raise ConfigInvalidError(f"config: {key}: no such file {path}") from exc
     except OSError as exc:
-        await runner.cleanup()
-        raise ShoalError(describe_os_error(exc)) from exc
-    bound: int = runner.addresses[0][1]
-    return runner, bound
+        raise ConfigInvalidError(f"config: {key}: cannot read {path}: {exc.strerror}") from exc
+    except ssl.SSLError as exc:
+        raise ConfigInvalidError(f"config: {key}: {path} holds no PEM certificate") from exc
 
 
-#: asyncio's words for a listener that could not bind: "error while attempting to bind
-#: on address ('::', 65002, 0, 0): address already in use"
-_BIND = re.compile(r"bind on address \('([^']*)', (\d+)[^)]*\): (.*)$")
+def _check_cert(cert: str, key: str) -> None:
+    for path, name in ((cert, "ControlConfig.certFile"), (key, "ControlConfig.keyFile")):
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigInvalidError(
+                f"config: {name}: cannot read {path}: {exc.strerror}"
+                " (or set ControlConfig.tls: false for a development cluster)"
+            ) from exc
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigInvalidError(
+            f"config: ControlConfig.certFile: {cert} and keyFile {key} are not a "
+            f"PEM certificate chain and its key ({exc.reason or exc})"
+        ) from exc
 
 
-def describe_os_error(exc: OSError) -> str:
-    """One line for an error of the machine (a port in use, a file, a directory)."""
-    text = exc.strerror or str(exc)
-    bind = _BIND.search(text)
-    if bind is not None:
-        host, port, why = bind.groups()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return f"cannot listen on {where}: {why}"
-    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-        return f"cannot listen: {text}"
-    if exc.filename is not None:
-        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
-        return f"{exc.filename}{target}: {text}"
-    return text
+def _check_writable_dir(path: str, key: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigInvalidError(
+            f"config: {key}: {path} is not a writable directory: {reason}"
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigInvalidError(f"config: {key}: {path} is not a writable directory")

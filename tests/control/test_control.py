@@ -6,7 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.control import codec
-from shoal.control.auth import SignatureInvalidError, cluster_secret, sign, verify
+from shoal.control.auth import (
+    MAX_SKEW,
+    NonceMemory,
+    SignatureInvalidError,
+    cluster_secret,
+    sign,
+    verify,
+    verify_header,
+)
 from shoal.control.schema import HaveReport, LoadReport, UpdateRequest
 from shoal.errors import ConfigInvalidError
 from shoal.swarm import ParentOffer, owner, rank_roots
@@ -30,6 +38,34 @@ def test_signature_binds_method_path_body_and_time() -> None:
     for bad in (None, "", "t=x,mac=y", "garbage"):
         with pytest.raises(SignatureInvalidError):
             verify(SECRET, bad, "POST", "/swarm/v1/join", b"{}", now=1000.0)
+
+
+def test_the_header_is_checked_alone_and_the_body_against_it() -> None:
+    header = sign(SECRET, "POST", "/swarm/v1/join", b"{}", now=1000.0)
+    signed = verify_header(SECRET, header, "POST", "/swarm/v1/join", now=1000.0)
+    signed.check_body(b"{}")
+    with pytest.raises(SignatureInvalidError, match="body does not match"):
+        signed.check_body(b"{ }")
+    forged = header.replace(signed.body_sha256, "0" * 64)
+    with pytest.raises(SignatureInvalidError, match="bad signature"):
+        verify_header(SECRET, forged, "POST", "/swarm/v1/join", now=1000.0)
+
+
+def test_a_nonce_is_accepted_once_and_forgotten_after_the_window() -> None:
+    memory = NonceMemory()
+    header = sign(SECRET, "GET", "/healthz", b"", now=1000.0)
+    verify(SECRET, header, "GET", "/healthz", b"", 1000.0, nonces=memory)
+    with pytest.raises(SignatureInvalidError, match="replayed"):
+        verify(SECRET, header, "GET", "/healthz", b"", 1001.0, nonces=memory)
+    # the same request signed again carries a fresh nonce
+    again = sign(SECRET, "GET", "/healthz", b"", now=1001.0)
+    verify(SECRET, again, "GET", "/healthz", b"", 1001.0, nonces=memory)
+    # a request a second for an hour: what is remembered stays within the window
+    for t in range(3600):
+        now = 1002.0 + t
+        verify(SECRET, sign(SECRET, "GET", "/h", b"", now), "GET", "/h", b"", now, nonces=memory)
+    assert len(memory) <= 2 * MAX_SKEW + 30
+    assert memory.replays == 1
 
 
 def test_cluster_secret_must_be_long_enough(tmp_path: object) -> None:

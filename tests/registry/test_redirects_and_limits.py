@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from shoal.agent.service import Agent
+from shoal.config import Config
 from tests.conftest import agent_config
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
@@ -85,10 +86,20 @@ async def redirecting_registry(storage: Storage) -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+def storage_config(
+    registry: str, storage: Storage, proxy: dict[str, object] | None = None
+) -> Config:
+    """The registry with its object store listed (``redirectHosts``), as an operator
+    lists a registry's storage host; the store is on loopback, so it must be exact."""
+    reg = {"host": registry, "plainHTTP": True, "redirectHosts": [f"localhost:{storage.port}"]}
+    return agent_config(registry, UpstreamConfig={"registries": [reg]}, ProxyConfig=proxy or {})
+
+
 async def test_blob_redirect_is_followed_without_leaking_credentials(
     storage: Storage, redirecting_registry: str
 ) -> None:
-    async with Agent(agent_config(redirecting_registry)) as a, aiohttp.ClientSession() as s:
+    cfg = storage_config(redirecting_registry, storage)
+    async with Agent(cfg) as a, aiohttp.ClientSession() as s:
         url = f"http://127.0.0.1:{a.proxy_port}/v2/lib/app/blobs/{DIGEST}"
         async with s.get(url, headers={"Authorization": "Bearer good"}) as r:
             assert r.status == 200
@@ -100,7 +111,7 @@ async def test_at_most_proxy_concurrency_limit_blobs_upstream_and_the_rest_wait(
     storage: Storage, redirecting_registry: str
 ) -> None:
     storage.delay = 0.2
-    cfg = agent_config(redirecting_registry, ProxyConfig={"proxyConcurrencyLimit": 2})
+    cfg = storage_config(redirecting_registry, storage, {"proxyConcurrencyLimit": 2})
     async with Agent(cfg) as a, aiohttp.ClientSession() as s:
         url = f"http://127.0.0.1:{a.proxy_port}/v2/lib/app/blobs/{DIGEST}"
 

@@ -92,7 +92,9 @@ class Agent:
                 self.peer_client = PeerClient(
                     secret, metrics=self.metrics, request_timeout=2 * queued + 5
                 )
-                self.control = ControlClient(secret, timeout=config.p2p.root_timeout)
+                self.control = ControlClient(
+                    secret, timeout=config.p2p.root_timeout, control=config.control
+                )
                 self.swarm = SwarmProvider(
                     config,
                     self.store,

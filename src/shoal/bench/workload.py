@@ -52,19 +52,23 @@ async def push_via_loopback(storage_dir: Path, image: BuiltImage) -> None:
         await push_image(staging.url, image)
 
 
-async def wait_http(netns: str, url: str, timeout_s: float = 20.0) -> None:
-    """Wait until ``url`` answers from inside ``netns`` (the root namespace cannot see it)."""
+async def wait_http(
+    netns: str, url: str, timeout_s: float = 20.0, *, cafile: str | None = None
+) -> None:
+    """Wait until ``url`` answers from inside ``netns`` (the root namespace cannot see it);
+    an ``https`` URL is verified against ``cafile``."""
     probe = (
-        "import sys, urllib.request, urllib.error\n"
+        "import ssl, sys, urllib.request, urllib.error\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None\n"
         "try:\n"
-        "    urllib.request.urlopen(sys.argv[1], timeout=1)\n"
+        "    urllib.request.urlopen(sys.argv[1], timeout=1, context=ctx)\n"
         "except urllib.error.HTTPError:\n"
         "    pass\n"
     )
     deadline = time.monotonic() + timeout_s
     while True:
         proc = await asyncio.create_subprocess_exec(
-            *in_netns(netns, [sys.executable, "-c", probe, url]),
+            *in_netns(netns, [sys.executable, "-c", probe, url, *([cafile] if cafile else [])]),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             stdin=asyncio.subprocess.DEVNULL,

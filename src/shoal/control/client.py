@@ -1,4 +1,5 @@
-"""The agent's side of the control API: signed JSON requests to a root."""
+"""The agent's side of the control API: signed JSON requests to a root, over TLS
+verified against the cluster CA (``ControlConfig``; plain only in the development mode)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TypeVar
 import aiohttp
 import msgspec
 
+from shoal.config import ControlConfig
 from shoal.control.auth import HEADER, sign
 from shoal.control.schema import (
     BlobState,
@@ -19,6 +21,7 @@ from shoal.control.schema import (
     UpdateRequest,
     UpdateResponse,
 )
+from shoal.control.tls import client_context
 from shoal.errors import UpstreamUnavailableError
 
 T = TypeVar("T")
@@ -36,15 +39,25 @@ class RootUnavailableError(UpstreamUnavailableError):
 
 
 class ControlClient:
-    def __init__(self, secret: bytes, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, secret: bytes, *, timeout: float = 5.0, control: ControlConfig | None = None
+    ) -> None:
+        """``control``: TLS settings (default: ``ControlConfig()``, TLS on)."""
         self._secret = secret
+        tls = client_context(control or ControlConfig())
+        self.scheme = "https" if tls is not None else "http"
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 3.0)),
             # kept-alive connections, a bounded number per root: a burst of calls (a
             # join per layer, hash asks, reports) waits here instead of opening dozens
             # of connections at once against a root every agent is calling
-            connector=aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_ROOT),
+            connector=aiohttp.TCPConnector(
+                limit_per_host=CONNECTIONS_PER_ROOT, ssl=tls if tls is not None else False
+            ),
         )
+
+    def __repr__(self) -> str:
+        return f"<ControlClient {self.scheme}>"
 
     async def __aenter__(self) -> ControlClient:
         return self
@@ -67,7 +80,7 @@ class ControlClient:
         }
         try:
             async with self._session.request(
-                method, f"http://{root}{path}", data=body, headers=headers
+                method, f"{self.scheme}://{root}{path}", data=body, headers=headers
             ) as resp:
                 payload = await resp.read()
                 if resp.status != 200:

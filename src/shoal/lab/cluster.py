@@ -2,7 +2,9 @@
 
 Each node is its own process started from its own config file, as in production, so a
 test can kill one by PID mid-blob and watch the others cope. Ports are chosen free on
-127.0.0.1; every node gets its own piece store under the work directory.
+127.0.0.1; every node gets its own piece store under the work directory. The control
+API runs over TLS with a CA the cluster makes for itself (``lab.certs``), as a real
+cluster's does with the chart's.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ import aiohttp
 import yaml
 
 from shoal.errors import ShoalError
+from shoal.lab.certs import ControlCerts, make_control_certs
 from shoal.lab.ports import free_port
 from shoal.lab.process import stop_process
 
@@ -85,6 +89,8 @@ class LocalCluster:
         self.plain_http = plain_http
         self.roots = [self._node(f"root{i}", "root") for i in range(roots)]
         self.agents = [self._node(f"agent{i}", "agent") for i in range(agents)]
+        #: the control API's CA and the roots' certificate (made on entry)
+        self.certs: ControlCerts | None = None
 
     def _node(self, name: str, role: str) -> Node:
         return Node(name, role, self.workdir, free_port(), free_port(), free_port())
@@ -98,7 +104,12 @@ class LocalCluster:
                 "logDir": str(self.workdir / f"{node.name}-log"),
             },
             "ExporterConfig": {"enable": True, "port": node.exporter_port},
-            "ProxyConfig": {"listen": "127.0.0.1", "port": node.proxy_port},
+            "ProxyConfig": {
+                "listen": "127.0.0.1",
+                "port": node.proxy_port,
+                # every agent reaches the root from 127.0.0.1: room for all of them
+                "maxConnectionsPerClient": max(32, 16 * len(self.agents) + 32),
+            },
             "P2PConfig": {
                 "listen": "127.0.0.1",
                 "advertise": "127.0.0.1",
@@ -114,6 +125,12 @@ class LocalCluster:
                 "default": self.origin,
                 "registries": [{"host": self.origin, "plainHTTP": self.plain_http}],
             },
+            # TLS with a CA of our own, as a real cluster runs; every agent is on
+            # 127.0.0.1, so the root must let that one address be all of them
+            "ControlConfig": {
+                **(self.certs.config() if self.certs else {"tls": False}),
+                "peersPerSource": len(self.agents) + 8,
+            },
         }
         for section, values in self.extra.items():
             cfg.setdefault(section, {}).update(values)
@@ -121,6 +138,7 @@ class LocalCluster:
 
     async def __aenter__(self) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.certs = make_control_certs(self.workdir / "control-tls", ["127.0.0.1", "localhost"])
         try:
             await asyncio.gather(*(self.start(n) for n in self.roots))
             await asyncio.gather(*(self.start(n) for n in self.agents))
@@ -152,10 +170,16 @@ class LocalCluster:
                 stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        scheme = "https" if self.config(node)["ControlConfig"].get("tls") else "http"
         url = (
-            f"http://{node.control}/healthz" if node.role == "root" else f"http://{node.mirror}/v2/"
+            f"{scheme}://{node.control}/healthz"
+            if node.role == "root"
+            else f"http://{node.mirror}/v2/"
         )
-        async with aiohttp.ClientSession() as session:
+        tls = ssl.create_default_context(cafile=str(self.certs.ca_file)) if self.certs else None
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls or False)
+        ) as session:
             for _ in range(1200):  # 60 s: a loaded 2-core machine starts Python slowly
                 if node.proc.returncode is not None:
                     tail = node.log.read_text(errors="replace")[-600:]

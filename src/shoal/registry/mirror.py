@@ -32,6 +32,7 @@ from shoal.errors import (
     ShoalError,
     UpstreamUnavailableError,
 )
+from shoal.httpserver import SERVER_LIMITS, ServerLimits
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler
@@ -48,6 +49,7 @@ from shoal.oci.range import ByteRange, parse_content_range, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
 from shoal.oci.upstream import derive_upstream
 from shoal.registry.access import AccessChecker
+from shoal.registry.egress import EgressRefusedError
 from shoal.registry.origin_fetch import Source
 from shoal.registry.provider import BlobProvider
 from shoal.registry.responses import (
@@ -95,6 +97,8 @@ class Mirror:
         self.access = access or AccessChecker(upstream, config.upstream.access_check_ttl)
         self._limit = asyncio.Semaphore(config.proxy.proxy_concurrency_limit)
         self.waiting = 0
+        if config.accelerator.enable:
+            upstream.allow_hosts(config.accelerator.allowed_hosts)
 
     def __repr__(self) -> str:
         active = self.config.proxy.proxy_concurrency_limit - self._limit._value
@@ -105,6 +109,7 @@ class Mirror:
             middlewares=[request_context, self._middleware], client_max_size=1 << 20
         )
         app.on_response_prepare.append(mark_first_byte)
+        app[SERVER_LIMITS] = ServerLimits.of(self.config.proxy)
         routes = [
             web.get("/v2/", self.handle_base),
             web.get("/v2", self.handle_base),
@@ -130,6 +135,10 @@ class Mirror:
                 resp = oci_error(405, "UNSUPPORTED", "this mirror serves pulls only", head=head)
             elif exc.status == 404:
                 resp = oci_error(404, "NAME_UNKNOWN", "no such endpoint", head=head)
+            elif exc.status >= 400:
+                # every other refusal aiohttp raises (413, 400 ...) as an OCI body too
+                code = "SIZE_INVALID" if exc.status == 413 else "UNSUPPORTED"
+                resp = oci_error(exc.status, code, exc.reason, head=head)
             else:
                 raise
         sent = resp.content_length or 0
@@ -445,6 +454,10 @@ class Mirror:
         )
         if host not in allowed:
             raise AccessDeniedError(f"host {host} is not in the accelerator's allow-list")
+        try:  # the scheme and the address too, as for every hop the mirror makes
+            self.upstream.egress.check_hop(url, host, first=True)
+        except EgressRefusedError as exc:
+            raise AccessDeniedError(exc.message) from exc
         digest: Digest | None = None
         name = ""
         for pattern in _ACCEL_PATHS:

@@ -4,7 +4,11 @@ One ``aiohttp`` session per registry host, with that registry's TLS settings (pl
 HTTP, an extra CA, or no verification for a self-signed test registry). Redirects are
 followed by hand for blobs, because registries hand blobs out from object storage under
 another host, and the client's ``Authorization`` must not travel to that other host.
-Connection failures become ``UpstreamUnavailableError`` here, at the boundary.
+Every hop, the first included, goes through the egress policy (``egress.py``): a
+registry that is not served is refused before anything is sent, a redirect to a host
+the policy refuses is not followed, and the connector's resolver refuses internal
+addresses of unlisted names at connect time. Connection failures become
+``UpstreamUnavailableError`` here, at the boundary.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from collections.abc import Mapping
 from types import TracebackType
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from shoal.config import RegistryConfig, UpstreamConfig
 from shoal.errors import UpstreamUnavailableError, UpstreamUnknownError
+from shoal.registry.egress import EgressPolicy, EgressRefusedError, PolicyResolver, refusal_in
 
 MAX_REDIRECTS = 5
 #: headers of the client's request that go upstream unchanged
@@ -25,8 +31,13 @@ FORWARD_HEADERS = ("Authorization", "Accept", "Range", "If-None-Match", "User-Ag
 
 
 class UpstreamClient:
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(self, config: UpstreamConfig, *, resolver: AbstractResolver | None = None) -> None:
         self.config = config
+        self.egress = EgressPolicy(config)
+        #: the DNS under the policy's resolver; tests set one they control before the
+        #: first request (sessions take it when they are made)
+        self.dns = resolver
+        self._also: set[str] = set()
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=min(config.timeout, 15.0), sock_read=config.timeout
@@ -56,6 +67,12 @@ class UpstreamClient:
     def allowed(self, host: str) -> bool:
         return self.config.allowed(host)
 
+    def allow_hosts(self, hosts: tuple[str, ...]) -> None:
+        """Hosts the operator allowed elsewhere (the accelerator's ``allowedHosts``):
+        requests may name them, and they count as listed for the egress policy."""
+        self._also.update(hosts)
+        self.egress.also_listed(hosts)
+
     def check_allowed(self, host: str) -> None:
         if not self.allowed(host):
             raise UpstreamUnknownError(f"registry {host} is not served by this mirror")
@@ -65,7 +82,11 @@ class UpstreamClient:
         if session is None or session.closed:
             reg = self.config.registry(host)
             connector = aiohttp.TCPConnector(
-                ssl=_ssl_for(reg), limit=0, ttl_dns_cache=60, enable_cleanup_closed=True
+                ssl=_ssl_for(reg),
+                limit=0,
+                ttl_dns_cache=60,
+                enable_cleanup_closed=True,
+                resolver=PolicyResolver(self.egress, self.dns),
             )
             session = aiohttp.ClientSession(
                 connector=connector,
@@ -89,17 +110,27 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """Send ``method`` to ``host`` (or the absolute ``url``); the caller releases it.
 
-        With ``follow_redirects`` a 3xx is followed up to ``MAX_REDIRECTS`` times, and
+        ``host`` must be a registry this client serves (``UpstreamUnknownError``). With
+        ``follow_redirects`` a 3xx is followed up to ``MAX_REDIRECTS`` times, each hop
+        checked by the egress policy (``EgressRefusedError``: nothing is sent there), and
         ``Authorization`` is dropped as soon as the target leaves the registry's origin.
         """
+        if host not in self._also:
+            self.check_allowed(host)
         session = self._session(host)
         target = URL(url) if url is not None else URL(self.base_url(host) + path, encoded=True)
         origin = target.origin()
         send = {k: v for k, v in headers.items() if v}
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
+            self.egress.check_hop(target, host, first=hop == 0)
+            if target.origin() != origin:
+                send.pop("Authorization", None)
             try:
                 resp = await session.request(method, target, headers=send, allow_redirects=False)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                refused = refusal_in(exc)
+                if refused is not None:
+                    raise EgressRefusedError(f"upstream {host}: {refused}") from exc
                 raise UpstreamUnavailableError(
                     f"upstream {host} unreachable: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -109,11 +140,10 @@ class UpstreamClient:
             resp.release()
             if not location:
                 raise UpstreamUnavailableError(f"upstream {host} redirected without a Location")
-            target = target.join(URL(location, encoded=True))
-            if target.scheme not in ("http", "https"):
-                raise UpstreamUnavailableError(f"upstream {host} redirected to {target.scheme}:")
-            if target.origin() != origin:
-                send.pop("Authorization", None)
+            try:
+                target = target.join(URL(location, encoded=True))
+            except ValueError as exc:
+                raise EgressRefusedError(f"upstream {host} redirected to a malformed URL") from exc
             if resp.status == 303:
                 method = "GET"
         raise UpstreamUnavailableError(f"upstream {host}: more than {MAX_REDIRECTS} redirects")

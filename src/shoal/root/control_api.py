@@ -4,6 +4,22 @@ Each handler turns a signed JSON body into ``shoal.swarm`` messages for the sche
 and its decisions back into JSON. The first join of a blob starts the origin fetch
 (with the joining agent's forwarded credentials) and opens the blob's swarm with this
 root as its seed; every piece the fetch stores is announced to the scheduler at once.
+
+The transport, in front of every handler (``_middleware``), in this order:
+
+1. the signature is checked **from the headers alone** (``shoal.control.auth``): an
+   unsigned or forged request is answered ``401`` and its connection closed before one
+   byte of its body is read;
+2. the body must have a ``Content-Length`` within its route's limit (``BODY_LIMITS``;
+   ``413`` otherwise, still unread), arrive within ``BODY_TIMEOUT`` and hash to what
+   the signature says;
+3. its nonce must be new (a replay within the skew window is ``401``);
+4. a ``join`` or ``hold`` from a peer the root has not vetted waits for the peer's
+   handshake (``shoal.root.vetting``): no unvetted peer reaches the scheduler.
+
+The API is served over TLS with the cluster CA's certificate (``ControlConfig``), and
+the origin a join names is held to this root's ``UpstreamConfig`` like every other
+fetch (the upstream client refuses registries it does not serve).
 """
 
 from __future__ import annotations
@@ -13,15 +29,16 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import msgspec
 from aiohttp import web
 from aiohttp.web import Response
 
+from shoal.config import Config
 from shoal.control import codec
-from shoal.control.auth import HEADER, verify
+from shoal.control.auth import HEADER, NonceMemory, SignatureInvalidError, verify_header
 from shoal.control.schema import (
     FailedReport,
     Health,
@@ -31,10 +48,13 @@ from shoal.control.schema import (
     UpdateRequest,
     UpdateResponse,
 )
+from shoal.control.tls import ServerTLS, server_tls
 from shoal.errors import ShoalError
+from shoal.httpserver import SERVER_LIMITS, TLS_CONTEXT, ServerLimits
 from shoal.oci.digest import Digest, parse_digest
 from shoal.registry.origin_fetch import Source
 from shoal.registry.responses import error_response
+from shoal.root.vetting import Vetting
 from shoal.swarm import (
     AskParents,
     Assignment,
@@ -48,19 +68,63 @@ from shoal.swarm import (
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 4 << 20
+#: bytes a signed body may have, by route (a hold lists up to 10,000 digests, an
+#: update a burst of reports); a route not named takes no body
+BODY_LIMITS = {
+    "/swarm/v1/join": 256 << 10,
+    "/swarm/v1/parents": 64 << 10,
+    "/swarm/v1/update": 4 << 20,
+    "/swarm/v1/hold": 1 << 20,
+}
+MAX_BODY = max(BODY_LIMITS.values())
+#: seconds a signed body may take to arrive once its headers have
+BODY_TIMEOUT = 10.0
+#: routes whose peer is vetted before the request goes on (they make it a member)
+VETTED = frozenset({"/swarm/v1/join", "/swarm/v1/hold"})
+#: connections one client address may hold by default (an agent keeps at most 16)
+PER_CLIENT = 32
+#: seconds between looks at the certificate files for a renewed certificate
+TLS_RELOAD_INTERVAL = 60.0
 #: seconds a hash ask may be held (below the agents' control timeout)
 MAX_HASH_WAIT = 3.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Peer(msgspec.Struct):
+    """The one field of a join or hold the transport reads: who wants in."""
+
+    peer: str
+
+
+class BodyRefusedError(ShoalError):
+    http_status = 413
+    oci_code = "SIZE_INVALID"
 
 
 class ControlAPI:
     def __init__(self, root: RootLike, secret: bytes) -> None:
         self.root = root
         self._secret = secret
+        self.nonces = NonceMemory()
+        self.tls: ServerTLS | None = server_tls(root.config.control)
+        self.vetting = Vetting(secret, root.config.control, node=lambda: root.peer_id)
+        self.unsigned = 0
+
+    def __repr__(self) -> str:
+        scheme = "https" if self.tls is not None else "http (development)"
+        return (
+            f"<ControlAPI {scheme} [{self.unsigned} refused unsigned | {self.nonces!r} | "
+            f"{self.vetting!r}]>"
+        )
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
+        app[SERVER_LIMITS] = ServerLimits.of(
+            self.root.config.proxy, per_client=PER_CLIENT, read_bufsize=16 << 10
+        )
+        if self.tls is not None:
+            app[TLS_CONTEXT] = self.tls.context
+        app.cleanup_ctx.append(self._background)
         app.add_routes(
             [
                 web.post("/swarm/v1/join", self.join),
@@ -73,20 +137,62 @@ class ControlAPI:
         )
         return app
 
+    async def _background(self, _: web.Application) -> AsyncIterator[None]:
+        reload = asyncio.create_task(self._reload_tls(), name="control-tls-reload")
+        yield
+        reload.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reload
+        await self.vetting.close()
+
+    async def _reload_tls(self) -> None:
+        while self.tls is not None:
+            await asyncio.sleep(TLS_RELOAD_INTERVAL)
+            try:
+                if self.tls.reload():
+                    log.info("control API certificate reloaded")
+            except ShoalError as exc:
+                log.warning("%s (keeping the previous certificate)", exc.message)
+
+    async def _authenticate(self, request: web.Request) -> None:
+        """Steps 1-4 of the module docstring; raises to refuse."""
+        now = time.time()
+        signed = verify_header(
+            self._secret, request.headers.get(HEADER), request.method, request.path_qs, now
+        )
+        limit = BODY_LIMITS.get(request.path, 0) if request.method == "POST" else 0
+        length = request.content_length
+        if request.body_exists and length is None:
+            raise BodyRefusedError("a body needs a Content-Length")
+        if length is not None and length > limit:
+            raise BodyRefusedError(f"{length} bytes is more than {request.path} takes ({limit})")
+        body = b""
+        if length:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                body = await request.read()
+        signed.check_body(body)
+        self.nonces.claim(signed, now)
+        if request.path in VETTED:
+            peer = msgspec.json.decode(body, type=_Peer).peer
+            await self.vetting.admit(peer, request.remote or "")
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if request.path != "/healthz":
-                body = await request.read()
-                verify(
-                    self._secret,
-                    request.headers.get(HEADER),
-                    request.method,
-                    request.path_qs,
-                    body,
-                    time.time(),
-                )
+                await self._authenticate(request)
             return await handler(request)
+        except (SignatureInvalidError, BodyRefusedError) as exc:
+            # the body stays unread: close, so nobody sends it to us after all
+            if isinstance(exc, SignatureInvalidError):
+                self.unsigned += 1
+            resp = error_response(exc)
+            resp.force_close()
+            return resp
+        except TimeoutError:
+            resp = error_response(BodyRefusedError(f"body not received in {BODY_TIMEOUT:.0f} s"))
+            resp.force_close()
+            return resp
         except ShoalError as exc:
             return error_response(exc)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
@@ -200,6 +306,7 @@ class ControlAPI:
 class RootLike(Protocol):
     """What the API needs of the root service."""
 
+    config: Config
     peer_id: str
     incarnation: str
 

@@ -22,13 +22,14 @@ from aiohttp import web
 from shoal.cache.store import PieceStore
 from shoal.config import Config
 from shoal.control.auth import cluster_secret
-from shoal.errors import DigestMismatchError, ShoalError
+from shoal.errors import DigestMismatchError, ShoalError, UpstreamUnknownError
 from shoal.lifecycle import serve_app
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
 from shoal.oci.digest import Digest
 from shoal.peer.server import PeerServer
+from shoal.registry.egress import EgressRefusedError
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
 from shoal.registry.upstream import UpstreamClient
 from shoal.root.control_api import ControlAPI
@@ -217,6 +218,10 @@ class Root:
             self._opening[key] = waiting
             try:
                 waiting.set_result(await self._open(digest, source))
+            except (UpstreamUnknownError, EgressRefusedError) as exc:
+                # the root's own upstream policy: an agent going to the origin itself
+                # would be refused the same way
+                waiting.set_result((BlobFailure.SOURCE_REFUSED, exc.message))
             except ShoalError as exc:
                 waiting.set_result((BlobFailure.ORIGIN_UNAVAILABLE, exc.message))
             finally:

@@ -7,7 +7,9 @@ Rules, in order:
 
 1. A body that is not an ``admission.k8s.io/v1`` AdmissionReview of a Pod is answered
    ``allowed`` with no patch, and the reason goes to the log. The webhook never blocks
-   a Pod (the chart also sets ``failurePolicy: Ignore``).
+   a Pod (the chart also sets ``failurePolicy: Ignore``). Webhooks run before the API
+   server validates the object, so any field may hold any type: every read goes
+   through ``_map``/``_seq``/``_text``, and what has the wrong type counts as absent.
 2. Which Pods: the API server tells us *why* it called by the path it called. The
    ``pod`` entry of the MutatingWebhookConfiguration selects Pods whose own label is
    ``labelKey: labelValue``; the ``namespace`` entry selects Pods without that label in
@@ -61,6 +63,30 @@ from shoal.webhook.types import AdmissionReview, PatchOperation, Pod
 Trigger = Literal["pod", "namespace"]
 CONTAINER_FIELDS = ("initContainers", "containers", "ephemeralContainers")
 CONFIG_VERSION = 1
+#: the p2p-config annotation we read back: larger (or deeper) is not ours, and is
+#: replaced rather than parsed (a 100,000-deep ``[[[...`` once took the webhook down)
+MAX_CONFIG_ANNOTATION = 64 << 10
+MAX_CONFIG_DEPTH = 8
+
+
+def _map(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else empty: the API server validates the
+    object after the webhooks, so what reaches us may hold any type anywhere."""
+    return value if isinstance(value, dict) else {}
+
+
+def _seq(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """For a log line: one line, bounded, whatever the type."""
+    text = value if isinstance(value, str) else repr(value)
+    return " ".join(text[: limit * 2].split())[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,32 +119,25 @@ def review(body: object, trigger: Trigger, cfg: AccelerateConfig) -> Decision:
         return Decision(
             uid=uid,
             understood=False,
-            reason=f"not an admission.k8s.io/v1 AdmissionReview: {body.get('apiVersion')!r}",
+            reason=f"not an admission.k8s.io/v1 AdmissionReview: {_short(body.get('apiVersion'))}",
         )
     kind = request.get("kind")
     if not isinstance(kind, dict) or kind.get("kind") != "Pod" or kind.get("group", "") != "":
-        return Decision(uid=uid, understood=False, reason=f"not a Pod: {kind!r}")
+        return Decision(uid=uid, understood=False, reason=f"not a Pod: {_short(kind)}")
     pod = request.get("object")
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
         return Decision(uid=uid, understood=False, reason="request.object is not a Pod")
-    namespace = request.get("namespace")
-    namespace = namespace if isinstance(namespace, str) else ""
-    meta = pod.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    name = meta.get("name") or (f"{meta.get('generateName', '')}*")
-    base = Decision(
-        uid=uid, namespace=namespace, pod=str(name), dry_run=bool(request.get("dryRun"))
-    )
+    namespace = _text(request.get("namespace"))
+    meta = _map(pod.get("metadata"))
+    name = _text(meta.get("name")) or f"{_text(meta.get('generateName'))}*"
+    base = Decision(uid=uid, namespace=namespace, pod=name, dry_run=request.get("dryRun") is True)
     operation = request.get("operation")
     sub = request.get("subResource", "") or ""
     if operation == "CREATE" and sub == "":
         return _on_create(base, cast(Pod, pod), trigger, cfg)
     if operation == "UPDATE" and sub == "ephemeralcontainers":
-        old = request.get("oldObject")
-        return _on_ephemeral(
-            base, cast(Pod, pod), old if isinstance(old, dict) else {}, trigger, cfg
-        )
-    return _nothing(base, f"operation {operation} {sub or ''} is not handled".replace("  ", " "))
+        return _on_ephemeral(base, cast(Pod, pod), _map(request.get("oldObject")), trigger, cfg)
+    return _nothing(base, f"operation {_short(operation)} {_short(sub)} is not handled")
 
 
 def _nothing(base: Decision, reason: str) -> Decision:
@@ -129,14 +148,13 @@ def _nothing(base: Decision, reason: str) -> Decision:
 
 def _selected(pod: Pod, trigger: Trigger, cfg: AccelerateConfig) -> str | None:
     """``None`` when the Pod is to be accelerated, else why not."""
-    labels = pod.get("metadata", {}).get("labels") or {}
-    value = labels.get(cfg.label_key)
+    value = _map(_map(pod.get("metadata")).get("labels")).get(cfg.label_key)
     if trigger == "pod":
         if value != cfg.label_value:
-            return f"label {cfg.label_key}={value!r} is not {cfg.label_value!r}"
+            return f"label {cfg.label_key}={_short(value)} is not {cfg.label_value}"
         return None
     if value is not None and value != cfg.label_value:
-        return f"opted out with label {cfg.label_key}={value!r}"
+        return f"opted out with label {cfg.label_key}={_short(value)}"
     return None
 
 
@@ -151,18 +169,16 @@ def _image_ops(
     originals: dict[str, str] = {}
     endpoints: dict[str, str] = {}
     already = 0
-    spec: Mapping[str, Any] = pod.get("spec", {})
+    spec: Mapping[str, Any] = _map(pod.get("spec"))
     for fieldname in fields:
-        containers = spec.get(fieldname)
-        if not isinstance(containers, list):
-            continue
-        for i, container in enumerate(containers):
+        for i, container in enumerate(_seq(spec.get(fieldname))):
             if not isinstance(container, dict):
                 continue
             image = container.get("image")
-            if not isinstance(image, str) or container.get("name") in skip:
+            cname = _text(container.get("name"))
+            if not isinstance(image, str) or cname in skip:
                 continue
-            key = f"{fieldname}/{container.get('name', i)}"
+            key = f"{fieldname}/{cname or i}"
             ref = parse_image(image)
             if ref is not None and is_distributed(ref.host):
                 origin = origin_of(ref.host)
@@ -189,13 +205,13 @@ def _on_create(base: Decision, pod: Pod, trigger: Trigger, cfg: AccelerateConfig
     if not ops and not already:
         return _nothing(base, "no image in an accelerated registry")
 
-    spec = pod.get("spec", {})
-    present = [s.get("name", "") for s in spec.get("imagePullSecrets") or [] if isinstance(s, dict)]
+    spec = _map(pod.get("spec"))
+    present = [_text(_map(s).get("name")) for s in _seq(spec.get("imagePullSecrets"))]
     originals_s = [s for s in dict.fromkeys(present) if s and not cfg.is_clone_name(s)]
     wanted = [cfg.clone_name(s) for s in originals_s]
     missing = [c for c in wanted if c not in present]
     if missing:
-        if "imagePullSecrets" in spec and isinstance(spec.get("imagePullSecrets"), list):
+        if isinstance(spec.get("imagePullSecrets"), list):
             ops += [
                 {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": c}}
                 for c in missing
@@ -209,8 +225,10 @@ def _on_create(base: Decision, pod: Pod, trigger: Trigger, cfg: AccelerateConfig
                 }
             )
 
-    annotations = pod.get("metadata", {}).get("annotations")
+    annotations = _map(pod.get("metadata")).get("annotations")
     current = annotations if isinstance(annotations, dict) else None
+    if "metadata" in pod and not isinstance(pod.get("metadata"), dict):
+        return _nothing(base, "metadata is not an object")
     config_doc = _config_document(
         current.get(cfg.config_annotation) if current else None,
         trigger=trigger,
@@ -253,14 +271,13 @@ def _on_ephemeral(
     why_not = _selected(pod, trigger, cfg)
     if why_not is not None:
         return _nothing(base, why_not)
-    annotations = pod.get("metadata", {}).get("annotations") or {}
+    annotations = _map(_map(pod.get("metadata")).get("annotations"))
     if annotations.get(cfg.mode_annotation) != cfg.label_value:
         return _nothing(base, "ephemeral container on a Pod that was not accelerated")
     # ephemeral containers cannot change once added: touch only the new ones, or the
     # API server would refuse the whole update (and with it the user's debug container)
-    old_spec = old.get("spec")
-    existing = old_spec.get("ephemeralContainers") if isinstance(old_spec, dict) else None
-    names = frozenset(c.get("name", "") for c in existing or [] if isinstance(c, dict))
+    existing = _seq(_map(old.get("spec")).get("ephemeralContainers"))
+    names = frozenset(_text(_map(c).get("name")) for c in existing)
     ops, _, _, _ = _image_ops(pod, ("ephemeralContainers",), cfg, skip=names)
     if not ops:
         return _nothing(base, "no ephemeral container image to rewrite")
@@ -286,10 +303,10 @@ def _config_document(
 ) -> str:
     """The p2p-config JSON, merged into what an earlier run wrote so reruns are no-ops."""
     old: dict[str, Any] = {}
-    if isinstance(existing, str):
+    if isinstance(existing, str) and _shallow(existing):
         try:
             loaded = json.loads(existing)
-        except ValueError:
+        except (ValueError, RecursionError):
             loaded = None
         if isinstance(loaded, dict) and loaded.get("version") == CONFIG_VERSION:
             old = loaded
@@ -313,6 +330,22 @@ def _config_document(
         "pullSecrets": merged("pullSecrets", secrets),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def _shallow(text: str) -> bool:
+    """Small enough and nested at most ``MAX_CONFIG_DEPTH`` deep to be our document
+    (a bracket count that ignores strings: a quoted ``[`` only makes it stricter)."""
+    if len(text) > MAX_CONFIG_ANNOTATION:
+        return False
+    depth = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
 
 
 def _escape(key: str) -> str:

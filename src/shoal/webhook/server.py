@@ -6,9 +6,16 @@ Paths are the API server's way of saying why it called (see ``review.py``):
 - ``POST /mutate/namespace``: its namespace's label did (namespaceSelector entry);
 - ``GET /healthz``: liveness and readiness.
 
-Every answer is HTTP 200 with ``allowed: true``: a body that cannot be understood, a
-failing API server or a slow clone never block a Pod. The TLS certificate is re-read
-when its files change (cert-manager rotates it in place through the Secret volume).
+Every answer to a review is HTTP 200 with ``allowed: true``: a body that cannot be
+understood, a failing API server or a slow clone never block a Pod, and nothing the
+body holds can make the webhook answer 500 (a fault in ``review()`` itself is logged
+as a bug in one line and the Pod is allowed unchanged). A body that is not JSON (or
+nests too deep for the parser) is allowed unchanged like any other it cannot
+understand; one nested deeper than ``MAX_DEPTH`` is allowed unchanged without being
+looked at; one larger than ``MAX_BODY`` is answered 413, unread.
+Each review that is not understood costs one warning line. The TLS certificate is
+re-read when its files change (cert-manager rotates it in place through the Secret
+volume).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Self
 
 from aiohttp import web
 
-from shoal.errors import ConfigInvalidError
+from shoal.errors import ConfigInvalidError, ShoalError
 from shoal.observability import Metrics
 from shoal.observability.collectors import ADMISSION
 from shoal.webhook.config import WebhookConfig
@@ -36,6 +43,9 @@ log = logging.getLogger("shoal.webhook")
 
 #: the API server sends at most a few MiB; a Pod with huge env blocks stays well below
 MAX_BODY = 8 << 20
+#: a Pod nests about 20 deep (managedFields included); a review deeper than this is not
+#: one the API server sent
+MAX_DEPTH = 64
 
 REVIEWS = "shoal_webhook_admission_reviews_total"
 REVIEWS_HELP = (
@@ -69,10 +79,14 @@ class WebhookServer:
         self.port = 0
         self.reviews = 0
         self.patched = 0
+        self.refused = 0
 
     def __repr__(self) -> str:
         state = f"port {self.port}" if self._runner else "stopped"
-        return f"<WebhookServer [{state} | reviews: {self.reviews}, patched: {self.patched}]>"
+        return (
+            f"<WebhookServer [{state} | reviews: {self.reviews}, patched: {self.patched}, "
+            f"refused: {self.refused}]>"
+        )
 
     def _load_cert(self) -> bool:
         """Load the certificate if its files changed; True when it did."""
@@ -152,12 +166,32 @@ class WebhookServer:
     async def _mutate(self, request: web.Request, trigger: Trigger) -> web.Response:
         start = time.perf_counter()
         self.reviews += 1
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            self.refused += 1
+            log.warning(
+                "review of %d bytes refused unread (limit %d)", request.content_length, MAX_BODY
+            )
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
         raw = await request.read()
         try:
             body: object = json.loads(raw)
-        except ValueError:
-            body = None
-        decision = review(body, trigger, self._cfg.accelerate)
+        except (ValueError, RecursionError):
+            body = None  # review() says: not a JSON object
+        try:
+            if _deeper_than(body, MAX_DEPTH):
+                decision = Decision(
+                    uid=_uid_of(body), understood=False, reason=f"nested deeper than {MAX_DEPTH}"
+                )
+            else:
+                decision = review(body, trigger, self._cfg.accelerate)
+        except Exception as exc:  # a bug in review(): never a 500 for the API server
+            decision = Decision(uid=_uid_of(body), understood=False, reason="internal error")
+            log.error(
+                "review %s failed (a bug in shoal; the Pod is allowed unchanged): %s: %s",
+                decision.uid or "-",
+                type(exc).__name__,
+                " ".join(str(exc).split())[:200],
+            )
         if not decision.understood:
             log.warning("review not understood, allowed unchanged: %s", decision.reason)
         else:
@@ -189,6 +223,9 @@ class WebhookServer:
                 ctl.later(decision.namespace, name, "timed out while admitting the Pod")
             self.metrics.inc(CLONES_LATE, CLONES_LATE_HELP, len(decision.secrets), reason="timeout")
             return
+        except ShoalError as exc:
+            log.warning("pod %s/%s: clones not made: %s", decision.namespace, decision.pod, exc)
+            return
         if failed:
             self.metrics.inc(CLONES_LATE, CLONES_LATE_HELP, len(failed), reason="api")
             log.warning(
@@ -197,3 +234,23 @@ class WebhookServer:
                 decision.pod,
                 ", ".join(failed),
             )
+
+
+def _deeper_than(body: object, limit: int) -> bool:
+    """Whether ``body`` nests more than ``limit`` levels (walked without recursion)."""
+    stack: list[tuple[object, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
+
+
+def _uid_of(body: object) -> str:
+    request = body.get("request") if isinstance(body, dict) else None
+    uid = request.get("uid") if isinstance(request, dict) else None
+    return uid if isinstance(uid, str) else ""

@@ -23,6 +23,7 @@ from shoal.bench.modes.base import BenchContext, ModeRun, last_line, mirror_shar
 from shoal.bench.netns import Host
 from shoal.bench.proc import in_netns
 from shoal.bench.workload import wait_http
+from shoal.lab.certs import ControlCerts, make_control_certs
 from shoal.lab.process import stop_process
 
 AGENT_PORT = 65001
@@ -31,9 +32,16 @@ ROOT_PROBE_S = 3.0
 
 
 def node_config(
-    ctx: BenchContext, host: Host, mode: str, roots: list[str], cache: Path, secret: str
+    ctx: BenchContext,
+    host: Host,
+    mode: str,
+    roots: list[str],
+    cache: Path,
+    secret: str,
+    certs: ControlCerts | None = None,
 ) -> str:
-    """An agent's or a root's config; a root's control API is on its ``ProxyConfig.port``."""
+    """An agent's or a root's config; a root's control API is on its ``ProxyConfig.port``,
+    over TLS with ``certs`` (the run's own CA)."""
     origin = ctx.workload.registry_host
     doc = {
         "DeployConfig": {"mode": mode, "nodeName": f"{host.ip}:{AGENT_PORT}"},
@@ -55,6 +63,7 @@ def node_config(
             "default": origin,
             "registries": [{"host": origin, "plainHTTP": True}],
         },
+        "ControlConfig": certs.config() if certs is not None else {"tls": False},
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -66,8 +75,10 @@ async def run_shoal(ctx: BenchContext) -> ModeRun:
     procs: list[asyncio.subprocess.Process] = []
     notes: list[str] = []
     secret = secrets.token_hex(16)
+    names = [*(h.ip for h in ctx.cluster.roots), "localhost"]
+    certs = make_control_certs(base / "control-tls", names)
     try:
-        roots = await _start_roots(ctx, base, procs, secret)
+        roots = await _start_roots(ctx, base, procs, secret, certs)
         if roots:
             notes.append(f"{len(roots)} root(s): {', '.join(roots)}")
         elif ctx.cluster.roots:
@@ -84,7 +95,7 @@ async def run_shoal(ctx: BenchContext) -> ModeRun:
             cfg = base / node.role / "agent.yml"
             cfg.parent.mkdir(exist_ok=True)
             cache = base / node.role / "cache"
-            cfg.write_text(node_config(ctx, node, "agent", roots, cache, secret))
+            cfg.write_text(node_config(ctx, node, "agent", roots, cache, secret, certs))
             procs.append(await _spawn(node.netns, cfg, logs / f"agent-{node.role}.log"))
         await asyncio.gather(
             *(
@@ -130,7 +141,11 @@ async def _spawn(netns: str, cfg: Path, log_path: Path) -> asyncio.subprocess.Pr
 
 
 async def _start_roots(
-    ctx: BenchContext, base: Path, procs: list[asyncio.subprocess.Process], secret: str
+    ctx: BenchContext,
+    base: Path,
+    procs: list[asyncio.subprocess.Process],
+    secret: str,
+    certs: ControlCerts,
 ) -> list[str]:
     """Start ``shoal root`` on each root host; [] when that command is not built yet."""
     hosts = ctx.cluster.roots
@@ -140,7 +155,9 @@ async def _start_roots(
     for host in hosts:
         cfg = base / host.role / "root.yml"
         cfg.parent.mkdir(exist_ok=True)
-        cfg.write_text(node_config(ctx, host, "root", [], base / host.role / "cache", secret))
+        cfg.write_text(
+            node_config(ctx, host, "root", [], base / host.role / "cache", secret, certs)
+        )
         log = base / "logs" / f"{host.role}.log"
         proc = await _spawn(host.netns, cfg, log)
         procs.append(proc)
@@ -154,14 +171,21 @@ async def _start_roots(
             return []
         raise BenchError(f"shoal root on {host.role} exited {proc.returncode}: {text[-200:]}")
     for host, proc, log in started:
-        await _wait_up(host.netns, f"http://{host.ip}:{AGENT_PORT}/", proc, log)
+        await _wait_up(
+            host.netns, f"https://{host.ip}:{AGENT_PORT}/healthz", proc, log, str(certs.ca_file)
+        )
     return [f"{host.ip}:{AGENT_PORT}" for host in hosts]
 
 
 async def _wait_up(
-    netns: str, url: str, proc: asyncio.subprocess.Process, log: Path, timeout_s: float = 60
+    netns: str,
+    url: str,
+    proc: asyncio.subprocess.Process,
+    log: Path,
+    cafile: str | None = None,
+    timeout_s: float = 60,
 ) -> None:
-    waiter = asyncio.ensure_future(wait_http(netns, url, timeout_s))
+    waiter = asyncio.ensure_future(wait_http(netns, url, timeout_s, cafile=cafile))
     dead = asyncio.ensure_future(proc.wait())
     await asyncio.wait([waiter, dead], return_when=asyncio.FIRST_COMPLETED)
     if not waiter.done():
