@@ -14,7 +14,8 @@ the drivers' part: it carries out the machines' actions on the network model
   parent is fetching that blob (cut-through: sent when the piece lands), else is
   refused (``FetchError.NOT_FOUND``);
 * a flow's first byte is ``on_started``, its last ``on_received``; ``Store`` succeeds at
-  once and the piece counts as held from then on (``on_stored``);
+  once and the piece counts as held from then on (``on_stored``), unless the sender is
+  one of the nodes that send bad bytes (``SimParams.bad``): then the hash fails;
 * ``Cancel`` stops the flow; children queued on a piece nobody here fetches any more are
   refused;
 * an agent hears of its parents only what a real agent hears: the offers in the root's
@@ -114,6 +115,7 @@ class SwarmSim:
             for _ in self.root_names
         ]
         slow = set(self.rng.sample(range(n), round(params.stragglers * n)))
+        liars = set(self.rng.sample(range(n), round(params.bad * n))) if params.bad else set()
         self.agents = [
             self.net.add_node(
                 link / (params.slowdown if i in slow else 1.0),
@@ -131,6 +133,8 @@ class SwarmSim:
         ]
         self.is_root = [False, *([True] * params.roots), *([False] * n)]
         self.dead = [False] * len(self.name)
+        #: the pieces these nodes send fail their hash at the receiver (``SimParams.bad``)
+        self.bad = [False] * (1 + params.roots) + [i in liars for i in range(n)]
         # blobs: each belongs to the root that production's rendezvous hashing names
         self.digests = [
             "sha256:" + hashlib.sha256(f"{params.seed}/{j}/{s}".encode()).hexdigest()
@@ -439,7 +443,8 @@ class SwarmSim:
         pk = m.picker
         assert pk is not None
         was = pk.have >> i & 1
-        self._act(a, b, m.on_stored(parent, i, True, self.now))
+        ok = not self.bad[self.id[parent]]
+        self._act(a, b, m.on_stored(parent, i, ok, self.now))
         if was or not pk.have >> i & 1:
             return
         waiters = self.waiting.pop((a, b, i), None)

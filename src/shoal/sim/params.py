@@ -64,6 +64,8 @@ class SimParams:
     stragglers: float = 0.0  #: fraction of nodes whose links run slower
     slowdown: float = 4.0  #: a straggler's link is this many times slower
     die: float = 0.0  #: fraction of nodes that die mid-pull
+    #: fraction of nodes that send bad bytes: every piece they serve fails its hash
+    bad: float = 0.0
     unpack_bps: float = 0.0  #: decompression rate, bytes of layer per s; 0 = not modelled
     zones: int = 1  #: zones, nodes spread round-robin
     #: seconds between picker timer checks; 0 = the bound / 200, at least 50 ms (the

@@ -24,12 +24,10 @@ Rules:
    than ``stall_factor`` x the mean piece time seen so far, and never sooner than
    ``stall_floor`` seconds (Dragonfly drops a parent at 20x the mean; relative, with a
    floor, so it works at 1 MB/s and at 10 Gbit/s). A stalled request is cancelled, the
-   parent dropped and reported ``SLOW``, and the piece asked elsewhere. A request queued
-   at a parent that has not started within ``queue_timeout`` is cancelled and asked
-   again, and the parent is not blamed: it is waiting for the piece itself. The wait counts from the
-   parent's last delivery, not the request: reads queued far ahead on a stripe parent that
-   keeps delivering are fine; one that delivered nothing for ``queue_timeout`` is dropped
-   and reported ``REFUSED`` (the root re-parents the stripe without blaming it).
+   parent dropped and reported ``SLOW``, and the piece asked elsewhere. Queued requests
+   wait on their parent's progress: one that delivered nothing for ``queue_timeout`` is
+   waiting for pieces itself; it is dropped and reported ``REFUSED`` (not blamed: the
+   root re-parents the stripe), and its requests are asked again elsewhere.
    3b. A parent whose mean piece time (over ``slow_samples`` pieces or more) is
    ``slow_ratio`` x the median of the other parents' is dropped and reported ``SLOW``
    too: a straggler that is 4x slower never trips a stall, yet in a stripe tree it would
@@ -51,15 +49,14 @@ Rules:
 8. Wanted: only pieces in ``wanted`` are asked for (``want``); a whole download wants
    every piece, an on-demand range the pieces it covers. ``satisfied`` says they are here.
 
-Piece state table (``_PIECE``): what happens to a piece on each event.
+The requests out, per piece and per parent, and the piece state table are kept by a
+``requestbook.RequestBook``: this module decides, the book keeps count.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Sequence
-from operator import attrgetter
 
 from shoal.config import PickerPolicy
 from shoal.swarm.errors import PieceIndexError
@@ -72,83 +69,11 @@ from shoal.swarm.messages import (
     PeerId,
     PickerAction,
     ProbePeer,
-    Request,
 )
 from shoal.swarm.pieces import full_mask, lowest
+from shoal.swarm.requestbook import Parent, PieceEvent, PieceState, Req, RequestBook, busy
 
-
-class PieceState(enum.Enum):
-    MISSING = "missing"
-    REQUESTED = "requested"
-    DONE = "done"
-
-    # by identity: members are singletons, and Enum's own hash (of the name, in Python)
-    # was a measurable share of the simulator's time (every piece checks the table)
-    __hash__ = object.__hash__
-
-
-class PieceEvent(enum.Enum):
-    ASK = "ask"
-    LANDED = "landed"
-    LOST = "lost"  # the last request for it failed, stalled or brought bad bytes
-    LOST_COPY = "lost-copy"  # one of several (endgame) requests failed
-
-    __hash__ = object.__hash__
-
-
-_PIECE: dict[tuple[PieceState, PieceEvent], PieceState] = {
-    (PieceState.MISSING, PieceEvent.ASK): PieceState.REQUESTED,
-    (PieceState.REQUESTED, PieceEvent.ASK): PieceState.REQUESTED,  # endgame duplicate
-    (PieceState.REQUESTED, PieceEvent.LANDED): PieceState.DONE,
-    (PieceState.REQUESTED, PieceEvent.LOST): PieceState.MISSING,
-    (PieceState.REQUESTED, PieceEvent.LOST_COPY): PieceState.REQUESTED,
-    (PieceState.DONE, PieceEvent.LANDED): PieceState.DONE,  # a late duplicate
-}
-
-
-class _Parent:
-    __slots__ = (
-        "delivered",
-        "has",
-        "heard",
-        "inflight",
-        "mean",
-        "only",
-        "peer",
-        "pending",
-        "probing",
-        "retiring",
-        "samples",
-        "seed",
-        "spare",
-    )
-
-    def __init__(self, offer: ParentOffer, full: int) -> None:
-        self.peer = offer.peer
-        self.only = offer.only & full
-        self.has = offer.have & self.only
-        self.pending = offer.fetching & self.only & ~self.has
-        self.inflight = 0
-        self.retiring = False
-        self.spare = offer.spare
-        self.seed = offer.seed
-        self.mean = 0.0  # this parent's mean piece time
-        self.samples = 0
-        self.heard = 0.0  # last sign of life while it held requests (rule 7)
-        self.delivered = float("-inf")  # last piece (or refusal) it answered (rule 3)
-        self.probing = False
-
-
-_busy = attrgetter("inflight")  # a parent's requests in flight (C-level key for ``min``)
-
-
-class _Req:
-    __slots__ = ("asked", "parent", "started")
-
-    def __init__(self, parent: PeerId, asked: float) -> None:
-        self.parent = parent
-        self.asked = asked
-        self.started = -1.0
+__all__ = ["PiecePicker", "PieceState"]
 
 
 class PiecePicker:
@@ -171,11 +96,8 @@ class PiecePicker:
         self.full = full_mask(count)
         self.have = have & self.full
         self.wanted = self.full  # pieces to fetch (rule 8)
-        self.requested = 0  # pieces with at least one request out
-        self._reqs: dict[int, list[_Req]] = {}
-        self._parents: dict[PeerId, _Parent] = {}
+        self._book = RequestBook()  # the requests out and their parents
         self._banned: dict[PeerId, float] = {}
-        self._inflight = 0
         self._mean = 0.0  # mean piece time (started -> landed); 0 until the first
         self._last_need = float("-inf")
         self._rng = random.Random(seed)
@@ -186,7 +108,7 @@ class PiecePicker:
     def __repr__(self) -> str:
         return (
             f"<PiecePicker {self.blob[:19]} [{self.have.bit_count()}/{self.count} pieces, "
-            f"{self._inflight} in flight, {len(self._parents)} parents, "
+            f"{self._book.inflight} in flight, {len(self._book.parents)} parents, "
             f"{len(self._banned)} banned | mean piece {self._mean * 1e3:.1f} ms]>"
         )
 
@@ -202,13 +124,18 @@ class PiecePicker:
         return self.wanted & ~self.have == 0
 
     @property
+    def requested(self) -> int:
+        """Pieces with at least one request out."""
+        return self._book.requested
+
+    @property
     def in_flight(self) -> int:
-        return self._inflight
+        return self._book.inflight
 
     @property
     def idle(self) -> bool:
         """Room for another request (cheap check before calling ``requests``)."""
-        return self._inflight < self.policy.total and bool(self.wanted & ~self.have)
+        return self._book.inflight < self.policy.total and bool(self.wanted & ~self.have)
 
     @property
     def contiguous(self) -> int:
@@ -221,28 +148,26 @@ class PiecePicker:
         return self._mean
 
     def parents(self) -> list[PeerId]:
-        return [p for p, v in self._parents.items() if not v.retiring]
+        return [p for p, v in self._book.parents.items() if not v.retiring]
 
     def outstanding(self) -> list[tuple[PeerId, int]]:
-        return [(r.parent, i) for i, rs in self._reqs.items() for r in rs]
+        return self._book.outstanding()
 
     def next_deadline(self) -> float | None:
         """When ``on_timer`` may find a stalled request or a silent parent; ``None`` when
         nothing is in flight."""
         limit = self._stall_limit()
         best: float | None = None
-        for rs in self._reqs.values():
+        book = self._book
+        for rs in book.reqs.values():
             for r in rs:
-                t = (
-                    r.started + limit
-                    if r.started >= 0
-                    else self._queued_since(r, self._parents) + self.policy.queue_timeout
-                )
+                qt = book.queued_since(r) + self.policy.queue_timeout
+                t = r.started + limit if r.started >= 0 else qt
                 if best is None or t < best:
                     best = t
         quiet = self._silence_limit()
-        flowing = self._flowing()
-        for p in self._parents.values():
+        flowing = book.flowing()
+        for p in book.parents.values():
             if p.inflight and not p.probing and p.peer not in flowing:
                 t = p.heard + quiet
                 if best is None or t < best:
@@ -262,25 +187,12 @@ class PiecePicker:
     def shift(self, gap: float) -> None:
         """This process did not run for ``gap`` seconds (stopped, swapped out): move every
         clock on by as much, so that nobody is blamed for time that passed only here."""
-        for rs in self._reqs.values():
-            for r in rs:
-                r.asked += gap
-                if r.started >= 0:
-                    r.started += gap
-        for p in self._parents.values():
-            p.heard += gap
-            p.delivered += gap
+        self._book.shift(gap)
         self._last_need += gap
 
     def abandon(self) -> list[PickerAction]:
         """Give up every request (the download goes elsewhere): their cancellations."""
-        actions: list[PickerAction] = []
-        for index, rs in list(self._reqs.items()):
-            for r in list(rs):
-                actions.append(Cancel(r.parent, index))
-                self._remove_req(index, r)
-            self.requested &= ~(1 << index)
-        return actions
+        return self._book.cancel_all()
 
     # events ---------------------------------------------------------------------------
 
@@ -292,14 +204,16 @@ class PiecePicker:
         lands, which is how a root standing in for a stripe's first parent ended up
         sending the same piece to a dozen agents in the real bench."""
         self._expire_bans(now)
+        book = self._book
+        parents = book.parents
         keep = set()
         for o in offers:
             if o.peer in self._banned:
                 continue
             keep.add(o.peer)
-            p = self._parents.get(o.peer)
+            p = parents.get(o.peer)
             if p is None:
-                self._parents[o.peer] = _Parent(o, self.full)
+                parents[o.peer] = Parent(o, self.full)
             else:
                 p.only = o.only & self.full
                 p.spare = o.spare
@@ -307,54 +221,46 @@ class PiecePicker:
                 p.pending = (p.pending | o.fetching) & p.only & ~p.has
                 p.retiring = False
         actions: list[PickerAction] = []
-        for pid, p in list(self._parents.items()):
+        for pid, p in list(parents.items()):
             allowed = p.only if pid in keep else 0
             if p.inflight:
-                actions += self._withdraw(pid, allowed)
+                # its requests not started, outside what it may still be asked
+                actions += book.withdraw(pid, allowed, self.have)
             if pid not in keep:
                 p.retiring = True
                 if p.inflight == 0:
-                    self._parents.pop(pid, None)
-        self._spares = self._spares or any(p.spare for p in self._parents.values())
-        return actions
-
-    def _withdraw(self, parent: PeerId, allowed: int) -> list[PickerAction]:
-        """Cancel ``parent``'s requests that have not started, outside ``allowed``."""
-        actions: list[PickerAction] = []
-        for index in [i for i in self._reqs if not (allowed >> i) & 1]:
-            for r in [r for r in self._reqs[index] if r.parent == parent and r.started < 0]:
-                actions.append(Cancel(parent, index))
-                self._remove_req(index, r)
-                if index not in self._reqs:
-                    self._transition(index, PieceEvent.LOST)
-                    self.requested &= ~(1 << index)
+                    parents.pop(pid, None)
+        self._spares = self._spares or any(p.spare for p in parents.values())
         return actions
 
     def on_have(self, parent: PeerId, index: int) -> bool:
         """``parent`` now holds ``index``; True if that may give an idle slot work."""
-        p = self._parents.get(parent)
+        book = self._book
+        p = book.parents.get(parent)
         if p is None:
             return False
         bit = (1 << index) & p.only
         p.has |= bit
         p.pending &= ~bit
-        return bool(bit & ~self.have & ~self.requested) and self._inflight < self.policy.total
+        return bool(bit & ~self.have & ~book.requested) and book.inflight < self.policy.total
 
     def on_fetching(self, parent: PeerId, index: int) -> bool:
         """``parent`` has asked for ``index``: it may be asked for it too (cut-through)."""
-        p = self._parents.get(parent)
+        book = self._book
+        p = book.parents.get(parent)
         if p is None:
             return False
         bit = (1 << index) & p.only & ~p.has
         p.pending |= bit
-        return bool(bit & ~self.have & ~self.requested) and self._inflight < self.policy.total
+        return bool(bit & ~self.have & ~book.requested) and book.inflight < self.policy.total
 
     def on_started(self, parent: PeerId, index: int, now: float) -> None:
         """The parent began sending ``index``: the stall clock starts."""
-        for r in self._reqs.get(index, ()):
+        book = self._book
+        for r in book.reqs.get(index, ()):
             if r.parent == parent and r.started < 0:
                 r.started = now
-        p = self._parents.get(parent)
+        p = book.parents.get(parent)
         if p is not None:
             p.heard = now
 
@@ -363,33 +269,30 @@ class PiecePicker:
     ) -> list[PickerAction]:
         """The piece arrived from ``parent``; ``ok`` says whether it matched its hash."""
         self._check(index)
-        rs = self._reqs.get(index, [])
-        req = next((r for r in rs if r.parent == parent), None)
+        book = self._book
+        req = book.find(index, parent)
         if req is None:
             return []  # cancelled before, or never asked: ignore
         if not ok:
             return self._fail(index, req, FailReason.BAD_PIECE, now)
-        p = self._parents.get(parent)
+        p = book.parents.get(parent)
         if p is not None:
             p.heard = p.delivered = now
-        self._remove_req(index, req)
-        self._transition(index, PieceEvent.LANDED)
+        book.remove(index, req)
+        book.transition(index, PieceEvent.LANDED, self.have)
         started = req.started if req.started >= 0 else req.asked
         took = now - started
         a = self.policy.ewma
         self._mean = took if self._mean == 0.0 else (1 - a) * self._mean + a * took
         self.have |= 1 << index
         actions: list[PickerAction] = []
-        p = self._parents.get(parent)
+        p = book.parents.get(parent)  # (gone if it was retiring and this was its last)
         if p is not None and req.started >= 0:
             p.mean = took if p.samples == 0 else (1 - a) * p.mean + a * took
             p.samples += 1
             if self._relatively_slow(p):
                 actions += self._drop_parent(parent, now, FailReason.SLOW, index)
-        for other in self._reqs.pop(index, []):  # endgame duplicates
-            self._release(other.parent)
-            actions.append(Cancel(other.parent, index))
-        self.requested &= ~(1 << index)
+        actions += book.landed(index)  # endgame duplicates cancelled
         return actions
 
     def on_failed(
@@ -397,17 +300,17 @@ class PiecePicker:
     ) -> list[PickerAction]:
         """A request ended without the piece (connection error, busy, piece missing)."""
         self._check(index)
-        req = next((r for r in self._reqs.get(index, []) if r.parent == parent), None)
+        req = self._book.find(index, parent)
         if req is None:
             return []
-        p = self._parents.get(parent)
+        p = self._book.parents.get(parent)
         if p is not None and reason is FailReason.REFUSED:
             p.heard = now  # it answered: alive
         return self._fail(index, req, reason, now)
 
     def on_probe(self, parent: PeerId, alive: bool, now: float) -> list[PickerAction]:
         """The answer to ``ProbePeer`` (rule 7): alive, or gone (dropped, reported)."""
-        p = self._parents.get(parent)
+        p = self._book.parents.get(parent)
         if p is None:
             return []
         p.probing = False
@@ -421,62 +324,50 @@ class PiecePicker:
         parents (rule 7)."""
         limit = self._stall_limit()
         qt = self.policy.queue_timeout
-        parents = self._parents
+        book = self._book
         stalled = [
             (i, r)
-            for i, rs in self._reqs.items()
+            for i, rs in book.reqs.items()
             for r in rs
             if (r.started >= 0 and now - r.started > limit)
-            or (r.started < 0 and now - self._queued_since(r, parents) > qt)
+            or (r.started < 0 and now - book.queued_since(r) > qt)
         ]
         actions: list[PickerAction] = []
         for i, r in stalled:
-            if not any(x is r for x in self._reqs.get(i, ())):
+            if not any(x is r for x in book.reqs.get(i, ())):
                 continue
             actions.append(Cancel(r.parent, i))
-            parent = parents.get(r.parent)
-            if r.started >= 0:
+            parent = book.parents.get(r.parent)
+            seed = parent is not None and parent.seed
+            if r.started >= 0 or seed:
                 # the seed goes at the origin's pace and is the only source of what it
                 # has not handed out yet: re-ask it, never drop it
-                seed = parent is not None and parent.seed
-                actions += self._fail(i, r, FailReason.REFUSED if seed else FailReason.SLOW, now)
-            elif parent is not None and not parent.seed:
+                why = FailReason.REFUSED if seed else FailReason.SLOW
+                actions += self._fail(i, r, why, now)
+            else:
                 # a parent that delivered nothing for ``queue_timeout`` while requests
                 # waited at it is stuck waiting itself (its own parent went): it is not
-                # blamed (REFUSED), but the root is told, so that it re-parents this stripe
+                # blamed (REFUSED), but the root is told, so that it re-parents the stripe
                 actions += self._fail(i, r, FailReason.REFUSED, now)
                 actions += self._drop_parent(r.parent, now, FailReason.REFUSED, i)
-            else:
-                actions += self._fail(i, r, FailReason.REFUSED, now)
         quiet = self._silence_limit()
-        flowing = self._flowing()
-        for p in self._parents.values():
+        flowing = book.flowing()  # the stall rule watches these, not rule 7
+        for p in book.parents.values():
             if p.inflight and not p.probing and p.peer not in flowing and now - p.heard > quiet:
                 p.probing = True
                 actions.append(ProbePeer(p.peer))
         return actions
-
-    @staticmethod
-    def _queued_since(r: _Req, parents: dict[PeerId, _Parent]) -> float:
-        """A queued request waits on its parent's progress, not on its own age: a
-        stripe parent that keeps delivering keeps every read queued on it alive (reads
-        queued far ahead of the origin's stream legitimately wait tens of seconds)."""
-        p = parents.get(r.parent)
-        return r.asked if p is None else max(r.asked, p.delivered)
-
-    def _flowing(self) -> set[PeerId]:
-        """Parents sending a piece now: the stall rule watches them, not rule 7."""
-        return {r.parent for rs in self._reqs.values() for r in rs if r.started >= 0}
 
     # decisions ------------------------------------------------------------------------
 
     def requests(self, now: float) -> list[PickerAction]:
         """Fill idle request slots (rules 1, 2, 5, 6)."""
         pol = self.policy
-        if self._inflight >= pol.total or self.have == self.full:
+        book = self._book
+        if book.inflight >= pol.total or self.have == self.full:
             return []
         actions: list[PickerAction] = []
-        free = self.wanted & ~self.have & ~self.requested
+        free = self.wanted & ~self.have & ~book.requested
         if free:
             first = lowest(free)
             window = ((1 << pol.window) - 1) << first
@@ -484,17 +375,17 @@ class PiecePicker:
             # requests (and so the load on parents' uplinks) spread over every parent
             primary = 0
             if self._spares:
-                for p in self._parents.values():
+                for p in book.parents.values():
                     if not p.spare and not p.retiring:
                         primary |= p.has | p.pending
             spare_free = free & ~primary
             ready = [
                 p
-                for p in self._parents.values()
+                for p in book.parents.values()
                 if not p.retiring and (p.has | p.pending) & (spare_free if p.spare else free)
             ]
-            while ready and free and self._inflight < pol.total:
-                p = min(ready, key=_busy)
+            while ready and free and book.inflight < pol.total:
+                p = min(ready, key=busy)
                 lim = free & ~primary if p.spare else free
                 held = p.has & lim
                 avail = held or p.pending & lim
@@ -505,13 +396,13 @@ class PiecePicker:
                 # a queued read waits for the parent's own stream, which comes in index
                 # order: queue on its next pieces, not on random ones it gets last
                 index = lowest(w or avail) if w or not held else self._rarest(avail)
-                self._ask(p, index, now, actions)
+                actions.append(book.ask(p, index, now, self.have))
                 free &= ~(1 << index)
-        if not free and self._inflight < pol.total:
+        if not free and book.inflight < pol.total:
             self._endgame(now, actions)
         if (
             free
-            and self._inflight < pol.total // 2
+            and book.inflight < pol.total // 2
             and now - self._last_need >= pol.refresh_interval
         ):
             self._last_need = now
@@ -522,7 +413,7 @@ class PiecePicker:
 
     def _rarest(self, avail: int) -> int:
         best, best_n = -1, 1 << 30
-        views = [p.has | p.pending for p in self._parents.values()]
+        views = [p.has | p.pending for p in self._book.parents.values()]
         for _ in range(self.policy.samples):
             r = self._rng.randrange(self.count)
             x = avail >> r
@@ -532,26 +423,18 @@ class PiecePicker:
                 best, best_n = i, n
         return best
 
-    def _ask(self, p: _Parent, index: int, now: float, actions: list[PickerAction]) -> None:
-        self._transition(index, PieceEvent.ASK)
-        if p.inflight == 0:
-            p.heard = now  # the silence clock runs while it holds requests
-        self._reqs.setdefault(index, []).append(_Req(p.peer, now))
-        self.requested |= 1 << index
-        p.inflight += 1
-        self._inflight += 1
-        actions.append(Request(p.peer, index))
-
     def _endgame(self, now: float, actions: list[PickerAction]) -> None:
         pol = self.policy
-        dups = sum(len(rs) - 1 for rs in self._reqs.values())
+        book = self._book
+        reqs = book.reqs
+        dups = sum(len(rs) - 1 for rs in reqs.values())
         if dups >= pol.endgame:
             return
-        for index in sorted(self._reqs, key=lambda i: min(r.asked for r in self._reqs[i])):
-            if now - min(r.asked for r in self._reqs[index]) < self._mean:
+        for index in sorted(reqs, key=lambda i: min(r.asked for r in reqs[i])):
+            if now - min(r.asked for r in reqs[index]) < self._mean:
                 return  # the oldest is younger than a piece time: nothing is late yet
-            asked = {r.parent for r in self._reqs[index]}
-            for p in self._parents.values():
+            asked = {r.parent for r in reqs[index]}
+            for p in book.parents.values():
                 if (
                     p.retiring
                     or p.peer in asked
@@ -559,21 +442,14 @@ class PiecePicker:
                     or not (p.has >> index) & 1
                 ):
                     continue
-                self._ask(p, index, now, actions)
+                actions.append(book.ask(p, index, now, self.have))
                 dups += 1
                 break
-            if dups >= pol.endgame or self._inflight >= pol.total:
+            if dups >= pol.endgame or book.inflight >= pol.total:
                 return
 
-    def _fail(self, index: int, req: _Req, reason: FailReason, now: float) -> list[PickerAction]:
-        self._remove_req(index, req)
-        rs = self._reqs.get(index)
-        if rs:
-            self._transition(index, PieceEvent.LOST_COPY)
-        else:
-            self._transition(index, PieceEvent.LOST)
-            self._reqs.pop(index, None)
-            self.requested &= ~(1 << index)
+    def _fail(self, index: int, req: Req, reason: FailReason, now: float) -> list[PickerAction]:
+        self._book.lose(index, req, self.have)
         actions: list[PickerAction] = []
         if reason is not FailReason.REFUSED:
             actions += self._drop_parent(req.parent, now, reason, index)
@@ -583,55 +459,23 @@ class PiecePicker:
         self, parent: PeerId, now: float, reason: FailReason, index: int
     ) -> list[PickerAction]:
         """Stop using ``parent``: cancel its other requests, report it to the root."""
-        actions: list[PickerAction] = []
         if reason is FailReason.BAD_PIECE:
             self._banned[parent] = now + self.policy.ban_seconds
-        if self._parents.pop(parent, None) is None:
-            return actions
-        for i in [i for i, rs in self._reqs.items() if any(r.parent == parent for r in rs)]:
-            for r in [r for r in self._reqs[i] if r.parent == parent]:
-                actions.append(Cancel(parent, i))
-                self._reqs[i].remove(r)
-                self._inflight -= 1
-            if not self._reqs[i]:
-                del self._reqs[i]
-                self._transition(i, PieceEvent.LOST)
-                self.requested &= ~(1 << i)
+        actions = self._book.drop(parent, self.have)
+        if actions is None:
+            return []
         actions.append(ParentFailed(self.peer, self.blob, parent, reason, index))
         return actions
 
-    def _remove_req(self, index: int, req: _Req) -> None:
-        rs = self._reqs[index]
-        rs.remove(req)
-        if not rs:
-            del self._reqs[index]
-        self._release(req.parent)
-
-    def _release(self, parent: PeerId) -> None:
-        self._inflight -= 1
-        p = self._parents.get(parent)
-        if p is not None:
-            p.inflight -= 1
-            if p.retiring and p.inflight == 0:
-                del self._parents[parent]
-
-    def _transition(self, index: int, event: PieceEvent) -> None:
-        if (self.have >> index) & 1:
-            state = PieceState.DONE
-        elif (self.requested >> index) & 1:
-            state = PieceState.REQUESTED
-        else:
-            state = PieceState.MISSING
-        if (state, event) not in _PIECE:
-            raise PieceIndexError(f"piece {index}: {event.value} when {state.value}")
-
-    def _relatively_slow(self, p: _Parent) -> bool:
+    def _relatively_slow(self, p: Parent) -> bool:
         """Rule 3b: far slower per piece than the median of the other parents."""
         pol = self.policy
         if pol.slow_ratio <= 0 or p.seed or p.samples < pol.slow_samples:
             return False
         others = [
-            q.mean for q in self._parents.values() if q is not p and q.samples >= pol.slow_samples
+            q.mean
+            for q in self._book.parents.values()
+            if q is not p and q.samples >= pol.slow_samples
         ]
         others.sort()
         if len(others) < 2:
