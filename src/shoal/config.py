@@ -329,8 +329,11 @@ class SchedulerPolicy(_Section, frozen=True):
     ban_seconds: NonNegativeFloat = 60.0
     #: seconds a slow report counts against a parent
     slow_memory: NonNegativeFloat = 30.0
-    #: distinct agents reporting bad pieces ban a parent for everyone
+    #: distinct agents reporting bad pieces ban a parent for everyone; as many reporting
+    #: it unreachable make it dead for everyone
     global_ban_reporters: PositiveInt = 2
+    #: seconds without a word from an agent before the root drops it from every swarm
+    peer_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
 
 
 class DownloadPolicy(_Section, frozen=True):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from shoal.httpserver import (
     serve_app,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SERVER_LIMITS",
     "TLS_CONTEXT",
@@ -39,6 +42,7 @@ __all__ = [
     "gate_of",
     "serve_app",
     "serve_until_signalled",
+    "supervised",
 ]
 
 
@@ -73,6 +77,29 @@ def config_from_args(args: argparse.Namespace, role: str) -> Config:
     config = config.replace(proxy=proxy, p2p=p2p, exporter=exporter)
     check_files(config, role)
     return config
+
+
+#: seconds before a failed task's first restart; doubled each time, at most ``MAX_BACKOFF``
+BACKOFF = 0.5
+MAX_BACKOFF = 10.0
+
+
+async def supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run the long-lived task ``run`` for as long as its owner lets it: an exception is
+    logged with its traceback and the task starts again (after a growing pause), so a bug
+    in one message (a root's sweep that died on one peer's odd join) costs one round of
+    that task, not the task for the rest of the process's life. Cancellation ends it."""
+    delay = BACKOFF
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; starting it again in %.1f s", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_BACKOFF)
 
 
 async def serve_until_signalled(

@@ -199,3 +199,28 @@ def test_complete_agent_frees_its_slots_and_leavers_vanish() -> None:
     s.handle(Leave("n3", "b"), 2.0)
     assert swarm.agents() == 3 and swarm.complete == 0
     assert "n3" not in names(assign(s, Join("n9", "b"), 2.0))
+
+
+def test_a_parent_two_agents_cannot_reach_is_dead_for_everyone() -> None:
+    """A stopped agent holds a stripe for many children; the first two that find it
+    unreachable get it dropped for all, so the others are moved at once instead of at
+    the root's 15 s silence rule."""
+    s = sched(global_ban_reporters=2)
+    for i in range(12):
+        s.handle(Join(f"n{i}", "b"), 0.0)
+    s.take_updates(0.0)
+    swarm = s.swarm("b")
+    victim = max(swarm.order, key=lambda p: len(swarm.members[p].kids))
+    kids = sorted(swarm.members[victim].kids)
+    assert len(kids) >= 2
+    s.handle(ParentFailed(kids[0], "b", victim, FailReason.UNREACHABLE), 1.0)
+    assert victim in swarm.members  # one report: maybe only that child's link
+    s.handle(ParentFailed(kids[1], "b", victim, FailReason.UNREACHABLE), 1.5)
+    assert victim not in swarm.members
+    moved = {a.peer for a in s.take_updates(1.5)}
+    assert set(kids) <= moved  # every child got a new parent set, not only the reporters
+    for a in s.take_updates(1.5):
+        assert all(o.peer != victim for o in a.parents)
+    # it comes back: a join puts it in again
+    assert s.handle(Join(victim, "b"), 30.0) is not None
+    assert victim in swarm.members

@@ -27,6 +27,7 @@ from shoal.config import Config
 from shoal.control import codec
 from shoal.control.client import ControlClient, RootUnavailableError
 from shoal.control.schema import Pushed, UpdateRequest
+from shoal.lifecycle import supervised
 from shoal.observability import Metrics
 from shoal.oci.digest import Digest
 from shoal.oci.range import ByteRange
@@ -97,8 +98,8 @@ class SwarmProvider:
     def start(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self._tasks = [
-            asyncio.create_task(self.heartbeat.run()),
-            asyncio.create_task(self._report_loop()),
+            asyncio.create_task(supervised("the heartbeat to the roots", self.heartbeat.run)),
+            asyncio.create_task(supervised("the reports to the roots", self._report_loop)),
         ]
 
     async def close(self) -> None:
@@ -158,14 +159,17 @@ class SwarmProvider:
             driver = DownloadDriver(self, digest, source, wanted=wanted)
             self._downloads[key] = driver
             driver.task = asyncio.create_task(driver.run())
-            driver.task.add_done_callback(lambda _: self._ended(key, driver))
+            driver.task.add_done_callback(lambda task: self._ended(key, driver, task))
         elif wanted == -1:
             driver.want(-1)
         return driver
 
-    def _ended(self, key: str, driver: DownloadDriver) -> None:
+    def _ended(self, key: str, driver: DownloadDriver, task: asyncio.Task[None]) -> None:
         if self._downloads.get(key) is driver:
             del self._downloads[key]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # a bug in the driver: its waiters were failed in its ``finally``; say why
+            log.error("download of %s ended by a bug", key, exc_info=exc)
 
     # --- the origin, when no root can serve -------------------------------------------
 

@@ -23,7 +23,7 @@ from shoal.cache.store import PieceStore
 from shoal.config import Config
 from shoal.control.auth import cluster_secret
 from shoal.errors import DigestMismatchError, ShoalError, UpstreamUnknownError
-from shoal.lifecycle import serve_app
+from shoal.lifecycle import serve_app, supervised
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
@@ -46,8 +46,6 @@ from shoal.swarm import (
 
 log = logging.getLogger(__name__)
 
-#: seconds without a word from an agent before it counts as dead
-PEER_TIMEOUT = 15.0
 #: seconds a failed blob (digest mismatch at the origin) is refused before a new try
 FAILURE_MEMORY = 30.0
 
@@ -120,7 +118,7 @@ class Root:
                 self.exporter_port = await self._serve(
                     exporter_app(self.metrics), self.config.exporter.port
                 )
-            self._spawn(self._sweep())
+            self._spawn(supervised("the root's sweep of silent agents", self._sweep))
         except BaseException:
             await self.close()
             raise
@@ -289,13 +287,14 @@ class Root:
         )
 
     async def _sweep(self) -> None:
+        timeout = self.config.swarm.scheduler.peer_timeout
         while True:
-            await asyncio.sleep(PEER_TIMEOUT / 3)
-            horizon = time.monotonic() - PEER_TIMEOUT
+            await asyncio.sleep(timeout / 3)
+            horizon = time.monotonic() - timeout
             for peer, last in list(self._last_seen.items()):
                 if last < horizon:
                     del self._last_seen[peer]
                     log.info(
-                        "agent %s silent for %.0fs: dropped from every swarm", peer, PEER_TIMEOUT
+                        "agent %s silent for %.0fs: dropped from every swarm", peer, timeout
                     )
                     self.schedule(PeerDead(peer))

@@ -89,8 +89,6 @@ class SimParams:
     control_rtt: float = 0.0
     #: ``P2PConfig.rootTimeout``: seconds a doubted root may stay silent
     root_timeout: float = 5.0
-    #: seconds of silence after which a root drops an agent (``shoal.root``'s rule)
-    peer_timeout: float = 15.0
 
     @property
     def image_bytes(self) -> int:

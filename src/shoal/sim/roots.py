@@ -265,4 +265,4 @@ class RootTier:
                 sched.handle(PeerDead(sim.name[a]), sim.now)
                 self._collect(r)
 
-        sim.after(sim.p.peer_timeout, drop)
+        sim.after(sim.p.scheduler.peer_timeout, drop)

@@ -23,6 +23,7 @@ class PeerState:
         "banned_until",
         "children",
         "dead",
+        "gone_reporters",
         "id",
         "slow",
         "uploads",
@@ -36,6 +37,8 @@ class PeerState:
         self.uploads = 0  # last reported active uploads
         self.slow: list[float] = []  # times of slow reports
         self.bad_reporters: set[PeerId] = set()
+        #: agents that reported it unreachable, and when
+        self.gone_reporters: dict[PeerId, float] = {}
         self.banned_until = 0.0
         self.dead = False
 

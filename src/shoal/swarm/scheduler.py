@@ -23,6 +23,9 @@ are at the top of ``forest.py``, whose ``StripeForest`` this class composes. Her
    reporter for ``ban_seconds``; a reported spare is dropped. A bad piece bans a parent
    for the reporter; bad pieces from ``global_ban_reporters`` agents ban it for all, for
    ``ban_seconds``. A slow report counts against the parent for ``slow_memory``.
+   A parent ``global_ban_reporters`` agents found unreachable within ``slow_memory`` is
+   dead for everyone (as ``PeerDead``): its tree children all move now, not at the
+   root's silence rule; it joins again when it next talks to the root.
 """
 
 from __future__ import annotations
@@ -191,11 +194,30 @@ class Scheduler:
                     parent.bad_reporters.clear()
             elif msg.reason is FailReason.SLOW:
                 parent.slow.append(now)
+            elif msg.reason is FailReason.UNREACHABLE and self._gone(parent, msg.peer, now):
+                # several agents cannot reach it: it is dead or stopped for everyone, and
+                # waiting for the root's silence rule (15 s) would leave every other child
+                # of it stalled; it joins again when it talks to the root again
+                self._dead(PeerDead(parent.id), now)
+                return
         if msg.parent in m.spares:
             m.spares.remove(msg.parent)
             if parent is not None and parent.children > 0:
                 parent.children -= 1
         self._forest.reported(swarm, m, msg.parent, msg.reason, now)
+
+    def _gone(self, parent: PeerState, reporter: PeerId, now: float) -> bool:
+        """``global_ban_reporters`` distinct agents found ``parent`` unreachable within
+        ``slow_memory`` seconds."""
+        seen = parent.gone_reporters
+        seen[reporter] = now
+        horizon = now - self.policy.slow_memory
+        for pid in [p for p, t in seen.items() if t < horizon]:
+            del seen[pid]
+        if len(seen) < self.policy.global_ban_reporters:
+            return False
+        seen.clear()
+        return True
 
     def _leave(self, msg: Leave, now: float) -> None:
         swarm = self._blobs.get(msg.blob)
