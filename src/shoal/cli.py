@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--queue-ms",
-        type=float,
-        default=20.0,
-        metavar="MS",
-        help="every link's queue (tbf latency), ms of traffic; a switch port holds a few",
+        default="20",
+        metavar="MS[,MS...]",
+        help="every link's queue (tbf latency), ms of traffic; a switch port holds a few. "
+        "Several depths (5,20,50) run every mode at each, in one run",
     )
     p.add_argument(
         "--burst-ms", type=float, default=4.0, metavar="MS", help="tbf burst, ms of traffic"

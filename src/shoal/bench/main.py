@@ -39,7 +39,11 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise BenchError("--rate, --origin-rate and --layer-mib must be positive")
     if args.piece_kib < 0:
         raise BenchError("--piece-kib must not be negative")
-    if args.queue_ms <= 0 or args.burst_ms <= 0 or args.capacity_gib < 0:
+    try:
+        depths = tuple(float(x) for x in str(args.queue_ms).split(",") if x.strip())
+    except ValueError:
+        raise BenchError(f"--queue-ms: {args.queue_ms!r} is not a list of numbers") from None
+    if not depths or min(depths) <= 0 or args.burst_ms <= 0 or args.capacity_gib < 0:
         raise BenchError("--queue-ms and --burst-ms must be positive, --capacity-gib not negative")
     return BenchOptions(
         nodes=args.nodes,
@@ -52,7 +56,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         modes=modes,
         timeout_s=args.timeout,
         keep_workdir=args.keep,
-        queue_ms=args.queue_ms,
+        queue_ms=depths,
         burst_ms=args.burst_ms,
         by_address=args.by_address,
         exporter=args.exporter,

@@ -184,6 +184,14 @@ class Cluster:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_file)
 
+    def reshape(self, queue_ms: float) -> None:
+        """Every link's queue to ``queue_ms`` (``tc qdisc replace``: nothing else moves)."""
+        self.queue_ms = queue_ms
+        hosts = [h for h in (self.origin, self.proxy, *self.roots, *self.nodes) if h]
+        for h in hosts:
+            shape(h.netns, "eth0", h.rate_bit, queue_ms, self.burst_ms)
+            shape(self.bridge_ns, h.port, h.rate_bit, queue_ms, self.burst_ms)
+
     def tx_bytes(self, host: Host) -> int:
         """Bytes the host's ``eth0`` has sent, Ethernet headers included."""
         return _link_bytes(host.netns, "eth0", "tx")

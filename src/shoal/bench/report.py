@@ -40,6 +40,7 @@ def quantile(values: list[float], q: float) -> float:
 @dataclass(frozen=True, slots=True)
 class ModeStats:
     mode: str
+    queue_ms: float
     ok: int
     total: int
     p50: float
@@ -80,16 +81,17 @@ def mode_bound(result: BenchResult, mode: str) -> float:
 
 
 def stats(result: BenchResult) -> list[ModeStats]:
-    direct_p95 = None
+    direct_p95: dict[float, float] = {}  # per queue depth
     out: list[ModeStats] = []
     for m in result.modes:
         times = [n.seconds for n in m.run.nodes if n.seconds is not None]
         p95 = quantile(times, 0.95)
         if m.run.mode == "direct" and len(times) == len(m.run.nodes):
-            direct_p95 = p95
+            direct_p95[m.queue_ms] = p95
         out.append(
             ModeStats(
                 mode=m.run.mode,
+                queue_ms=m.queue_ms,
                 ok=len(times),
                 total=len(m.run.nodes),
                 p50=quantile(times, 0.5),
@@ -106,9 +108,7 @@ def stats(result: BenchResult) -> list[ModeStats]:
                 skipped=m.skipped,
             )
         )
-    if direct_p95:
-        out = [_with_cut(s, direct_p95) for s in out]
-    return out
+    return [_with_cut(s, direct_p95[s.queue_ms]) if s.queue_ms in direct_p95 else s for s in out]
 
 
 def _with_cut(s: ModeStats, direct_p95: float) -> ModeStats:
@@ -135,6 +135,7 @@ def table(result: BenchResult) -> Table:
     t = Table(title=title, title_justify="left")
     for col in (
         "mode",
+        "queue ms",
         "nodes ok",
         "p50 s",
         "p95 s",
@@ -152,6 +153,7 @@ def table(result: BenchResult) -> Table:
         cpu = f"{s.cpu_mean:.0%}" + (" ⚠ busy" if s.cpu_saturated else "")
         t.add_row(
             s.mode,
+            f"{s.queue_ms:g}",
             f"{s.ok}/{s.total}",
             f"{s.p50:.2f}",
             f"{s.p95:.2f}",
@@ -196,7 +198,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "layer_mib": o.layer_mib,
             "piece_kib": o.piece_kib,
             "modes": list(o.modes),
-            "queue_ms": o.queue_ms,
+            "queue_ms": list(o.queue_ms),
             "burst_ms": o.burst_ms,
             "by_address": o.by_address,
             "exporter": o.exporter,
@@ -216,6 +218,7 @@ def _mode_json(m: ModeResult, s: ModeStats) -> dict[str, Any]:
 
     return {
         "mode": s.mode,
+        "queue_ms": s.queue_ms,
         "ok": s.ok,
         "total": s.total,
         "p50_s": num(s.p50),
@@ -258,12 +261,13 @@ def plot(result: BenchResult, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
     bound = node_bound(result)
-    for m in result.modes:
+    names = [_label(result, m) for m in result.modes]
+    for m, name in zip(result.modes, names, strict=True):
         times = sorted(n.seconds for n in m.run.nodes if n.seconds is not None)
         if not times:
             continue
         ys = [(i + 1) / len(m.run.nodes) for i in range(len(times))]
-        ax1.step([0.0, *times], [0.0, *ys], where="post", label=m.run.mode)
+        ax1.step([0.0, *times], [0.0, *ys], where="post", label=name)
     ax1.axvline(bound, color="grey", linestyle="--", linewidth=1, label="S/B")
     ax1.axvline(
         bound / TCP_GOODPUT, color="grey", linestyle=":", linewidth=1, label="S/B at TCP goodput"
@@ -277,7 +281,6 @@ def plot(result: BenchResult, path: Path) -> None:
     ax1.set_title(
         f"N={o.nodes}, B={o.rate_mbit:g} Mbit/s, {result.image_bytes / MIB:.0f} MiB", fontsize=10
     )
-    names = [m.run.mode for m in result.modes]
     egress = [m.origin_tx_bytes / MIB for m in result.modes]
     ax2.bar(names, egress, color=[f"C{i}" for i in range(len(names))])
     ax2.axhline(
@@ -291,6 +294,13 @@ def plot(result: BenchResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _label(result: BenchResult, m: ModeResult) -> str:
+    """The mode, and its queue depth when the run had several."""
+    if len(result.options.queue_ms) > 1:
+        return f"{m.run.mode} {m.queue_ms:g}ms"
+    return m.run.mode
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The table as GitHub markdown, from the JSON document (so old runs can be rendered)."""
     o = doc["options"]
@@ -300,9 +310,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Mbit/s, image {doc['image_bytes'] / MIB:.1f} MiB in {o['layers']} layers, "
         f"S/B = {bound:.2f} s ({bound / doc['tcp_goodput']:.2f} s at TCP goodput)",
         "",
-        "| mode | ok | p50 s | p95 s | max s | origin egress MiB (copies) | p95 cut vs direct "
-        "| p95/(S/B) | p95/mode bound | CPU (machine) | own CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | queue ms | ok | p50 s | p95 s | max s | origin egress MiB (copies) "
+        "| p95 cut vs direct | p95/(S/B) | p95/mode bound | CPU (machine) | own CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(x: float | None, fmt: str) -> str:
@@ -315,7 +325,8 @@ def markdown(doc: dict[str, Any]) -> str:
         cut = m["p95_cut_vs_direct"]
         busy = " ⚠ busy" if m["cpu_saturated"] else ""
         lines.append(
-            f"| {m['mode']} | {m['ok']}/{m['total']} | {f(m['p50_s'], '.2f')} "
+            f"| {m['mode']} | {m.get('queue_ms', '-')} | {m['ok']}/{m['total']} "
+            f"| {f(m['p50_s'], '.2f')} "
             f"| {f(m['p95_s'], '.2f')} | {f(m['max_s'], '.2f')} "
             f"| {m['origin_tx_bytes'] / MIB:.1f} ({m['origin_copies']:.2f}) "
             f"| {f(cut, '.1%')} "

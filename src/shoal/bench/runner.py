@@ -51,8 +51,10 @@ class BenchOptions:
     timeout_s: float = 600.0
     seed: int = 1
     keep_workdir: bool = False
-    #: every link's tbf queue (``latency``) and burst, ms of traffic
-    queue_ms: float = QUEUE_MS
+    #: every link's tbf queue (``latency``), ms of traffic: each depth runs every mode, in
+    #: one run (so the noise between depths cancels)
+    queue_ms: tuple[float, ...] = (QUEUE_MS,)
+    #: every link's tbf burst, ms of traffic
     burst_ms: float = BURST_MS
     #: shoal mode: skopeo pulls ``docker://127.0.0.1:65001/...`` instead of using its
     #: agent as a configured mirror
@@ -85,6 +87,8 @@ class ModeResult:
     #: CPU seconds (user + system) of the mode's own processes, reaped by its end: the
     #: clients, caches, agents, swarm; not the origin registry, not other users' load
     own_cpu_s: float = 0.0
+    #: the links' queue (tbf latency) during this mode, ms
+    queue_ms: float = QUEUE_MS
 
 
 @dataclass(slots=True)
@@ -120,7 +124,7 @@ async def run_benchmark(
         origin_rate_bit=opts.origin_rate_bit,
         workdir=workdir,
         keep_workdir=opts.keep_workdir,
-        queue_ms=opts.queue_ms,
+        queue_ms=opts.queue_ms[0],
         burst_ms=opts.burst_ms,
     )
     origin: OriginRegistry | None = None
@@ -160,10 +164,13 @@ async def run_benchmark(
             exporter=opts.exporter,
             capacity=int(opts.capacity_gib * (1 << 30)),
         )
-        for mode in opts.modes:
-            on_mode(mode)
-            result.modes.append(await _run_mode(ctx, mode))
-            ctx.empty_mode_dir(mode)
+        for depth in opts.queue_ms:
+            if depth != cluster.queue_ms:
+                cluster.reshape(depth)
+            for mode in opts.modes:
+                on_mode(mode if len(opts.queue_ms) == 1 else f"{mode} {depth:g}ms")
+                result.modes.append(await _run_mode(ctx, mode))
+                ctx.empty_mode_dir(mode)
         return result
     finally:
         if origin is not None:
@@ -191,4 +198,4 @@ async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
         r.written for r in ctx.origin.served()[served0:] if r.method == "GET" and "/blobs/" in r.uri
     )
     skipped = str(run.extra.get("skipped")) if "skipped" in run.extra else None
-    return ModeResult(run, tx, blobs, wall, skipped, own)
+    return ModeResult(run, tx, blobs, wall, skipped, own, ctx.cluster.queue_ms)

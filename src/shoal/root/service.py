@@ -294,7 +294,5 @@ class Root:
             for peer, last in list(self._last_seen.items()):
                 if last < horizon:
                     del self._last_seen[peer]
-                    log.info(
-                        "agent %s silent for %.0fs: dropped from every swarm", peer, timeout
-                    )
+                    log.info("agent %s silent for %.0fs: dropped from every swarm", peer, timeout)
                     self.schedule(PeerDead(peer))
