@@ -83,8 +83,17 @@ def test_refuses_without_root_in_one_line(
 def test_markdown_table_from_the_json() -> None:
     result = _result({"direct": [4.0, 4.0, 4.0, 4.0], "shoal": [1.0, 1.0, 1.0, 1.0]}, 10_000_000)
     text = markdown(to_json(result))
-    assert "| shoal | 4/4 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| shoal | 20 | 4/4 | 1.00 | 1.00 | 1.00 |" in text
     assert "| 75.0% | 1.00 (0.96) | 1.00 (0.96) | 95% ⚠ busy |" in text
+
+
+def test_queue_depths_are_a_list_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["bench", "--queue-ms", "5,20,50"])
+    assert options_from_args(args).queue_ms == (5.0, 20.0, 50.0)
+    assert options_from_args(build_parser().parse_args(["bench"])).queue_ms == (20.0,)
+    assert cli_main(["bench", "--queue-ms", "5,x"]) == 2
+    assert "--queue-ms" in capsys.readouterr().err
+    assert cli_main(["bench", "--queue-ms", "0"]) == 2
 
 
 def test_piece_size_option_is_checked(capsys: pytest.CaptureFixture[str]) -> None:

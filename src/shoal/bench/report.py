@@ -325,7 +325,7 @@ def markdown(doc: dict[str, Any]) -> str:
         cut = m["p95_cut_vs_direct"]
         busy = " ⚠ busy" if m["cpu_saturated"] else ""
         lines.append(
-            f"| {m['mode']} | {m.get('queue_ms', '-')} | {m['ok']}/{m['total']} "
+            f"| {m['mode']} | {f(m.get('queue_ms'), 'g')} | {m['ok']}/{m['total']} "
             f"| {f(m['p50_s'], '.2f')} "
             f"| {f(m['p95_s'], '.2f')} | {f(m['max_s'], '.2f')} "
             f"| {m['origin_tx_bytes'] / MIB:.1f} ({m['origin_copies']:.2f}) "
