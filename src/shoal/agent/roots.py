@@ -59,7 +59,10 @@ from shoal.observability import Metrics
 log = logging.getLogger(__name__)
 
 REACHABLE_METRIC = "shoal_root_reachable"
-REACHABLE_HELP = "1 when this agent can use the root: reachable, its control port, the same secret"
+REACHABLE_HELP = (
+    "1 when this agent can use the root: reachable, its control port, "
+    "TLS that verifies, the same secret"
+)
 #: seconds between checks of a root that is not OK
 RECHECK = 5.0
 #: seconds between looks at the heartbeat's word on each root
