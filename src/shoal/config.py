@@ -160,8 +160,9 @@ class ControlConfig(_Section, frozen=True):
     tls: bool = True
     #: PEM file of the CA agents verify the roots' certificates against
     ca_file: str = "/etc/shoal/control/ca.crt"
-    #: the root's certificate chain and key (PEM); re-read when the files change
+    #: PEM file of the root's certificate chain; re-read when it changes
     cert_file: str = "/etc/shoal/control/tls.crt"
+    #: PEM file of the key of ``certFile``; re-read when it changes
     key_file: str = "/etc/shoal/control/tls.key"
     #: distinct peers one source address may have joined as; 0 means no cap
     peers_per_source: Annotated[int, msgspec.Meta(ge=0)] = 8

@@ -20,6 +20,7 @@ from pathlib import Path
 from msgspec.structs import replace as _replace
 
 from shoal.config import Config, check_listen_address, load_config, parse_config
+from shoal.control.auth import cluster_secret
 from shoal.errors import ConfigInvalidError, describe_os_error
 from shoal.httpserver import (
     SERVER_LIMITS,
@@ -128,12 +129,13 @@ def check_files(config: Config, role: str) -> None:
     if config.cache.path:
         _check_writable_dir(config.cache.path, "CacheConfig.path")
     control = config.control
-    if not control.tls:
-        return
-    if role == "root":
+    if control.tls and role == "root":
         _check_cert(control.cert_file, control.key_file)
-    elif config.p2p.roots:
+    elif control.tls and config.p2p.roots:
         _check_ca(control.ca_file, "ControlConfig.caFile")
+    if role == "root" or (config.p2p.roots and config.cache.path):
+        # the secret (or its file) as the role will read it, before its first log line
+        cluster_secret(config.p2p.secret, config.p2p.secret_file)
 
 
 def _check_ca(path: str, key: str) -> None:

@@ -186,11 +186,20 @@ def bad_inputs(tmp: Path, busy: int, tls: Tls) -> list[Bad]:
     store = f"CacheConfig:\n  path: {tmp / 'store'}\n"
     agent = tmp / "agent.yaml"
     agent.write_text(store)
+    # the control API's TLS files (on by default), so the roles get as far as listening
+    ca_file = tmp / "ca.crt"
+    tls.ca.cert_pem.write_to_path(str(ca_file))
+    control = (
+        f"ControlConfig:\n  caFile: {ca_file}\n  certFile: {tls.cert_file}\n"
+        f"  keyFile: {tls.key_file}\n"
+    )
     swarm = tmp / "swarm.yaml"
-    swarm.write_text(store + "P2PConfig:\n  roots: [127.0.0.1:1]\n  secret: 0123456789abcdef0\n")
+    swarm.write_text(
+        store + control + "P2PConfig:\n  roots: [127.0.0.1:1]\n  secret: 0123456789abcdef0\n"
+    )
     root = tmp / "root.yaml"
     root.write_text(
-        f"DeployConfig:\n  mode: root\n{store}P2PConfig:\n  secret: 0123456789abcdef0\n"
+        f"DeployConfig:\n  mode: root\n{store}{control}P2PConfig:\n  secret: 0123456789abcdef0\n"
     )
     logdir = tmp / "logdir.yaml"
     logdir.write_text(

@@ -22,6 +22,7 @@ from shoal.agent.roots import RootState, RootWatch, check_roots
 from shoal.agent.service import Agent
 from shoal.config import Config, parse_config
 from shoal.errors import ConfigInvalidError
+from shoal.lab.certs import make_control_certs
 from shoal.lab.ports import free_port
 from shoal.observability import Metrics
 from shoal.root.service import Root
@@ -29,7 +30,20 @@ from shoal.root.service import Root
 SECRET = "s" * 32
 
 
-def root_config(tmp_path: Path) -> Config:
+def control(tmp_path: Path, tls: bool = True) -> dict[str, object]:
+    """``ControlConfig`` with this test's own cluster CA, as the chart provisions one."""
+    directory = tmp_path / "control"
+    if not (directory / "tls.key").exists():
+        make_control_certs(directory, ["127.0.0.1"])
+    return {
+        "tls": tls,
+        "caFile": str(directory / "ca.crt"),
+        "certFile": str(directory / "tls.crt"),
+        "keyFile": str(directory / "tls.key"),
+    }
+
+
+def root_config(tmp_path: Path, tls: bool = True) -> Config:
     return parse_config(
         {
             "DeployConfig": {"mode": "root"},
@@ -37,13 +51,17 @@ def root_config(tmp_path: Path) -> Config:
             "P2PConfig": {"listen": "127.0.0.1", "p2pPort": 0, "secret": SECRET},
             "ExporterConfig": {"enable": False},
             "CacheConfig": {"path": str(tmp_path / "root-cache")},
+            "ControlConfig": control(tmp_path, tls),
         }
     )
 
 
-def agent_config(tmp_path: Path, roots: list[str], secret: str = SECRET) -> Config:
+def agent_config(
+    tmp_path: Path, roots: list[str], secret: str = SECRET, *, ca_dir: Path | None = None
+) -> Config:
     return parse_config(
         {
+            "ControlConfig": control(ca_dir or tmp_path),
             "ProxyConfig": {"listen": "127.0.0.1", "port": 0},
             "P2PConfig": {
                 "listen": "127.0.0.1",
@@ -94,6 +112,29 @@ async def test_another_secret_is_named(tmp_path: Path, root: Root) -> None:
     state, problem = await check(agent_config(tmp_path, [addr], secret="t" * 32), addr)
     assert state is RootState.WRONG_SECRET
     assert "cluster secret differs" in problem
+
+
+async def test_a_certificate_of_another_ca_is_wrong_tls(tmp_path: Path, root: Root) -> None:
+    addr = f"127.0.0.1:{root.control_port}"
+    state, problem = await check(agent_config(tmp_path, [addr], ca_dir=tmp_path / "other"), addr)
+    assert state is RootState.WRONG_TLS
+    assert "does not verify against ControlConfig.caFile" in problem
+
+
+async def test_tls_on_one_side_only_is_named(tmp_path: Path) -> None:
+    """A root left in the development mode, and an agent left in it: each says so."""
+    async with Root(root_config(tmp_path, tls=False)) as plain:
+        addr = f"127.0.0.1:{plain.control_port}"
+        state, problem = await check(agent_config(tmp_path, [addr]), addr)
+    assert state is RootState.WRONG_TLS
+    assert "plain HTTP while this agent has ControlConfig.tls: true" in problem
+    async with Root(root_config(tmp_path)) as tls:
+        addr = f"127.0.0.1:{tls.control_port}"
+        cfg = agent_config(tmp_path, [addr])
+        cfg = cfg.replace(control=replace(cfg.control, tls=False))
+        state, problem = await check(cfg, addr)
+    assert state is RootState.WRONG_TLS
+    assert "over TLS while this agent has ControlConfig.tls: false" in problem
 
 
 async def test_nothing_listening_and_unknown_names_are_unreachable(tmp_path: Path) -> None:

@@ -174,6 +174,8 @@ class ChartCluster:
         self.cluster: Cluster | None = None
         self.registries: dict[str, Registry] = {}
         self.roots: list[Pod] = []
+        #: each root's StatefulSet DNS name -> its address
+        self.root_names: dict[str, str] = {}
         self.nodes: list[NodeRuntime] = []
         self.webhook: Pod | None = None
         self.jobs: list[Pod] = []
@@ -368,7 +370,9 @@ class ChartCluster:
         for i in range(int(sts["spec"]["replicas"])):
             host = await asyncio.to_thread(self._pod_host, f"root{i}")
             hosts.append(host)
-            self.cluster.dns[f"{name}-{i}.{service}.{self.namespace}.svc.{domain}"] = host.ip
+            dns = f"{name}-{i}.{service}.{self.namespace}.svc.{domain}"
+            self.cluster.dns[dns] = host.ip
+            self.root_names[dns] = host.ip
         for i, host in enumerate(hosts):
             pod = Pod(
                 self.cluster,

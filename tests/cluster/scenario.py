@@ -5,7 +5,8 @@ image is admitted by the webhook and pulled on every node. ``check_pulls`` then 
 everything that went wrong, from the outside: a failed pull; a blob missing from a
 node's containerd; a registry that sent more than ``MAX_COPIES`` copies of an image's
 blobs; a blob fetched from a registry by a node (containerd itself or the agent
-falling back) instead of by a root; an agent that is not ready or counted fallbacks.
+falling back) instead of by a root; an agent that is not ready or counted fallbacks; a
+root whose control API does not speak TLS with the CA the agents' Pods mount.
 The negative control is the same checks against the old roots' port: they must find
 it.
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.lab.image import BuiltImage
@@ -32,7 +35,7 @@ from tests.cluster.cluster import (
     NodeRuntime,
     Pulled,
 )
-from tests.cluster.manifests import Doc
+from tests.cluster.manifests import Doc, container_port
 
 #: copies of an image's blobs the registries may send for all nodes together
 MAX_COPIES = 1.05
@@ -128,7 +131,41 @@ async def check_pulls(
             )
     for runtime in targets:
         findings += await check_agent(c, runtime)
+    findings += await check_control_tls(c)
     return findings
+
+
+async def check_control_tls(c: ChartCluster) -> list[str]:
+    """The control API as agents reach it: TLS that verifies against the CA mounted in
+    an agent's Pod, for each root's StatefulSet name; no HTTP answer in clear; and no
+    Pod logged the plain development mode."""
+    out = []
+    agent = next(n.agent for n in c.nodes if n.agent is not None)
+    ca = agent.volumes.get("control-ca")
+    if ca is None:
+        return ["the agent Pod mounts no control CA (volume control-ca)"]
+    ctx = ssl.create_default_context(cafile=str(ca / "ca.crt"))
+    port = container_port(c.roots[0].spec, "control")
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for name, ip in c.root_names.items():
+            try:
+                async with session.get(
+                    f"https://{ip}:{port}/healthz", ssl=ctx, server_hostname=name
+                ) as resp:
+                    if resp.status != 200:
+                        out.append(f"root {name}: GET /healthz over TLS answered {resp.status}")
+            except aiohttp.ClientError as exc:
+                out.append(f"root {name}: no TLS with the agents' CA: {exc}")
+            try:
+                async with session.get(f"http://{ip}:{port}/healthz") as resp:
+                    out.append(f"root {name}: answers in clear (HTTP {resp.status})")
+            except aiohttp.ClientError:
+                pass  # not HTTP in clear: as it should be
+    for pod in [*c.roots, agent]:
+        if "PLAIN HTTP" in pod.containers[0].tail(200_000):
+            out.append(f"{pod.name}: logged the plain development mode")
+    return out
 
 
 async def check_agent(c: ChartCluster, runtime: NodeRuntime) -> list[str]:

@@ -281,6 +281,101 @@ def test_two_webhook_entries_and_tls(rendered: tuple[str, list[dict[str, Any]]])
     assert again["args"] == [*make["args"], "--webhook-configuration=shoal-webhook"]
 
 
+def test_the_control_api_runs_over_tls_with_the_clusters_ca(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Agents verify roots with the CA at the path their config names, from a volume
+    holding nothing else (no key on the nodes); roots serve the certificate and key at
+    theirs, and the kubelet probes them over HTTPS. The Secret comes from the hook
+    Job, or from cert-manager, with names covering every StatefulSet member."""
+    name, docs = rendered
+    agent_cfg = parse_config(
+        yaml.safe_load(one(docs, "ConfigMap", "-agent")["data"]["p2p-config.yaml"])
+    )
+    root_cfg = parse_config(
+        yaml.safe_load(one(docs, "ConfigMap", "-root")["data"]["p2p-config.yaml"])
+    )
+    assert agent_cfg.control.tls and root_cfg.control.tls
+
+    def mounted(pod: dict[str, Any], volume: str) -> tuple[str, dict[str, Any]]:
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == volume]
+        assert mount["readOnly"] is True
+        return mount["mountPath"], vol["secret"]
+
+    agent = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    path, secret = mounted(agent, "control-ca")
+    assert secret["secretName"] == "shoal-control-tls"
+    assert secret["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert agent_cfg.control.ca_file == f"{path}/ca.crt"
+    root = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    path, secret = mounted(root, "control-tls")
+    assert secret["secretName"] == "shoal-control-tls"
+    assert {i["path"] for i in secret["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+    assert (root_cfg.control.cert_file, root_cfg.control.key_file) == (
+        f"{path}/tls.crt",
+        f"{path}/tls.key",
+    )
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert root["containers"][0][probe]["httpGet"]["scheme"] == "HTTPS"
+
+    domain = "cluster.local" if name == "default" else "k8s.example.internal"
+    if name == "full-cert-manager":
+        cert = one(docs, "Certificate", "shoal-control")
+        assert cert["spec"]["secretName"] == "shoal-control-tls"
+        assert f"*.shoal-root.{NS}.svc.{domain}" in cert["spec"]["dnsNames"]
+        assert f"*.shoal-root.{NS}.svc" in cert["spec"]["dnsNames"]
+        # a CA of its own, not the webhook's
+        assert cert["spec"]["issuerRef"]["name"] == "shoal-control-ca"
+        assert one(docs, "Certificate", "shoal-control-ca")["spec"]["isCA"] is True
+        return
+    assert not by_kind(docs, "Certificate")
+    jobs = [j["spec"]["template"]["spec"]["containers"][0]["args"] for j in by_kind(docs, "Job")]
+    assert len(jobs) == 2
+    for job_args in jobs:
+        assert "--control-secret=shoal-control-tls" in job_args
+        assert "--control-service=shoal-root" in job_args
+        assert f"--cluster-domain={domain}" in job_args
+
+
+def test_the_plain_development_mode_is_explicit_and_loud() -> None:
+    docs = render("--set", "control.tls.enabled=false")
+    for suffix in ("-agent", "-root"):
+        cfg = parse_config(
+            yaml.safe_load(one(docs, "ConfigMap", suffix)["data"]["p2p-config.yaml"])
+        )
+        assert cfg.control.tls is False
+    text = render_text("--set", "control.tls.enabled=false")
+    assert "control-ca" not in text and "control-tls" not in text
+    root = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    assert root["readinessProbe"]["httpGet"].get("scheme", "HTTP") == "HTTP"
+    dry_run = [helm(), "install", "shoal", str(CHART), "--dry-run", "--namespace", NS]
+    notes = subprocess.run(
+        [*dry_run, "--set", "control.tls.enabled=false"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "PLAIN HTTP" in notes
+
+
+def test_the_control_secret_can_be_brought() -> None:
+    docs = render("--set", "control.tls.mode=secret", "--set", "control.tls.secretName=mine")
+    agent = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    (vol,) = [v for v in agent["volumes"] if v["name"] == "control-ca"]
+    assert vol["secret"]["secretName"] == "mine"
+    args = [
+        a
+        for j in by_kind(docs, "Job")
+        for a in j["spec"]["template"]["spec"]["containers"][0]["args"]
+    ]
+    assert not [a for a in args if a.startswith("--control-")]
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        render("--set", "control.tls.mode=secret")
+    assert "control.tls.secretName is required" in info.value.stderr
+
+
 def test_rbac_is_least_privilege(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = rendered
     roles = {r["metadata"]["name"]: r["rules"] for r in by_kind(docs, "ClusterRole")}
@@ -297,13 +392,16 @@ def test_rbac_is_least_privilege(rendered: tuple[str, list[dict[str, Any]]]) -> 
         # cert-manager makes the certificate; the cluster secret is an existing one
         assert not roles and not local and not by_kind(docs, "Job")
     elif name == "full":
-        # the certificate is the hook's; the cluster secret is an existing one
-        assert local["shoal-bootstrap"][0]["resourceNames"] == ["shoal-webhook-tls"]
+        # the certificates are the hook's; the cluster secret is an existing one
+        assert local["shoal-bootstrap"][0]["resourceNames"] == [
+            "shoal-webhook-tls",
+            "shoal-control-tls",
+        ]
     else:
         assert local["shoal-bootstrap"][0] == {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": ["shoal-p2p", "shoal-webhook-tls"],
+            "resourceNames": ["shoal-p2p", "shoal-webhook-tls", "shoal-control-tls"],
             "verbs": ["get"],
         }
     if name != "full-cert-manager":
@@ -394,6 +492,7 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
     ("setting", "message"),
     [
         ("webhook.tls.mode=nope", "/webhook/tls/mode"),
+        ("control.tls.mode=nope", "/control/tls/mode"),
         ("p2p.v2.imagetag=1", "additional properties 'imagetag' not allowed"),
         ("p2p.v2.p2pPort=70000", "/p2p/v2/p2pPort"),
         ("imagePullPolicy=Always", "additional properties 'imagePullPolicy' not allowed"),

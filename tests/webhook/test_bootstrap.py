@@ -8,9 +8,12 @@ certificate it made is one a client trusting the CA accepts for the Service's na
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +61,9 @@ def args(command: str, **kw: Any) -> argparse.Namespace:
         "cluster_domain": "cluster.local",
         "validity_days": 30,
         "webhook_configuration": None,
+        "control_secret": None,
+        "control_service": None,
+        "control_validity_days": 30,
     }
     base.update(kw)
     return argparse.Namespace(**base)
@@ -87,6 +93,71 @@ async def test_secrets_are_made_once_and_never_changed(api: tuple[ApiServer, Kub
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert f"shoal-webhook.{NS}.svc" in sans.get_values_for_type(x509.DNSName)
     assert {who for who, _, _ in server.calls} == {"shoal-system:shoal-bootstrap"}
+
+
+async def handshake(secret: dict[str, str], name: str, tmp_path: Path) -> None:
+    """A real TLS handshake: a server with the Secret's certificate and key, a client
+    trusting only the Secret's ``ca.crt`` (what an agent mounts) asking for ``name``."""
+    for key in ("tls.crt", "tls.key"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret[key]))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    client_ctx = ssl.create_default_context(cadata=base64.b64decode(secret["ca.crt"]).decode())
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname=name
+        )
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_control_ca_and_the_roots_certificate(
+    api: tuple[ApiServer, KubeClient], tmp_path: Path
+) -> None:
+    """Made once; a CA of its own; the certificate good for every StatefulSet member's
+    name (also for replicas added later: the Secret is never made again) and nothing
+    outside the roots' Service."""
+    server, client = api
+    made = args(
+        "secrets",
+        tls_secret="shoal-webhook-tls",
+        service="shoal-webhook",
+        control_secret="shoal-control-tls",
+        control_service="shoal-root",
+    )
+    assert (await execute(client, made))[-1] == f"secret {NS}/shoal-control-tls: created"
+    control = dict(server.secrets[(NS, "shoal-control-tls")]["data"])
+    assert (await execute(client, made))[-1] == (
+        f"secret {NS}/shoal-control-tls: exists, left as it is"
+    )
+    assert server.secrets[(NS, "shoal-control-tls")]["data"] == control
+    webhook = server.secrets[(NS, "shoal-webhook-tls")]["data"]
+    assert control["ca.crt"] != webhook["ca.crt"]
+    for name in (
+        f"shoal-root-0.shoal-root.{NS}.svc",
+        f"shoal-root-2.shoal-root.{NS}.svc.cluster.local",
+        f"shoal-root-11.shoal-root.{NS}.svc.cluster.local",
+        f"shoal-root.{NS}.svc",
+    ):
+        await handshake(control, name, tmp_path)
+    for name in (f"shoal-webhook.{NS}.svc", f"a.b.shoal-root.{NS}.svc", "shoal-root-0.evil.svc"):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await handshake(control, name, tmp_path)
+    # the webhook's certificate is no good for a root
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await handshake(
+            {**webhook, "ca.crt": control["ca.crt"]}, f"shoal-root-0.shoal-root.{NS}.svc", tmp_path
+        )
 
 
 async def test_the_ca_goes_into_every_webhook_entry_once(api: tuple[ApiServer, KubeClient]) -> None:

@@ -14,10 +14,16 @@ One check of a root, in order, each step naming what it found:
    that is not a root's health, is the *wrong port*: the usual mistake is a root's peer
    port (``P2PConfig.p2pPort``, 65002) where its control port (``ProxyConfig.port``,
    65001) belongs.
+   Over TLS (``ControlConfig.tls``, the default) the call speaks TLS with the
+   cluster's CA (``caFile``), as the agent's control client does. A certificate that
+   does not verify (another CA, a name outside its SANs) is *wrong TLS*; so is a root
+   that serves plain HTTP while the agent expects TLS, or the other way round. When
+   the TLS handshake fails, an unsigned plain ``GET /healthz`` tells a plain root, an
+   agent's mirror and a peer port apart (it carries nothing secret).
 2. A request signed with this agent's cluster secret (the state of a blob nobody has)
    must be accepted: a ``401`` is the *wrong secret*.
 
-Wrong port and wrong secret are configuration faults that waiting does not cure: they
+Wrong port, wrong TLS and wrong secret are configuration faults that waiting does not cure: they
 make the agent unready until fixed. Unreachable roots make it unready only when no root
 is usable at all. After start the watch follows the heartbeat (``agent/heartbeat.py``:
 ``Heartbeat.status``, per root the last failure in words, empty while it answers)
@@ -32,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,13 +52,17 @@ from shoal.agent.swarm import FALLBACK_HELP, FALLBACK_METRIC
 from shoal.config import Config
 from shoal.control.auth import HEADER, sign
 from shoal.control.schema import Health
+from shoal.control.tls import client_context
 from shoal.errors import ConfigInvalidError
 from shoal.observability import Metrics
 
 log = logging.getLogger(__name__)
 
 REACHABLE_METRIC = "shoal_root_reachable"
-REACHABLE_HELP = "1 when this agent can use the root: reachable, its control port, the same secret"
+REACHABLE_HELP = (
+    "1 when this agent can use the root: reachable, its control port, "
+    "TLS that verifies, the same secret"
+)
 #: seconds between checks of a root that is not OK
 RECHECK = 5.0
 #: seconds between looks at the heartbeat's word on each root
@@ -66,10 +77,11 @@ class RootState(StrEnum):
     UNREACHABLE = "unreachable"  # refused, unresolvable, silent: may heal by itself
     WRONG_PORT = "wrong-port"  # something answers that is not a root's control API
     WRONG_SECRET = "wrong-secret"  # the root refuses this agent's signature
+    WRONG_TLS = "wrong-tls"  # its certificate does not verify, or TLS on one side only
 
 
 #: configuration faults: waiting does not cure them
-FAULTS = frozenset({RootState.WRONG_PORT, RootState.WRONG_SECRET})
+FAULTS = frozenset({RootState.WRONG_PORT, RootState.WRONG_SECRET, RootState.WRONG_TLS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +130,10 @@ class RootWatch:
         self._metrics = metrics
         self._timeout = min(config.p2p.root_timeout, 3.0)
         self._p2p_port = config.p2p.p2p_port
+        self._control = config.control
+        # the control client warns of the plain development mode already: once is enough
+        self._tls = client_context(config.control) if config.control.tls else None
+        self._scheme = "https" if self._tls is not None else "http"
         self.status = {r: RootStatus(r, RootState.UNKNOWN) for r in self.roots}
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -136,7 +152,11 @@ class RootWatch:
     async def __aenter__(self) -> RootWatch:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout),
-            connector=aiohttp.TCPConnector(limit_per_host=2, force_close=True),
+            connector=aiohttp.TCPConnector(
+                limit_per_host=2,
+                force_close=True,
+                ssl=self._tls if self._tls is not None else False,
+            ),
         )
         self._task = asyncio.create_task(self._run(), name="root-watch")
         return self
@@ -268,11 +288,22 @@ class RootWatch:
             else f"; a root serves agents on {where}"
         )
         try:
-            async with self._session.get(f"http://{root}/healthz") as resp:
+            async with self._session.get(f"{self._scheme}://{root}/healthz") as resp:
                 body = await resp.read()
                 status = resp.status
         except aiohttp.ClientConnectorDNSError:
             return RootStatus(root, RootState.UNREACHABLE, "the name does not resolve")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return RootStatus(
+                root,
+                RootState.WRONG_TLS,
+                f"its certificate does not verify against ControlConfig.caFile "
+                f"{self._control.ca_file}: {_ssl_reason(exc.certificate_error)} (the roots' "
+                "certificate must come from the cluster CA and name the address agents dial)",
+            )
+        except aiohttp.ClientSSLError:
+            # TLS did not come about: what is there, asked in plain HTTP (nothing secret)
+            return await self._not_tls(root, peer_hint)
         except aiohttp.ClientConnectorError as exc:
             err = exc.os_error.errno
             why = os.strerror(err).lower() if err else type(exc.os_error).__name__
@@ -284,6 +315,13 @@ class RootWatch:
                 f"no answer to GET /healthz within {self._timeout:g} s" + peer_hint,
             )
         except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
+            if self._tls is None and await self._speaks_tls(root):
+                return RootStatus(
+                    root,
+                    RootState.WRONG_TLS,
+                    "serves the control API over TLS while this agent has ControlConfig.tls: "
+                    "false (set it the same on agents and roots)",
+                )
             return RootStatus(
                 root,
                 RootState.WRONG_PORT,
@@ -291,6 +329,10 @@ class RootWatch:
             )
         except (aiohttp.ClientError, OSError) as exc:
             return RootStatus(root, RootState.UNREACHABLE, f"{type(exc).__name__}: {exc}"[:200])
+        return await self._healthy(root, status, body, peer_hint)
+
+    async def _healthy(self, root: str, status: int, body: bytes, peer_hint: str) -> RootStatus:
+        """``GET /healthz`` answered ``status``: a root's health, then the secret."""
         try:
             if status != 200:
                 raise ValueError(status)
@@ -303,12 +345,66 @@ class RootWatch:
             )
         return await self._check_secret(root)
 
+    async def _not_tls(self, root: str, peer_hint: str) -> RootStatus:
+        """The TLS handshake failed: a root in plain HTTP, another HTTP server (an agent's
+        mirror), or something that is not HTTP at all (a peer port)?"""
+        assert self._session is not None
+        try:
+            async with self._session.get(f"http://{root}/healthz") as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
+            return RootStatus(
+                root,
+                RootState.WRONG_PORT,
+                "not a root's control API: the answer is not HTTP, as from a peer port "
+                "(no TLS either)" + peer_hint,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return RootStatus(
+                root, RootState.UNREACHABLE, f"TLS handshake failed: {type(exc).__name__}"
+            )
+        try:
+            if status == 200:
+                msgspec.json.decode(body, type=Health)
+                return RootStatus(
+                    root,
+                    RootState.WRONG_TLS,
+                    "serves the control API in plain HTTP while this agent has "
+                    "ControlConfig.tls: true (set it the same on agents and roots)",
+                )
+        except msgspec.DecodeError:
+            pass
+        return RootStatus(
+            root,
+            RootState.WRONG_PORT,
+            f"not a root's control API: GET /healthz answered HTTP {status} without TLS"
+            + peer_hint,
+        )
+
+    async def _speaks_tls(self, root: str) -> bool:
+        """Whether ``root`` completes a TLS handshake (unverified: only to name the
+        mistake of a plain agent facing a TLS root; nothing is sent after it)."""
+        host, port = split_root(root)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, writer = await asyncio.open_connection(host.strip("[]"), port, ssl=ctx)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        return True
+
     async def _check_secret(self, root: str) -> RootStatus:
         assert self._session is not None
         path = f"/swarm/v1/blobs/{PROBE_BLOB}?known=0"
         headers = {HEADER: sign(self._secret, "GET", path, b"", time.time())}
         try:
-            async with self._session.get(f"http://{root}{path}", headers=headers) as resp:
+            async with self._session.get(f"{self._scheme}://{root}{path}", headers=headers) as resp:
                 status = resp.status
                 await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -327,6 +423,12 @@ class RootWatch:
                 root, RootState.WRONG_PORT, f"answered a signed request with HTTP {status}"
             )
         return RootStatus(root, RootState.OK)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return exc.verify_message
+    return str(exc)[:160]
 
 
 def export_fallback_counter(metrics: Metrics) -> None:

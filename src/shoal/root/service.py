@@ -123,9 +123,10 @@ class Root:
             await self.close()
             raise
         log.info(
-            "root %s: control on port %d, metrics on port %s",
+            "root %s: control on port %d (%s), metrics on port %s",
             self.peer_id,
             self.control_port,
+            "TLS" if self.config.control.tls else "PLAIN HTTP",
             self.exporter_port or "off",
         )
         return self

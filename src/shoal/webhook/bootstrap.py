@@ -7,8 +7,14 @@ So the chart renders no secret; this Job, run as a Helm hook, makes what is miss
 never changes what exists:
 
 - ``secrets`` (pre-install, pre-upgrade): the agents' and roots' cluster secret (key
-  ``secret``, 48 random characters) and, in ``hook`` TLS mode, the webhook's CA and
-  serving certificate (a ``kubernetes.io/tls`` Secret with ``ca.crt``).
+  ``secret``, 48 random characters); in ``hook`` TLS mode, the webhook's CA and
+  serving certificate (a ``kubernetes.io/tls`` Secret with ``ca.crt``); and, with
+  ``--control-secret``, the control API's own CA and the roots' certificate, in the
+  same layout (agents mount only ``ca.crt``, roots the certificate and key).
+
+The roots' certificate names every StatefulSet member by a wildcard
+(``*.<root>.<ns>.svc[.<domain>]``), not one name per replica: the Secret is made once
+and never changed, so a later ``root.replicas`` increase must not need a new one.
 - ``secrets --webhook-configuration NAME`` (post-install, post-upgrade): the same
   again (an upgrade from a chart version that rendered these Secrets has just had Helm
   delete them), then the CA into every entry's ``clientConfig.caBundle`` of the
@@ -60,6 +66,28 @@ def service_names(service: str, namespace: str, cluster_domain: str) -> list[str
 
 def tls_secret(name: str, namespace: str, service: str, cluster_domain: str, days: int) -> Secret:
     """A fresh CA (P-256) and a serving certificate it signed for the Service's names."""
+    names = service_names(service, namespace, cluster_domain)
+    return _ca_secret(name, namespace, f"{service}-ca", names, days)
+
+
+def control_names(root_service: str, namespace: str, cluster_domain: str) -> list[str]:
+    """Every name agents may dial a root by: each StatefulSet member of the headless
+    Service (``<root>-N.<root>.<ns>.svc``, with and without the cluster domain) and the
+    Service itself."""
+    names = service_names(root_service, namespace, cluster_domain)
+    return [*names, f"*.{names[2]}", f"*.{names[3]}"]
+
+
+def control_secret(
+    name: str, namespace: str, root_service: str, cluster_domain: str, days: int
+) -> Secret:
+    """The control API's own CA and the roots' serving certificate (not the webhook's
+    CA: a webhook key must not be able to impersonate a root, nor the reverse)."""
+    names = control_names(root_service, namespace, cluster_domain)
+    return _ca_secret(name, namespace, f"{root_service}-control-ca", names, days)
+
+
+def _ca_secret(name: str, namespace: str, ca_common: str, names: list[str], days: int) -> Secret:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -68,7 +96,7 @@ def tls_secret(name: str, namespace: str, service: str, cluster_domain: str, day
     now = datetime.datetime.now(datetime.UTC)
     until = now + datetime.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{service}-ca")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_common)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -94,7 +122,6 @@ def tls_secret(name: str, namespace: str, service: str, cluster_domain: str, day
         )
         .sign(ca_key, hashes.SHA256())
     )
-    names = service_names(service, namespace, cluster_domain)
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
         x509.CertificateBuilder()
@@ -161,6 +188,17 @@ async def ensure_secrets(client: KubeClient, args: argparse.Namespace) -> list[s
             args.tls_secret, args.namespace, args.service, args.cluster_domain, args.validity_days
         )
         out.append(await create_if_missing(client, args.namespace, body))
+    if args.control_secret:
+        if not args.control_service:
+            raise ShoalError("--control-secret needs --control-service (the roots' Service)")
+        body = control_secret(
+            args.control_secret,
+            args.namespace,
+            args.control_service,
+            args.cluster_domain,
+            args.control_validity_days,
+        )
+        out.append(await create_if_missing(client, args.namespace, body))
     return out
 
 
@@ -207,13 +245,20 @@ async def run(args: argparse.Namespace) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shoal.webhook.bootstrap", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("secrets", help="create the cluster secret and the webhook TLS secret")
+    s = sub.add_parser("secrets", help="create the cluster secret and the TLS secrets")
     s.add_argument("--namespace", required=True)
     s.add_argument("--p2p-secret", metavar="NAME", help="the cluster secret to create")
     s.add_argument("--tls-secret", metavar="NAME", help="the webhook TLS secret to create")
     s.add_argument("--service", metavar="NAME", help="the webhook Service (certificate names)")
     s.add_argument("--cluster-domain", default="cluster.local")
     s.add_argument("--validity-days", type=int, default=3650)
+    s.add_argument(
+        "--control-secret", metavar="NAME", help="the control API's CA and roots' certificate"
+    )
+    s.add_argument(
+        "--control-service", metavar="NAME", help="the roots' headless Service (certificate names)"
+    )
+    s.add_argument("--control-validity-days", type=int, default=3650)
     s.add_argument(
         "--webhook-configuration",
         metavar="NAME",

@@ -53,6 +53,44 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.p2pSecret.existingSecret | default (printf "%s-p2p" (include "shoal.fullname" .)) -}}
 {{- end -}}
 
+{{/* The control API's TLS (ControlConfig): "true" when on. Off is the development mode. */}}
+{{- define "shoal.controlTLS" -}}
+{{- if .Values.control.tls.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the control CA and the roots' certificate come from: certManager, hook or secret. */}}
+{{- define "shoal.controlTLSMode" -}}
+{{- $mode := .Values.control.tls.mode -}}
+{{- if eq $mode "auto" -}}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}certManager{{- else -}}hook{{- end -}}
+{{- else if has $mode (list "certManager" "hook" "secret") -}}
+{{- $mode -}}
+{{- else -}}
+{{- fail (printf "control.tls.mode must be auto, certManager, hook or secret, not %q" $mode) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with ca.crt, tls.crt and tls.key (cert-manager's layout for a CA issuer). */}}
+{{- define "shoal.controlSecretName" -}}
+{{- if eq (include "shoal.controlTLSMode" .) "secret" -}}
+{{- required "control.tls.secretName is required with control.tls.mode=secret" .Values.control.tls.secretName -}}
+{{- else -}}
+{{- include "shoal.fullname" . }}-control-tls
+{{- end -}}
+{{- end -}}
+
+{{/* Every name agents dial a root by (the headless Service's members by wildcard, so a
+     larger root.replicas needs no new certificate), as shoal.webhook.bootstrap makes them. */}}
+{{- define "shoal.controlNames" -}}
+{{- $svc := printf "%s.%s.svc" (include "shoal.rootName" .) .Release.Namespace -}}
+- {{ include "shoal.rootName" . }}
+- {{ include "shoal.rootName" . }}.{{ .Release.Namespace }}
+- {{ $svc }}
+- {{ $svc }}.{{ .Values.clusterDomain }}
+- "*.{{ $svc }}"
+- "*.{{ $svc }}.{{ .Values.clusterDomain }}"
+{{- end -}}
+
 {{/* The roots' control endpoints, host:port, by their stable StatefulSet names. A root
      serves agents on its ProxyConfig.port (proxyPort here), not on its peer port. */}}
 {{- define "shoal.roots" -}}
@@ -83,6 +121,19 @@ P2PConfig:
   secretFile: /etc/shoal/p2p/secret
   roots:
 {{- include "shoal.roots" .root | trim | nindent 4 }}
+{{- if include "shoal.controlTLS" .root }}
+ControlConfig:
+  tls: true
+  caFile: /etc/shoal/control/ca.crt
+  {{- if eq .mode "root" }}
+  certFile: /etc/shoal/control/tls.crt
+  keyFile: /etc/shoal/control/tls.key
+  {{- end }}
+{{- else }}
+ControlConfig:
+  # the development mode: joins carry registry credentials in clear (control.tls.enabled)
+  tls: false
+{{- end }}
 CacheConfig:
   path: /dadi-p2p/cache
   capacity: {{ .capacity | int64 }}
@@ -118,9 +169,12 @@ AcceleratorConfig:
 {{- end -}}
 {{- end -}}
 
-{{/* True when a hook Job must make a Secret: the p2p secret, the webhook's certificate. */}}
+{{/* True when a hook Job must make a Secret: the p2p secret, the webhook's certificate,
+     the control API's CA and the roots' certificate. */}}
 {{- define "shoal.bootstrapNeeded" -}}
-{{- if or (not .Values.p2pSecret.existingSecret) (and .Values.webhook.enabled (eq (include "shoal.tlsMode" .) "hook")) -}}true{{- end -}}
+{{- $webhook := and .Values.webhook.enabled (eq (include "shoal.tlsMode" .) "hook") -}}
+{{- $control := and (include "shoal.controlTLS" .) (eq (include "shoal.controlTLSMode" .) "hook") -}}
+{{- if or (not .Values.p2pSecret.existingSecret) $webhook $control -}}true{{- end -}}
 {{- end -}}
 
 {{/* The webhook's config file (shoal.webhook.config). */}}
@@ -154,6 +208,9 @@ SecretConfig:
 httpGet:
   path: {{ .path }}
   port: {{ .port }}
+  {{- with .scheme }}
+  scheme: {{ . }}
+  {{- end }}
 periodSeconds: {{ int .probe.periodSeconds }}
 timeoutSeconds: {{ int .probe.timeoutSeconds }}
 failureThreshold: {{ int .probe.failureThreshold }}
