@@ -379,27 +379,45 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
     res = simulate(p)
     print_run(p, res)
     links = simulate(replace(p, host_cores=0.0)) if cores else res
-    measured = {m["mode"]: m for m in data.get("modes", [])}
     out: dict[str, Any] = {
         "bench": args.from_bench,
         "sim": _jsonable(res),
         "links_only": _jsonable(links),
+        "compared": [],
     }
     print()
-    for mode, key in (("shoal", "shoal"), ("direct", "standard")):
-        m = measured.get(mode)
-        real = m.get("p95_s") if m else None
-        pred, bare = res[key].p95, links[key].p95
+    keys = {"shoal": "shoal", "direct": "standard"}
+    rows = [m for m in data.get("modes", []) if m.get("mode") in keys]
+    for mode in keys:
+        if not any(m["mode"] == mode for m in rows):
+            pred = res[keys[mode]].p95
+            print(f"{mode}: simulated p95 {pred:.2f} s; the bench JSON has no {mode} result")
+    for m in rows:
+        mode, real = m["mode"], m.get("p95_s")
+        pred, bare = res[keys[mode]].p95, links[keys[mode]].p95
+        depth = m.get("queue_ms")
+        where = f"{mode}" + (f" at {depth:g} ms queues" if depth is not None else "")
         what = f"simulated p95 {pred:.2f} s"
         if cores:
             what += f" (links alone: {bare:.2f} s)"
-        if real:
-            err = (pred - real) / real
-            print(f"{mode}: {what}, measured {real:.2f} s ({err:+.0%})")
-            out[f"{mode}_error"] = err
-            out[f"{mode}_error_links_only"] = (bare - real) / real
-        else:
-            print(f"{mode}: {what}; the bench JSON has no {mode} result")
+        if not real:
+            print(f"{where}: {what}; the bench did not finish")
+            continue
+        err = (pred - real) / real
+        print(f"{where}: {what}, measured {real:.2f} s ({err:+.0%})")
+        out["compared"].append(
+            {
+                "mode": mode,
+                "queue_ms": depth,
+                "measured_p95_s": real,
+                "simulated_p95_s": pred,
+                "links_only_p95_s": bare,
+                "error": err,
+                "error_links_only": (bare - real) / real,
+            }
+        )
+        out.setdefault(f"{mode}_error", err)
+        out.setdefault(f"{mode}_error_links_only", (bare - real) / real)
     return out
 
 
