@@ -57,11 +57,15 @@ SENDER = r"""
 import socket, sys, time
 host, port, flows, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 cc = sys.argv[5] if len(sys.argv) > 5 else ""
+pace = int(sys.argv[6]) if len(sys.argv) > 6 else 0  # bytes/s per flow, 0: none
+SO_MAX_PACING_RATE = 47
 socks = []
 for _ in range(flows):
     s = socket.socket()
     if cc:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+    if pace:
+        s.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, pace)
     s.connect((host, port))
     socks.append(s)
 for s in socks: s.setblocking(False)
@@ -90,7 +94,13 @@ def retrans(netns: str) -> int:
 
 
 def measure(
-    c: Cluster, senders: int, flows: int, seconds: float, rate_bit: int, cc: str = ""
+    c: Cluster,
+    senders: int,
+    flows: int,
+    seconds: float,
+    rate_bit: int,
+    cc: str = "",
+    pace: float = 0.0,
 ) -> dict[str, float]:
     rx = c.nodes[0]
     tx = c.nodes[1 : 1 + senders]
@@ -110,7 +120,10 @@ def measure(
             subprocess.Popen(
                 in_netns(
                     h.netns,
-                    [sys.executable, str(spath), rx.ip, str(port), str(flows), str(seconds), cc],
+                    [
+                        *(sys.executable, str(spath), rx.ip, str(port), str(flows)),
+                        *(str(seconds), cc, str(int(pace * rate_bit / 8 / (senders * flows)))),
+                    ],
                 ),
             )
             for h in tx
@@ -139,6 +152,12 @@ def main() -> int:
     p.add_argument(
         "--cc", default="", help="the senders' congestion control (default: the kernel's)"
     )
+    p.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="pace each flow at this many times its fair share of the link (0: no pacing)",
+    )
     args = p.parse_args()
     if os.geteuid() != 0:
         print("tcp_share: needs root (namespaces, tc)", file=sys.stderr)
@@ -157,7 +176,7 @@ def main() -> int:
         for depth in depths:
             c.reshape(depth)
             for flows in (int(x) for x in args.flows.split(",")):
-                r = measure(c, args.senders, flows, args.seconds, rate_bit, args.cc)
+                r = measure(c, args.senders, flows, args.seconds, rate_bit, args.cc, args.pace)
                 print(f"{depth:9g}{args.senders * flows:7d}{r['goodput_share']:14.3f}"
                       f"{r['min_over_max']:14.3f}{r['retrans_segs']:9.0f}", flush=True)  # fmt: skip
     finally:
