@@ -8,17 +8,21 @@ safe to keep and compare.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from shoal.cache import diskio
 from shoal.cache import journal as jr
 from shoal.cache.bitfield import Bitfield
-from shoal.cache.errors import BlobConflictError, PieceMissingError
-from shoal.cache.layout import piece_count, piece_length
+from shoal.cache.errors import BlobConflictError, DiskFullError, PieceMissingError, PieceWriteError
+from shoal.cache.layout import check_digest, check_geometry, piece_count, piece_length
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,10 @@ class Blob:
     pins: int = 0
     last_used: int = 0
     waiters: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
+    #: waiters for ``complete`` (``PieceStore.wait_complete``)
+    done_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: meta or journal written since the last batched fsync (``PieceStore.sync``)
+    dirty: bool = False
     _file: io.FileIO | None = None
     _direct_fd: int | None = None
     _journal: jr.Journal | None = None
@@ -142,6 +150,10 @@ class Blob:
     def fileno(self) -> int:
         return self.file().fileno()
 
+    def open_fileno(self) -> int:
+        """The data file's descriptor if it is open, else -1 (never opens it)."""
+        return -1 if self._file is None or self._file.closed else self._file.fileno()
+
     def direct_fileno(self) -> int:
         """An ``O_DIRECT`` descriptor of the data file, or -1 if the file system has none."""
         if self._direct_fd is None:
@@ -152,6 +164,14 @@ class Blob:
         if self._journal is None:
             self._journal = jr.Journal(self.directory)
         self._journal.append(kind, index, digest)
+        self.dirty = True
+
+    def sync_files(self) -> None:
+        """fsync the journal and meta (a disk thread, in a batch; never per piece)."""
+        self.dirty = False
+        if self._journal is not None:
+            self._journal.sync()
+        jr.sync_meta(self.directory)
 
     def close_files(self) -> None:
         if self._direct_fd is not None and self._direct_fd >= 0:
@@ -184,7 +204,53 @@ class Blob:
 
     def fail_waiters(self, exc: BaseException) -> None:
         waiters, self.waiters = self.waiters, {}
-        for futs in waiters.values():
+        done, self.done_waiters = self.done_waiters, []
+        for futs in (*waiters.values(), done):
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(exc)
+
+    def completion(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.complete:
+            fut.set_result(None)
+        else:
+            self.done_waiters.append(fut)
+        return fut
+
+    def mark_complete(self) -> None:
+        self.complete = True
+        done, self.done_waiters = self.done_waiters, []
+        for fut in done:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class AuditSink(Protocol):
+    """What the store needs of ``shoal.observability.AuditLog`` (a sibling it may not import)."""
+
+    def record(self, op: str, pathname: str, offset: int, size: int, latency_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Where a verified byte range lives on disk, for ``loop.sendfile``."""
+
+    file: io.FileIO
+    offset: int
+    length: int
+
+
+def load_blob(directory: Path) -> Blob:
+    meta = jr.read_meta(directory)
+    check_digest(meta.digest)
+    if jr.blob_dir(directory.parent.parent.parent, meta.digest) != directory:
+        raise ValueError(f"meta names {meta.digest}")
+    check_geometry(meta.size, meta.piece_size)
+    return Blob.load(directory, meta, jr.replay(directory))
+
+
+def write_error(what: str, exc: OSError) -> PieceWriteError:
+    if exc.errno in _NO_SPACE:
+        return DiskFullError(f"{what}: disk full ({exc.strerror})")
+    return PieceWriteError(f"{what}: {exc.strerror or exc}")
