@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from shoal.agent.service import Agent
-from shoal.lab.image import BuiltImage, basic_authorization
+from shoal.lab.image import BuiltImage, basic_authorization, build_image, push_image
 from shoal.lab.origin import OriginRegistry
 from shoal.observability import MetricType
 from tests.conftest import PASSWORD, USER, agent_config
@@ -71,7 +71,12 @@ async def test_a_cached_private_blob_is_served_only_to_clients_the_origin_accept
         async with s.get(url, headers=good) as r:
             assert r.status == 200
             assert await r.read() == layer.path.read_bytes()
+        # the server counts its last write after the client has it
+        async with asyncio.timeout(5):
+            while a.metrics.meters[MetricType.PREAD].count < layer.size:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         served = a.metrics.meters[MetricType.PREAD].count
+        assert served == layer.size
         for headers in ({}, {"Authorization": basic_authorization(USER, "nope")}):
             async with s.get(url, headers=headers) as r:
                 assert r.status == 401
@@ -102,3 +107,47 @@ async def test_accelerator_ranges_come_from_the_store_after_the_access_check(
         info = a.store.lookup(layer.digest)
         assert info is not None
     assert private_origin.blob_gets(layer.digest) == 1
+
+
+async def test_a_cold_pull_costs_the_origin_no_request_of_the_agents_own(
+    tmp_path: Path, private_origin: OriginRegistry
+) -> None:
+    """The manifest the origin served this client is its access check for every blob
+    the manifest names (the registry only takes manifests whose blobs are in the
+    repository): no HEAD per blob. Another credential rides on none of it."""
+    img = build_image(tmp_path / "img", repo="team/app", tag="1", layer_sizes=[400_000] * 3)
+    good = basic_authorization(USER, PASSWORD)
+    await push_image(private_origin.url, img, authorization=good)
+    cfg = agent_config(private_origin.address, cache=tmp_path / "cache")
+    async with Agent(cfg) as a, aiohttp.ClientSession() as s:
+        base = f"http://127.0.0.1:{a.proxy_port}/v2/{img.repo}"
+        before = len(private_origin.served())
+        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        async with s.get(f"{base}/manifests/1", headers={"Authorization": good, **accept}) as r:
+            assert r.status == 200
+        for blob in (img.config, *img.layers):
+            async with s.get(f"{base}/blobs/{blob.digest}", headers={"Authorization": good}) as r:
+                assert r.status == 200
+                assert await r.read() == blob.path.read_bytes()
+        await asyncio.sleep(0.3)  # the registry logs a request after answering it
+        asked = [(q.method, q.status) for q in private_origin.served()[before:]]
+        assert ("HEAD", 200) not in asked
+        assert asked.count(("GET", 200)) == 1 + 1 + len(img.layers)
+        other = basic_authorization(USER, "wrong")
+        async with s.get(
+            f"{base}/blobs/{img.layers[0].digest}", headers={"Authorization": other}
+        ) as r:
+            assert r.status == 401
+    # warm: a restarted agent holds every blob; the manifest alone lets this client read
+    async with Agent(cfg) as a, aiohttp.ClientSession() as s:
+        base = f"http://127.0.0.1:{a.proxy_port}/v2/{img.repo}"
+        before = len(private_origin.served())
+        async with s.get(f"{base}/manifests/1", headers={"Authorization": good, **accept}) as r:
+            assert r.status == 200
+        for blob in (img.config, *img.layers):
+            async with s.get(f"{base}/blobs/{blob.digest}", headers={"Authorization": good}) as r:
+                assert await r.read() == blob.path.read_bytes()
+        await asyncio.sleep(0.3)
+        asked = [(q.method, q.status) for q in private_origin.served()[before:]]
+        assert asked == [("GET", 200)]
+        assert a.mirror.access.manifest_grants == 1
