@@ -56,8 +56,8 @@ def test_hot_set_keeps_the_newest_and_never_releases_under_a_reader() -> None:
     hot = HotPieces(limit=2 * PIECE)
     bufs = [memoryview(bytearray(PIECE)) for _ in range(3)]
     hot.keep(("d", 0), bufs[0], lambda: released.append(0))
-    with hot.pinned(("d", 0)) as view:
-        assert view is bufs[0]
+    with hot.pinned(("d", 0)) as entry:
+        assert entry is not None and entry.view is bufs[0] and entry.filled == PIECE
         hot.keep(("d", 1), bufs[1], lambda: released.append(1))
         hot.keep(("d", 2), bufs[2], lambda: released.append(2))  # piece 0 leaves the set
         assert released == []  # ... but is being sent from
@@ -81,11 +81,11 @@ async def test_a_handed_over_buffer_is_served_and_released_exactly_once(
         for i, p in enumerate(parts):
             buf = memoryview(bytearray(p))
             await store.write_piece(digest, i, buf, release=functools.partial(released.append, i))
-        with store.piece_buffer(digest, 2) as view:
+        with store.piece_buffer(digest, 2) as hot:
             if aio:  # no page-cache copy: the store serves it from memory
-                assert view is not None and bytes(view) == parts[2]
+                assert hot is not None and bytes(hot.view) == parts[2]
             else:  # the page-cache window holds it: the buffer went back at once
-                assert view is None
+                assert hot is None
         assert released == ([0] if aio else [0, 1, 2])
         bad = memoryview(bytearray(parts[0]))
         bad[0] ^= 1

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from shoal.agent.service import Agent
 from shoal.lab.image import BuiltImage, basic_authorization, build_image, push_image
@@ -151,3 +152,33 @@ async def test_a_cold_pull_costs_the_origin_no_request_of_the_agents_own(
         asked = [(q.method, q.status) for q in private_origin.served()[before:]]
         assert asked == [("GET", 200)]
         assert a.mirror.access.manifest_grants == 1
+
+
+@pytest.mark.parametrize("aio", [0, 1])
+async def test_a_cold_blob_of_many_pieces_streams_whole_either_way(
+    tmp_path: Path, origin: OriginRegistry, aio: int
+) -> None:
+    """Served while it arrives (``aioEnable: 1``: from the buffers it lands in; 0: from
+    the page cache once written), by several clients at once, and stored whole."""
+    img = build_image(tmp_path / "img", repo="many/pieces", tag="1", layer_sizes=[9 << 20])
+    await push_image(origin.url, img)
+    layer = img.layers[0]
+    cfg = agent_config(
+        origin.address,
+        cache=tmp_path / "cache",
+        CacheConfig={"aioEnable": aio, "pieceSize": 1 << 20},
+    )
+    async with Agent(cfg) as a, aiohttp.ClientSession() as s:
+        url = f"http://127.0.0.1:{a.proxy_port}/v2/{img.repo}/blobs/{layer.digest}"
+
+        async def pull() -> bytes:
+            async with s.get(url) as r:
+                assert r.status == 200
+                return await r.read()
+
+        bodies = await asyncio.wait_for(asyncio.gather(pull(), pull(), pull()), 30)
+        assert list(bodies) == [layer.path.read_bytes()] * 3
+        assert a.store is not None
+        info = a.store.lookup(layer.digest)
+        assert info is not None and info.complete and info.piece_count == 10
+    assert origin.blob_gets(layer.digest) == 1

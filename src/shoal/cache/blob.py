@@ -59,6 +59,8 @@ class Blob:
     pins: int = 0
     last_used: int = 0
     waiters: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
+    #: waiters for a piece to be present *or* staged (``PieceStore.wait_readable``)
+    readers: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
     #: waiters for ``complete`` (``PieceStore.wait_complete``)
     done_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     #: meta or journal written since the last batched fsync (``PieceStore.sync``)
@@ -192,20 +194,32 @@ class Blob:
         self.waiters.setdefault(index, []).append(fut)
         return fut
 
+    def reader(self, index: int) -> asyncio.Future[None]:
+        self.piece_length(index)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.readers.setdefault(index, []).append(fut)
+        return fut
+
     def wake(self, index: int) -> None:
-        for fut in self.waiters.pop(index, ()):
+        for fut in (*self.waiters.pop(index, ()), *self.readers.pop(index, ())):
+            if not fut.done():
+                fut.set_result(None)
+
+    def wake_readers(self, index: int) -> None:
+        for fut in self.readers.pop(index, ()):
             if not fut.done():
                 fut.set_result(None)
 
     def fail_piece_waiters(self, index: int, exc: BaseException) -> None:
-        for fut in self.waiters.pop(index, ()):
+        for fut in (*self.waiters.pop(index, ()), *self.readers.pop(index, ())):
             if not fut.done():
                 fut.set_exception(exc)
 
     def fail_waiters(self, exc: BaseException) -> None:
         waiters, self.waiters = self.waiters, {}
+        readers, self.readers = self.readers, {}
         done, self.done_waiters = self.done_waiters, []
-        for futs in (*waiters.values(), done):
+        for futs in (*waiters.values(), *readers.values(), done):
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(exc)

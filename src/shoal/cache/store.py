@@ -59,7 +59,7 @@ from shoal.cache.errors import (
     PieceMissingError,
     PieceReadError,
 )
-from shoal.cache.hot import HotPieces, PageWindow, WrittenRange
+from shoal.cache.hot import HotPiece, HotPieces, PageWindow, WrittenRange
 from shoal.cache.layout import (
     HASH_SIZE,
     check_digest,
@@ -85,7 +85,7 @@ INLINE_PIECE = 64 << 10
 SYNC_INTERVAL = 5.0
 #: bytes of verified piece buffers kept in memory for readers (``aioEnable: 1``, where
 #: no page-cache copy exists; see ``hot.py``); a buffer being sent stays beyond it
-HOT_BYTES = 16 << 20
+HOT_BYTES = 8 << 20
 #: bytes of the newest buffered writes kept in the page cache (``aioEnable: 0``)
 PAGE_WINDOW = 32 << 20
 
@@ -407,6 +407,9 @@ class PieceStore:
                 rec[0] = length
                 if not self.aio and length > INLINE_PIECE:
                     self._keep_pages(blob, blob.offset(index), length)
+                    self.hot.discard((digest, index))  # staged: the page cache has it now
+                else:
+                    self.hot.settle((digest, index))  # staged: memory is its only copy
                 if release is not None and self.aio:
                     # direct writes leave no page-cache copy: serve readers from memory
                     # (buffered ones are in the page-cache window already)
@@ -429,14 +432,60 @@ class PieceStore:
             if fd >= 0:
                 self.disk.submit(diskio.release_pages, fd, old.offset, old.length)
 
+    def stage_piece(
+        self,
+        digest: str,
+        index: int,
+        data: memoryview,
+        release: Callable[[], None],
+        *,
+        filled: int = 0,
+    ) -> None:
+        """Bytes of piece ``index`` the runtime's stream may send before they are stored,
+        ``data[:filled]`` in so far (``grow_piece`` as more arrive).
+
+        Only an origin fetch stages: its bytes are vouched for by the whole digest, not
+        by a piece hash, and the stream holds the blob's tail back until that digest is
+        checked (``wait_complete``), so staging changes nothing a client can take for
+        whole; it lets the stream send as a relay would, while the piece is still
+        arriving. Peers never see staged bytes: ``wait_piece`` and ``file_range`` still
+        want the piece present. The store calls ``release()`` once it no longer serves
+        them; the caller keeps its own hold while it fills and writes the buffer (then
+        ``write_piece`` without ``release``).
+        """
+        blob = self._get(digest)
+        if len(data) != blob.piece_length(index):
+            raise PieceCorruptError(f"{digest} piece {index}: {len(data)} bytes staged")
+        self.hot.keep((digest, index), data, release, filled=filled, staged=True)
+        if filled:
+            blob.wake_readers(index)
+
+    def grow_piece(self, digest: str, index: int, filled: int) -> None:
+        """More bytes of a staged piece are in."""
+        self.hot.grow((digest, index), filled)
+        blob = self._blobs.get(digest)
+        if blob is not None:
+            blob.wake_readers(index)
+
+    async def wait_readable(self, digest: str, index: int) -> None:
+        """Return once piece ``index`` is present or has staged bytes (``stage_piece``);
+        raises as ``wait_piece`` does."""
+        blob = self._get(digest)
+        while not blob.present[index]:
+            staged = self.hot.peek((digest, index))
+            if staged is not None and staged.filled:
+                return
+            await blob.reader(index)
+
     async def wait_complete(self, digest: str) -> None:
         """Return once the blob is complete (its whole digest checked); raises
         ``BlobEvictedError`` if it goes first (its download failed). Callers bound it."""
         await self._get(digest).completion()
 
-    def piece_buffer(self, digest: str, index: int) -> AbstractContextManager[memoryview | None]:
-        """The piece's verified bytes in memory if the store still holds them (a writer
-        handed them over), pinned until the block ends; None otherwise."""
+    def piece_buffer(self, digest: str, index: int) -> AbstractContextManager[HotPiece | None]:
+        """The piece's bytes in memory if the store holds them (a writer handed them
+        over, or a fetch staged them: then perhaps not all in yet, see ``HotPiece``),
+        pinned until the block ends; None otherwise."""
         return self.hot.pinned((digest, index))
 
     async def finish(self, digest: str, *, verify: bool = True) -> None:

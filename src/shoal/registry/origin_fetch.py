@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ from shoal.registry.hashing import run_hash
 from shoal.registry.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
+
+#: bytes per socket read, per whole-digest update and per step a staged piece grows
+CHUNK = 1 << 20
 
 #: ``on_piece(digest, index, sha256)`` once a piece is stored
 PieceCallback = Callable[[str, int, bytes], None]
@@ -206,53 +210,127 @@ class OriginFetcher:
         reader: BodyReader,
         rec: AuditRecord,
     ) -> None:
+        """Receive piece after piece into pooled buffers, ``CHUNK`` at a time: each chunk
+        is added to the whole digest in line and made visible to the runtime's stream
+        (staged) at once; each complete piece is hashed and written on a disk thread
+        while the next one arrives."""
         whole = hashlib.new(digest.algorithm)
+        # piece buffers this fetch holds at most: one filling, one queued for the
+        # socket, one being written (and streamed): a 1 GiB blob in 16 MiB pieces keeps
+        # the agent at 48 MiB above idle
+        held = _Held(3)
+        planned: deque[tuple[int, memoryview, _Lease]] = deque()
+        writes: deque[asyncio.Task[None]] = deque()
+        publish = _InOrder(key, self.on_piece)
         hashing: asyncio.Future[None] | None = None
-        # piece buffers this fetch holds at most: one filling, one being hashed and
-        # written, and with ``aio`` one the store serves from memory (16 MiB pieces of a
-        # 1 GiB blob: the agent's peak memory is this many pieces above idle)
-        depth = 3 if self.store.aio else 2
-        held = _Held(depth)
-        asked = 0
 
-        async def ask() -> None:
-            nonlocal asked
-            if asked < info.piece_count:
-                await held.room()
-                reader.submit(self.buffers.view(info.piece_length(asked)))
-                asked += 1
-
-        await ask()
-        for index in range(info.piece_count):
-            try:
-                view = await reader.next()
-            except BodyEndedError as exc:
-                raise UpstreamUnavailableError(f"origin body of {key}: {exc.message}") from exc
-            length = len(view)
-            self.metrics.add_bytes(MetricType.DOWNLOAD, length)
+        async def plan(index: int) -> None:
+            """Queue piece ``index``'s buffer on the socket, chunk by chunk."""
+            if index >= info.piece_count:
+                return
+            await held.room()
+            view = self.buffers.view(info.piece_length(index))
             lease = _Lease(self.buffers, view, held)
+            for off in range(0, len(view), CHUNK):
+                reader.submit(view[off : off + CHUNK])
+            if not info.has(index) and self.store.aio:
+                # no page-cache copy will exist: the runtime's stream sends from here,
+                # as the bytes arrive (with a page cache it sendfiles once written: a
+                # copy less, measured 2.39 against 2.70 ns/B)
+                lease.holders += 1  # the store's, while it serves the staged bytes
+                self.store.stage_piece(key, index, view, lease.drop)
+            planned.append((index, view, lease))
+
+        try:
+            await plan(0)
+            await plan(1)
+            for index in range(info.piece_count):
+                _, view, lease = planned.popleft()
+                filled = 0
+                while filled < len(view):
+                    try:
+                        chunk = await reader.next()
+                    except BodyEndedError as exc:
+                        raise UpstreamUnavailableError(
+                            f"origin body of {key}: {exc.message}"
+                        ) from exc
+                    if hashing is not None:
+                        await hashing
+                    hashing = asyncio.ensure_future(run_hash(whole.update, chunk))
+                    filled += len(chunk)
+                    self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
+                    if self.store.aio:
+                        self.store.grow_piece(key, index, filled)
+                if info.has(index):
+                    lease.drop_mine()
+                    publish.skip(index)
+                else:
+                    writes.append(
+                        asyncio.create_task(self._write(key, index, view, lease, rec, publish))
+                    )
+                while len(writes) > 1 or (writes and writes[0].done()):
+                    # one write at a time: two at once dirty twice the page cache, and
+                    # fresh pages are what is dear here (see ``cache/diskio.py``)
+                    await writes.popleft()  # in order; a failed write fails the fetch
+                await plan(index + 2)
             if hashing is not None:
                 await hashing
-            # the whole digest on the hashing thread, in order; the piece's own hash and
-            # its write on a disk thread, at the same time
-            hashing = asyncio.ensure_future(run_hash(whole.update, view))
-            hashing.add_done_callback(lease.dropped)
-            await ask()  # the socket fills the next piece while this one is written
-            if info.has(index):
-                lease.drop()
-                continue
-            sha = await self.store.write_piece(key, index, view, release=lease.drop)
-            rec.size += length
-            if self.on_piece is not None:
-                self.on_piece(key, index, sha)
-        if hashing is not None:
-            await hashing
+            while writes:
+                await writes.popleft()
+        except BaseException:
+            for task in writes:
+                task.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+            left = self.store.lookup(key)
+            if left is not None and not left.complete:
+                await self.store.remove(key)  # streams following it are cut, not hung
+            raise
         if whole.hexdigest() != digest.hex:
             await self.store.remove(key)
             raise DigestMismatchError(
                 f"origin content of {key} hashes to {digest.algorithm}:{whole.hexdigest()}"
             )
         await self.store.finish(key, verify=False)
+
+    async def _write(
+        self,
+        key: str,
+        index: int,
+        view: memoryview,
+        lease: _Lease,
+        rec: AuditRecord,
+        publish: _InOrder,
+    ) -> None:
+        try:
+            sha = await self.store.write_piece(key, index, view)
+        finally:
+            lease.drop_mine()
+        rec.size += len(view)
+        publish.done(index, sha)
+
+
+class _InOrder:
+    """``on_piece`` in piece order, whichever write finishes first (a short last piece
+    is written in line, ahead of the big one before it)."""
+
+    __slots__ = ("done_", "key", "next", "on_piece")
+
+    def __init__(self, key: str, on_piece: PieceCallback | None) -> None:
+        self.key = key
+        self.on_piece = on_piece
+        self.next = 0
+        self.done_: dict[int, bytes | None] = {}
+
+    def done(self, index: int, sha: bytes | None) -> None:
+        self.done_[index] = sha
+        while self.next in self.done_:
+            got = self.done_.pop(self.next)
+            if got is not None and self.on_piece is not None:
+                self.on_piece(self.key, self.next, got)
+            self.next += 1
+
+    def skip(self, index: int) -> None:
+        self.done(index, None)
 
 
 class _Held:
@@ -277,23 +355,28 @@ class _Held:
 
 
 class _Lease:
-    """A piece buffer held by the whole-digest hash and by the store: back to the pool
-    when both are done with it (neither may see it reused under it)."""
+    """A piece buffer held by the fetch (until written) and by the store (while it serves
+    the staged bytes): back to the pool when both are done with it (neither may see it
+    reused under it). The fetch's own hold is what ``_Held`` counts: what the store keeps
+    is bounded by the store (``HOT_BYTES``), and waiting on it here would deadlock (it
+    lets a piece go only once a later one is written)."""
 
-    __slots__ = ("held", "holders", "pool", "view")
+    __slots__ = ("held", "holders", "mine", "pool", "view")
 
     def __init__(self, pool: BufferPool, view: memoryview, held: _Held) -> None:
         self.pool = pool
         self.view = view
         self.held = held
-        self.holders = 2
+        self.holders = 1  # the fetch's own; ``plan`` adds the store's
+        self.mine = True
+
+    def drop_mine(self) -> None:
+        if self.mine:
+            self.mine = False
+            self.held.freed()
+            self.drop()
 
     def drop(self) -> None:
         self.holders -= 1
         if self.holders == 0:
             self.pool.give(self.view.obj)  # type: ignore[arg-type]
-            self.held.freed()
-
-    def dropped(self, _: object) -> None:
-        """``drop`` as a done-callback."""
-        self.drop()

@@ -1,10 +1,11 @@
 """Serve a blob (or a range of it) from the piece store, following a download in progress.
 
 The client gets bytes in order as pieces land: each piece is waited for (an event, not
-a poll) and sent from wherever it already is: from the verified buffer it arrived in,
-if the store still keeps it (``PieceStore.piece_buffer``: the piece that just landed,
-never read back from disk), else from the page cache with ``sendfile``. So the runtime
-starts unpacking while later pieces are still arriving.
+a poll) and sent from wherever it already is: from the buffer it arrived in, if the
+store still keeps it (``PieceStore.piece_buffer``: a piece an origin fetch has just
+staged, or one that just landed; never read back from disk), else from the page cache
+with ``sendfile``. So the runtime starts unpacking while later pieces are still
+arriving.
 
 A whole-blob answer holds its last ``HOLD`` bytes back until the store marks the blob
 complete, which happens only after the whole digest was checked (by the origin fetch,
@@ -76,22 +77,32 @@ async def stream_from_store(
     hold = last + 1 - min(HOLD, info.size) if byte_range is None else last + 1
 
     async def send(lo: int, hi: int) -> None:
-        """Bytes ``lo .. hi-1`` (all present) to the socket, piece by piece."""
+        """Bytes ``lo .. hi-1`` to the socket, piece by piece: from memory while the
+        store holds a piece there (a staged one as its bytes arrive), else from the page
+        cache once the piece is present."""
         for index in pieces_of_range(info.piece_size, lo, hi - lo):
             base = index * info.piece_size
-            a, b = max(lo, base), min(hi, base + info.piece_length(index))
-            with store.piece_buffer(key, index) as view:
-                if view is not None:
-                    for off in range(a, b, SEND_CHUNK):
-                        await out.write(view[off - base : min(b, off + SEND_CHUNK) - base])
-                else:  # from the page cache (under TLS asyncio copies it through Python)
-                    src = await store.file_range(key, a, b - a)
-                    transport = request.transport
-                    if transport is None or transport.is_closing():
-                        raise ConnectionResetError("the client went away")
-                    await loop.sendfile(transport, src.file, src.offset, src.length)
-            rec.size += b - a
-            metrics.add_bytes(MetricType.PREAD, b - a)
+            done, end = max(lo, base), min(hi, base + info.piece_length(index))
+            with store.piece_buffer(key, index) as hot:
+                while hot is not None and done < end:
+                    if hot.filled <= done - base and not await hot.more(done - base):
+                        break  # it left memory before all of it came: the rest from disk
+                    upto = min(end, base + hot.filled, done + SEND_CHUNK)
+                    await out.write(hot.view[done - base : upto - base])
+                    sent(upto - done)
+                    done = upto
+            if done < end:  # from the page cache (under TLS asyncio copies it via Python)
+                await store.wait_piece(key, index)
+                src = await store.file_range(key, done, end - done)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
+                await loop.sendfile(transport, src.file, src.offset, src.length)
+                sent(end - done)
+
+    def sent(n: int) -> None:
+        rec.size += n
+        metrics.add_bytes(MetricType.PREAD, n)
 
     with audit.timed(HTTP_PREAD, pathname, first) as rec, store.lease(key):
         writer = await out.prepare(request)
@@ -100,7 +111,7 @@ async def stream_from_store(
             send_headers()  # at once, and alone (not joined to the first piece: a copy)
         try:
             for index in pieces_of_range(info.piece_size, first, last - first + 1):
-                await store.wait_piece(key, index)
+                await store.wait_readable(key, index)
                 base = index * info.piece_size
                 lo = max(first, base)
                 hi = min(hold, base + info.piece_length(index))
