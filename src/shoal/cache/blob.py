@@ -35,7 +35,10 @@ class BlobInfo:
     #: present-pieces bitfield in wire layout (``Bitfield.to_bytes()``)
     present: bytes
     present_count: int
-    #: sha256 of each piece where known (present pieces always; others if given at create)
+    #: sha256 of each piece where known: given at create (from the root), or computed
+    #: when the piece was written; None for a piece of a blob an agent fetched from the
+    #: origin for itself, which only its whole digest vouches for (nobody needs the
+    #: piece hashes of such a blob, so they are not paid for: ``write_piece(hashed=)``)
     hashes: tuple[bytes | None, ...]
 
     def piece_length(self, index: int) -> int:
@@ -93,6 +96,10 @@ class Blob:
             if rec.index >= count:
                 raise ValueError(f"journal names piece {rec.index} of {count}")
             if rec.kind is jr.RecordKind.PIECE:
+                unhashed = rec.digest == jr.NO_HASH
+                if unhashed and blob.hashes[rec.index] is None:
+                    blob.mark_present(rec.index, None, verified=False)
+                    continue  # vouched for by the whole digest (below)
                 if blob.hashes[rec.index] not in (None, rec.digest):
                     continue  # journal disagrees with the root's hash: not trusted
                 blob.mark_present(rec.index, rec.digest, verified=False)
@@ -100,6 +107,13 @@ class Blob:
                 blob.present.clear(rec.index)
                 blob.used -= blob.piece_length(rec.index)
                 blob.complete = False
+        if not blob.complete:
+            # a piece without a hash of its own can only be checked by the whole digest,
+            # and an incomplete blob has none yet: it is fetched again
+            for index in list(blob.present.indices()):
+                if blob.hashes[index] is None:
+                    blob.present.clear(index)
+                    blob.used -= blob.piece_length(index)
         return blob
 
     def piece_length(self, index: int) -> int:
@@ -114,7 +128,7 @@ class Blob:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise PieceMissingError(f"{self.digest}: range {offset}+{length} beyond {self.size}")
 
-    def mark_present(self, index: int, sha256: bytes, *, verified: bool) -> None:
+    def mark_present(self, index: int, sha256: bytes | None, *, verified: bool) -> None:
         if not self.present[index]:
             self.present.set(index)
             self.used += self.piece_length(index)

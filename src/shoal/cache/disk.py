@@ -44,7 +44,7 @@ class DiskThreads:
 
     async def write(
         self, job: tuple[Any, ...], release: Callable[[], None] | None, handed: list[bool]
-    ) -> bytes:
+    ) -> bytes | None:
         """``diskio.check_and_write(*job)``. Cancelled while the thread still works, the
         buffer's ``release`` is moved to the thread's end (``handed[0]`` says so)."""
         loop = asyncio.get_running_loop()

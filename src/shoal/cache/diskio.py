@@ -158,9 +158,11 @@ def check_and_write(
     sha256: bytes | None,
     known: bytes | None,
     what: str,
-) -> bytes:
-    """Runs on a disk thread: nothing is written unless the bytes match ``known``."""
-    if sha256 is None:
+    hashed: bool = True,
+) -> bytes | None:
+    """Runs on a disk thread: nothing is written unless the bytes match ``known``.
+    ``hashed=False`` (and nothing known): written without a hash of its own, None."""
+    if sha256 is None and (hashed or known is not None):
         sha256 = sha256_of(data)
     if known is not None and known != sha256:
         raise PieceCorruptError(f"{what}: sha256 mismatch")

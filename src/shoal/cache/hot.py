@@ -175,6 +175,9 @@ class PageWindow:
     """The newest ``limit`` bytes written through the page cache; ``push`` returns the
     ranges that fell out of it (to write back and drop on a disk thread)."""
 
+    #: ranges kept whatever their size: the piece being streamed and the one after it
+    keep_at_least = 2
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._ranges: deque[WrittenRange] = deque()
@@ -185,7 +188,7 @@ class PageWindow:
         self._ranges.append(written)
         self.bytes += written.length
         out: list[WrittenRange] = []
-        while self.bytes > self.limit and len(self._ranges) > 1:
+        while self.bytes > self.limit and len(self._ranges) > self.keep_at_least:
             old = self._ranges.popleft()
             self.bytes -= old.length
             self.dropped += old.length

@@ -36,8 +36,13 @@ _CRC = struct.Struct("!I")
 RECORD_SIZE = _RECORD.size + _CRC.size
 
 
+#: the ``digest`` of a PIECE record whose piece has no hash of its own: the blob's whole
+#: digest vouches for it (``PieceStore.write_piece(hashed=False)``)
+NO_HASH = bytes(32)
+
+
 class RecordKind(enum.IntEnum):
-    PIECE = 1  # piece ``index`` landed with sha256 ``digest``
+    PIECE = 1  # piece ``index`` landed with sha256 ``digest`` (or NO_HASH)
     DROP = 2  # piece ``index`` is gone (failed re-verification)
     COMPLETE = 3  # whole blob verified against its digest; ``digest`` is that digest
 

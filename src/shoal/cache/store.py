@@ -87,7 +87,7 @@ SYNC_INTERVAL = 5.0
 #: no page-cache copy exists; see ``hot.py``); a buffer being sent stays beyond it
 HOT_BYTES = 8 << 20
 #: bytes of the newest buffered writes kept in the page cache (``aioEnable: 0``)
-PAGE_WINDOW = 32 << 20
+PAGE_WINDOW = 16 << 20
 
 
 class PieceStore:
@@ -323,8 +323,9 @@ class PieceStore:
         sha256: bytes | None = None,
         expect: bytes | None = None,
         release: Callable[[], None] | None = None,
+        hashed: bool = True,
     ) -> bytes:
-        """Store piece ``index``; return its sha256.
+        """Store piece ``index``; return its sha256 (``b""`` if it has none).
 
         ``expect`` is the hash the piece must have (a downloader's hash from the root):
         the bytes are hashed and checked on the disk thread that writes them.
@@ -336,6 +337,12 @@ class PieceStore:
         known hash, if any, or ``PieceCorruptError`` is raised and nothing is written.
         Writing a piece already present is a no-op.
 
+        ``hashed=False`` stores a piece of no known hash without computing one: for a
+        blob whose whole digest the caller checks before ``finish`` (an agent's own
+        origin fetch, whose piece hashes nobody asks for), which saves a second sha256
+        over every byte. After a restart such pieces count only in a complete blob, and
+        are checked by re-hashing the whole blob the first time one is read.
+
         ``release`` hands the buffer over: the store may keep it to serve readers from
         memory (``piece_buffer``; with ``aio``, where no page-cache copy exists) and
         calls ``release()`` exactly once when it is done with it, whatever happens
@@ -344,7 +351,9 @@ class PieceStore:
         """
         handed = [False]  # True once someone else (the hot set, a thread) releases it
         try:
-            return await self._write_piece(digest, index, data, sha256, expect, release, handed)
+            return await self._write_piece(
+                digest, index, data, sha256, expect, release, handed, hashed
+            )
         finally:
             if release is not None and not handed[0]:
                 release()
@@ -358,6 +367,7 @@ class PieceStore:
         expect: bytes | None,
         release: Callable[[], None] | None,
         handed: list[bool],
+        hashed: bool,
     ) -> bytes:
         """``write_piece``; ``handed[0]`` says whether ``release`` now belongs elsewhere."""
         blob = self._get(digest)
@@ -388,14 +398,15 @@ class PieceStore:
                         sha256,
                         known,
                         f"{digest} piece {index}",
+                        hashed,
                     )
                     if length <= INLINE_PIECE:
                         sha256 = diskio.check_and_write(*job)
                     else:
                         sha256 = await self.disk.write(job, release, handed)
                     if blob.present[index]:  # a concurrent writer won
-                        return sha256
-                    blob.journal_append(jr.RecordKind.PIECE, index, sha256)
+                        return sha256 or b""
+                    blob.journal_append(jr.RecordKind.PIECE, index, sha256 or jr.NO_HASH)
                 except OSError as exc:
                     raise write_error(f"{digest} piece {index}", exc) from exc
                 finally:
@@ -423,7 +434,7 @@ class PieceStore:
         blob.wake(index)
         for listener in self._listeners:
             listener(digest, index)
-        return sha256
+        return sha256 or b""
 
     def _keep_pages(self, blob: Blob, offset: int, length: int) -> None:
         """The page-cache window of ``aioEnable: 0``: drop what fell out of it."""
@@ -651,6 +662,9 @@ class PieceStore:
                 raise PieceMissingError(f"{blob.digest} piece {index} not present")
             if blob.verified[index]:
                 continue
+            if blob.hashes[index] is None:
+                await self._verify_whole(blob)
+                continue
             try:
                 data = await self._disk(
                     os.pread, blob.fileno(), blob.piece_length(index), blob.offset(index)
@@ -674,6 +688,20 @@ class PieceStore:
             except OSError:
                 log.warning("could not journal the drop of %s piece %d", blob.digest, index)
             raise PieceMissingError(f"{blob.digest} piece {index} failed re-verification")
+
+    async def _verify_whole(self, blob: Blob) -> None:
+        """A piece without a hash of its own (loaded only in a complete blob): the whole
+        blob is hashed against its digest once; on a mismatch it goes."""
+        got = await self._disk(diskio.hash_file, blob.fileno(), blob.size)
+        if "sha256:" + got.hex() == blob.digest and self._blobs.get(blob.digest) is blob:
+            for index in blob.present.indices():
+                if blob.hashes[index] is None:
+                    blob.verified.set(index)
+            return
+        log.warning("dropping %s: its bytes no longer hash to its digest", blob.digest)
+        if self._blobs.get(blob.digest) is blob:
+            await self.remove(blob.digest)
+        raise PieceMissingError(f"{blob.digest} failed re-verification")
 
     def __repr__(self) -> str:
         complete = sum(1 for b in self._blobs.values() if b.complete)
