@@ -66,8 +66,13 @@ class Blob:
     readers: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
     #: waiters for ``complete`` (``PieceStore.wait_complete``)
     done_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: the whole digest is checked, pieces may still be being written (``vouch``)
+    vouched: bool = False
+    vouch_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     #: meta or journal written since the last batched fsync (``PieceStore.sync``)
     dirty: bool = False
+    #: the files being made on a disk thread (``PieceStore.create`` does not wait)
+    creating: asyncio.Future[None] | None = None
     _file: io.FileIO | None = None
     _direct_fd: int | None = None
     _journal: jr.Journal | None = None
@@ -158,6 +163,16 @@ class Blob:
 
     # -- files ---------------------------------------------------------------------
 
+    async def created(self) -> None:
+        """Once the blob's files exist (raises the ``OSError`` that kept them from it)."""
+        if self.creating is not None:
+            await asyncio.shield(self.creating)
+
+    @property
+    def has_files(self) -> bool:
+        creating = self.creating
+        return creating is None or (creating.done() and creating.exception() is None)
+
     def file(self) -> io.FileIO:
         if self._file is None:
             self._file = io.FileIO(jr.data_path(self.directory), "r+")
@@ -175,6 +190,12 @@ class Blob:
         if self._direct_fd is None:
             self._direct_fd = diskio.open_direct(jr.data_path(self.directory))
         return self._direct_fd
+
+    def make_files(self, meta: jr.BlobMeta) -> None:
+        """A fresh blob's directory, meta, data file and open journal (a disk thread:
+        nothing touches the journal before ``created()``)."""
+        jr.create_files(self.directory, meta)
+        self._journal = jr.Journal(self.directory)
 
     def journal_append(self, kind: jr.RecordKind, index: int, digest: bytes) -> None:
         if self._journal is None:
@@ -233,7 +254,8 @@ class Blob:
         waiters, self.waiters = self.waiters, {}
         readers, self.readers = self.readers, {}
         done, self.done_waiters = self.done_waiters, []
-        for futs in (*waiters.values(), *readers.values(), done):
+        vouch, self.vouch_waiters = self.vouch_waiters, []
+        for futs in (*waiters.values(), *readers.values(), done, vouch):
             for fut in futs:
                 if not fut.done():
                     fut.set_exception(exc)
@@ -248,8 +270,24 @@ class Blob:
 
     def mark_complete(self) -> None:
         self.complete = True
+        self.vouch()
         done, self.done_waiters = self.done_waiters, []
         for fut in done:
+            if not fut.done():
+                fut.set_result(None)
+
+    def vouching(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.vouched or self.complete:
+            fut.set_result(None)
+        else:
+            self.vouch_waiters.append(fut)
+        return fut
+
+    def vouch(self) -> None:
+        self.vouched = True
+        waiters, self.vouch_waiters = self.vouch_waiters, []
+        for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from shoal.cache import diskio
@@ -41,6 +41,10 @@ class DiskThreads:
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         """Fire and forget (page drops: nothing waits for them, errors are theirs)."""
         self._pool().submit(fn, *args)
+
+    def submit_result(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start ``fn`` now; the caller awaits the future when it needs the result."""
+        return self._pool().submit(fn, *args)
 
     async def write(
         self, job: tuple[Any, ...], release: Callable[[], None] | None, handed: list[bool]

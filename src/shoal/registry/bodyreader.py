@@ -35,11 +35,23 @@ log = logging.getLogger(__name__)
 #: bodies at least this long are received in place (shorter ones keep the connection)
 TAKEOVER_MIN = 256 << 10
 #: bytes received while no buffer is queued (one ``recv``; reading then pauses)
-_SPILL = 256 << 10
+_SPILL = 64 << 10
 
 
 class BodyEndedError(UpstreamUnavailableError):
     """The upstream body ended before its announced length, or its connection failed."""
+
+
+_spill: list[memoryview] = []
+
+
+def _spill_view() -> memoryview:
+    """One scratch buffer for every receiver of the process: it is filled and copied out
+    within one event-loop callback, so they never share it at once (and no receiver
+    pays for a fresh one)."""
+    if not _spill:
+        _spill.append(memoryview(bytearray(_SPILL)))
+    return _spill[0]
 
 
 class _Slot:
@@ -60,9 +72,12 @@ class _Receiver(asyncio.BufferedProtocol):
         self.remaining = remaining  # body bytes the socket has still to deliver
         self.queue: deque[_Slot] = deque()
         self.spill = bytearray(spill)
-        self._spill_view = memoryview(bytearray(_SPILL))
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        #: the waiter wants the oldest slot filled to at least this many bytes
+        self.wake_at = 0
+        self.limit = 60.0
+        self._timer: asyncio.TimerHandle | None = None
         self.paused = False
 
     # -- protocol callbacks ----------------------------------------------------------
@@ -71,7 +86,7 @@ class _Receiver(asyncio.BufferedProtocol):
         slot = self._open_slot()
         if slot is not None:
             return slot.view[slot.filled : slot.filled + self.remaining]
-        return self._spill_view[: max(1, min(self.remaining, _SPILL))]
+        return _spill_view()[: max(1, min(self.remaining, _SPILL))]
 
     def buffer_updated(self, nbytes: int) -> None:
         if nbytes > self.remaining:
@@ -83,12 +98,12 @@ class _Receiver(asyncio.BufferedProtocol):
         if slot is not None:
             slot.filled += nbytes
         else:
-            self.spill += self._spill_view[:nbytes]
+            self.spill += _spill_view()[:nbytes]
         if self.remaining == 0 or self._open_slot() is None:
             self._pause()  # nowhere to put more: the kernel buffers it meanwhile
         head = self.queue[0] if self.queue else None
-        if self.remaining == 0 or (head is not None and head.filled == len(head.view)):
-            self._wake()  # once per buffer, not once per recv
+        if self.remaining == 0 or (head is not None and head.filled >= self.wake_at):
+            self._wake()  # once the reader has what it waits for, not once per recv
 
     def eof_received(self) -> bool | None:
         if self.remaining:
@@ -128,6 +143,28 @@ class _Receiver(asyncio.BufferedProtocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    def watch(self, limit: float) -> None:
+        """One timer per body, not one per wait: fails it after ``limit`` s without a
+        byte (``progress`` moves on every ``recv``; the timer looks again when due)."""
+        self.limit = limit
+        if self._timer is None and self.remaining:
+            self._timer = self.loop.call_at(self.progress + limit, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.remaining or self.error is not None:
+            return
+        due = self.progress + self.limit
+        if self.loop.time() >= due:
+            self._fail(BodyEndedError(f"upstream sent nothing for {self.limit:g} s mid-body"))
+        else:
+            self._timer = self.loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
@@ -151,6 +188,7 @@ class BodyReader:
         self.length = resp.content_length
         self._slots: deque[_Slot] = deque()
         self._receiver: _Receiver | None = None
+        self._taken = 0  # bytes of the oldest slot ``more`` has handed out
         self.received = 0
         if self.length is not None and self.length >= takeover_min:
             self._receiver = _take_over(resp, self.length)
@@ -170,43 +208,67 @@ class BodyReader:
         """The oldest submitted buffer, filled; shorter only where the body ended (a body
         without a length), and ``BodyEndedError`` where it ended before its length."""
         slot = self._slots[0]
+        if self._taken:
+            raise RuntimeError("next() on a buffer more() has begun")
         if self._receiver is not None:
-            await self._fill_in_place(slot)
+            await self._fill_in_place(slot, len(slot.view))
         else:
-            await self._fill_from_stream(slot)
+            await self._fill_from_stream(slot, len(slot.view))
+        self._done(slot)
+        return slot.view[: slot.filled]
+
+    async def more(self) -> tuple[memoryview, bool]:
+        """What arrived in the oldest submitted buffer since the last call (at least a
+        byte, unless the body ended), and whether that buffer is now done (full, or the
+        body ended: it is then off the queue, as after ``next``). A relay forwards bytes
+        as they come: in big runs when they come fast, at once when they trickle."""
+        slot = self._slots[0]
+        start = self._taken
+        if self._receiver is not None:
+            await self._fill_in_place(slot, start + 1)
+        else:
+            await self._fill_from_stream(slot, start + 1)
+        part = slot.view[start : slot.filled]
+        ended = self._receiver is not None and self._receiver.remaining == 0
+        if slot.filled == len(slot.view) or ended or not len(part):
+            self._done(slot)
+            return part, True
+        self._taken = slot.filled
+        return part, False
+
+    def _done(self, slot: _Slot) -> None:
         self._slots.popleft()
+        self._taken = 0
+        if self._receiver is not None:
+            self._receiver.queue.popleft()
         self.received += slot.filled
         if self.length is not None and slot.filled < len(slot.view):
             raise BodyEndedError(f"upstream body ended at {self.received} of {self.length} bytes")
-        return slot.view[: slot.filled]
 
-    async def _fill_in_place(self, slot: _Slot) -> None:
+    async def _fill_in_place(self, slot: _Slot, want: int) -> None:
+        """Until ``slot`` holds ``want`` bytes (or all it can: the body ended)."""
         rx = self._receiver
         assert rx is not None
         loop = asyncio.get_running_loop()
-        while slot.filled < len(slot.view) and rx.remaining > 0:
+        want = min(want, len(slot.view))
+        while slot.filled < want and rx.remaining > 0:
             if rx.error is not None:
                 raise rx.error
+            rx.wake_at = want
             rx.waiter = loop.create_future()
+            rx.watch(self.read_timeout)
             try:
-                async with asyncio.timeout(self.read_timeout):
-                    await rx.waiter
-            except TimeoutError:
-                if loop.time() - rx.progress >= self.read_timeout:
-                    rx.transport.abort()
-                    raise BodyEndedError(
-                        f"upstream sent nothing for {self.read_timeout:g} s mid-body"
-                    ) from None
+                await rx.waiter
             finally:
                 rx.waiter = None
-        rx.queue.popleft()
-        if rx.error is not None and slot.filled < len(slot.view):
+        if rx.error is not None and slot.filled < want:
             raise rx.error
 
-    async def _fill_from_stream(self, slot: _Slot) -> None:
+    async def _fill_from_stream(self, slot: _Slot, want: int) -> None:
         content = self.resp.content
+        want = min(want, len(slot.view))
         try:
-            while slot.filled < len(slot.view):
+            while slot.filled < want:
                 chunk = await content.read(len(slot.view) - slot.filled)
                 if not chunk:
                     break
@@ -218,6 +280,7 @@ class BodyReader:
     def close(self) -> None:
         """Done with the body: a taken-over connection is closed, never reused."""
         if self._receiver is not None:
+            self._receiver.stop()
             self.resp.close()
 
     def __repr__(self) -> str:

@@ -2,10 +2,12 @@
 
 Bytes come in by ``recv_into`` (``BodyReader``) into a few reused page-aligned 1 MiB
 buffers and go out as ``memoryview`` writes: the kernel copies each byte in and out,
-Python touches none. Each buffer is hashed in line (one core hashes while the other
-runs the registry and the client; a hashing thread was measured worse on 2 cores, see
-``hashing.py``) and handed to the socket at once, except the last one of a whole-blob
-answer: that is held back until the digest is known to match. On a mismatch or a short
+Python touches none. What arrived is forwarded at once (``BodyReader.more``: in big
+runs when the upstream is fast, byte by byte when it trickles, so a small blob is not
+held up a whole buffer at a time), hashed in line first (one core hashes while the
+other runs the registry and the client; a hashing thread was measured worse on 2
+cores, see ``hashing.py``), except the last bytes of a whole-blob answer: those are
+held back until the digest is known to match. On a mismatch or a short
 upstream body the connection is cut, so the client holds an incomplete body and never
 takes a wrong blob for a whole one.
 """
@@ -56,12 +58,6 @@ class _Ring:
         self.out.append(view)
         if self.left is not None:
             self.left -= size
-
-    async def next(self) -> memoryview | None:
-        if not self.out:
-            return None
-        got = await self.reader.next()
-        return got if len(got) else None
 
     def recycle(self) -> None:
         """The oldest buffer's bytes are gone to the socket: queue it again."""
@@ -116,18 +112,17 @@ async def relay_body(
     received = sent = 0
     held = b""  # a body without a length: the last chunk, copied, until the next comes
     try:
-        while True:
+        while ring.out:
             try:
-                view = await ring.next()
+                part, done = await reader.more()
             except BodyEndedError as exc:
                 _fail(request, digest, f"short body ({exc.message})")
-            if view is None:
-                break
-            received += len(view)
-            metrics.add_bytes(MetricType.DOWNLOAD, len(view))
+            if not len(part):
+                break  # a body without a length ended
+            received += len(part)
+            metrics.add_bytes(MetricType.DOWNLOAD, len(part))
             if verifier is not None:
-                verifier.update(view)
-            part = view
+                verifier.update(part)
             if skip:
                 cut = min(skip, len(part))
                 part, skip = part[cut:], skip - cut
@@ -147,7 +142,8 @@ async def relay_body(
                 sent += len(part)
                 metrics.add_bytes(MetricType.PREAD, len(part))
                 record.size = sent
-            ring.recycle()
+            if done:
+                ring.recycle()
             if final or (limit is not None and sent >= limit):
                 break
         if verifier is not None and expected is None:

@@ -7,10 +7,12 @@ staged, or one that just landed; never read back from disk), else from the page 
 with ``sendfile``. So the runtime starts unpacking while later pieces are still
 arriving.
 
-A whole-blob answer holds its last ``HOLD`` bytes back until the store marks the blob
-complete, which happens only after the whole digest was checked (by the origin fetch,
-or by the root for a swarm download): the client never takes a wrong blob for a whole
-one, and the blob is not hashed a third time on its way out. If the download fails,
+A whole-blob answer holds its last ``HOLD`` bytes back until the whole digest was
+checked: the store marks the blob complete only after that (by the origin fetch, or by
+the root for a swarm download), and an origin fetch vouches for it as soon as its
+digest matches, before its last pieces are written (``PieceStore.vouch``): the client
+never takes a wrong blob for a whole one, and the blob is not hashed a third time on its
+way out. If the download fails,
 the connection is cut.
 """
 
@@ -119,7 +121,7 @@ async def stream_from_store(
                     await send(lo, hi)
             if byte_range is None:
                 try:
-                    await store.wait_complete(key)
+                    await store.wait_vouched(key)
                 except ShoalError as exc:
                     raise DigestMismatchError(
                         f"{key}: the download failed before it was complete"
