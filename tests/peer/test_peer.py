@@ -10,6 +10,7 @@ import pytest
 
 from shoal.cache import PieceCorruptError, PieceStore
 from shoal.cache import layout as cache_layout
+from shoal.cache.buffers import is_aligned
 from shoal.cache.journal import blob_dir
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.peer import (
@@ -184,6 +185,7 @@ async def test_a_queued_read_takes_its_buffer_from_the_pool_only_when_bytes_come
         got = await asyncio.wait_for(queued, 5)
         assert bytes(got) == parts[1] and pool.allocated == 1
         assert isinstance(got.obj, bytearray)
+        assert is_aligned(got)  # the store writes it with O_DIRECT as it is
         pool.give(got.obj)
         again = await client.read(peer, digest, 0, PIECE, pool=pool)
         assert bytes(again) == parts[0] and again.obj is got.obj and pool.allocated == 1
