@@ -23,6 +23,7 @@ from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
 from shoal.peer.client import PeerClient
 from shoal.peer.server import PeerServer
+from shoal.peer.tls import peer_tls
 from shoal.registry.mirror import Mirror
 from shoal.registry.origin_fetch import OriginFetcher
 from shoal.registry.provider import BlobProvider, OriginProvider
@@ -62,6 +63,7 @@ class Agent:
             provider = OriginProvider(self.store, self.fetcher)
             if config.p2p.roots:
                 secret = cluster_secret(config.p2p.secret, config.p2p.secret_file)
+                tls = peer_tls(config.p2p)  # P2PConfig.tls: pieces over TLS
                 self.peer_server = PeerServer(
                     self.store,
                     secret,
@@ -70,8 +72,11 @@ class Agent:
                     throttle_mb=config.p2p.throttle_limit_mb,
                     metrics=self.metrics,
                     audit=self.audit,
+                    ssl=None if tls is None else tls.server,
                 )
-                self.peer_client = PeerClient(secret, metrics=self.metrics)
+                self.peer_client = PeerClient(
+                    secret, metrics=self.metrics, ssl=None if tls is None else tls.client
+                )
                 self.control = ControlClient(secret, timeout=config.p2p.root_timeout)
                 self.swarm = SwarmProvider(
                     config, self.store, self.peer_client, self.control, provider, self.metrics

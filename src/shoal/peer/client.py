@@ -30,6 +30,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 
 from shoal.cache import PieceCorruptError
 from shoal.observability import Metrics, MetricType
@@ -317,8 +318,11 @@ class PeerClient:
         request_timeout: float = 30.0,
         metrics: Metrics | None = None,
         on_message: MessageCallback | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.node = node
+        #: TLS to every peer (``P2PConfig.tls``, ``shoal.peer.tls``); None: clear
+        self.ssl = ssl
         #: ``on_message(address, event)`` for requests/one-way messages a peer sends us
         self.on_message = on_message
         self.max_in_flight = max_in_flight
@@ -363,7 +367,13 @@ class PeerClient:
         conn = PeerConnection(self._secret, self.node, address, self.max_in_flight, self.on_message)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: conn, address[0], address[1])
+                await loop.create_connection(
+                    lambda: conn,
+                    address[0],
+                    address[1],
+                    ssl=self.ssl,
+                    server_hostname=None if self.ssl is None else address[0],
+                )
                 await conn.ready
         except AuthFailedError:
             conn.close()

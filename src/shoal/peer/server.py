@@ -38,6 +38,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from ssl import SSLContext
 from typing import Any
 
 from shoal.cache import BlobInfo, PieceMissingError, PieceStore
@@ -89,8 +90,11 @@ class PeerServer:
         blob_wait: float = 5.0,
         handshake_timeout: float = 10.0,
         handlers: Mapping[type[WireEvent], Handler] | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.store = store
+        #: TLS for every connection (``P2PConfig.tls``, ``shoal.peer.tls``); None: clear
+        self.ssl = ssl
         #: message types beyond stat/read (the swarm's): ``await handler(event, peer_node)``
         #: returns the answer to send, or None for a one-way message
         self.handlers = dict(handlers or {})
@@ -122,7 +126,12 @@ class PeerServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self), self._host or None, self._port, reuse_address=True
+            lambda: _ServerConnection(self),
+            self._host or None,
+            self._port,
+            reuse_address=True,
+            ssl=self.ssl,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl is not None else None,
         )
         log.info("peer server listening on %s", self.addresses)
 
@@ -167,6 +176,7 @@ class PeerServer:
 class _ServerConnection(asyncio.Protocol):
     def __init__(self, server: PeerServer) -> None:
         self.server = server
+        self.tls = server.ssl is not None
         self.conn = Connection(Role.SERVER, server._secret, node=server.node)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -328,12 +338,16 @@ class _ServerConnection(asyncio.Protocol):
                     await self._wait_for_range(info, req)
                     src = await store.file_range(req.digest, req.offset, req.length)
                     copy = None
-                    if not server.sendfile_native:
+                    if not server.sendfile_native and not self.tls:
                         copy = await store.read_range(req.digest, req.offset, req.length)
                     await server.throttle.consume(req.length)
                     async with self._write_lock:
                         if self._unanswered.pop(req.request_id, None) is None:
                             return  # cancelled while waiting for the lock
+                        if self.tls:
+                            # encrypted in user space: read it here, one piece per
+                            # connection in memory at a time, not one per queued read
+                            copy = await store.read_range(req.digest, req.offset, req.length)
                         assert self.transport is not None
                         self.transport.write(self.conn.send(Data(req.request_id, req.length)))
                         # from here on a failure can only close the connection: body promised
@@ -429,7 +443,7 @@ def _large_send_buffer(transport: asyncio.BaseTransport) -> None:
     event loop: remove the writer, wait, add it again)."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
