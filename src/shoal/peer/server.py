@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[WireEvent, str], Awaitable[WireEvent | None]]
 
+#: bytes per write of a piece through TLS (``_send_body``)
+TLS_STEP = 256 << 10
 #: bytes asked for each connection's socket send buffer (the kernel caps it at
 #: ``net.core.wmem_max``, 4 MiB here, and doubles it for its own bookkeeping)
 SEND_BUFFER = 4 << 20
@@ -434,7 +436,16 @@ class _ServerConnection(asyncio.Protocol):
                 log.warning("sendfile unavailable (%s); copying through Python", exc)
                 self.server.sendfile_native = False
                 copy = os.pread(file.fileno(), length, offset)
-        self.transport.write(copy)
+        if not self.tls:
+            self.transport.write(copy)
+            return
+        # through TLS a write is encrypted at once, and what the socket does not take
+        # is copied into the transport's buffer: in socket-sized steps it mostly takes
+        # all (the sender measured 1.41 -> 1.19 ns/B, bench/peer_throughput.py --tls)
+        view = memoryview(copy)
+        for at in range(0, len(view), TLS_STEP):
+            self.transport.write(view[at : at + TLS_STEP])
+            await self._writable.wait()
 
 
 def _large_send_buffer(transport: asyncio.BaseTransport) -> None:
