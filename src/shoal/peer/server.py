@@ -42,6 +42,7 @@ from ssl import SSLContext
 from typing import Any
 
 from shoal.cache import BlobInfo, PieceMissingError, PieceStore
+from shoal.cache.hot import HotPiece
 from shoal.errors import BlobUnknownError, ShoalError
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.audit import RPC_PREAD, RPC_STAT
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[WireEvent, str], Awaitable[WireEvent | None]]
 
-#: bytes per write of a piece through TLS (``_send_body``)
+#: bytes per write of a piece from memory or through TLS (``_send_view``, ``_send_body``)
 TLS_STEP = 256 << 10
 #: bytes asked for each connection's socket send buffer (the kernel caps it at
 #: ``net.core.wmem_max``, 4 MiB here, and doubles it for its own bookkeeping)
@@ -346,15 +347,23 @@ class _ServerConnection(asyncio.Protocol):
                     async with self._write_lock:
                         if self._unanswered.pop(req.request_id, None) is None:
                             return  # cancelled while waiting for the lock
-                        if self.tls:
-                            # encrypted in user space: read it here, one piece per
-                            # connection in memory at a time, not one per queued read
-                            copy = await store.read_range(req.digest, req.offset, req.length)
-                        assert self.transport is not None
-                        self.transport.write(self.conn.send(Data(req.request_id, req.length)))
-                        # from here on a failure can only close the connection: body promised
-                        await self._send_body(src.file, src.offset, src.length, copy)
-                        await self._writable.wait()
+                        index = req.offset // info.piece_size
+                        with store.piece_buffer(req.digest, index) as hot:
+                            whole = hot is not None and _whole_piece(hot, info, index, req)
+                            if self.tls and not whole:
+                                # encrypted in user space: read it here, one piece per
+                                # connection in memory at a time, not one per queued read
+                                copy = await store.read_range(req.digest, req.offset, req.length)
+                            assert self.transport is not None
+                            data = Data(req.request_id, req.length)
+                            self.transport.write(self.conn.send(data))
+                            # from here on a failure can only close the connection
+                            if whole:
+                                assert hot is not None
+                                await self._send_view(hot.view)
+                            else:
+                                await self._send_body(src.file, src.offset, src.length, copy)
+                            await self._writable.wait()
             except ShoalError as exc:
                 rec.size = -1
                 if self._unanswered.pop(req.request_id, None) is not None:
@@ -392,6 +401,15 @@ class _ServerConnection(asyncio.Protocol):
             raise PieceMissingError(
                 f"{req.digest}: pieces {missing} did not arrive in {self.server.piece_wait}s"
             ) from exc
+
+    async def _send_view(self, view: memoryview) -> None:
+        """A piece the store still holds in memory (it was written with ``O_DIRECT``,
+        so no page-cache copy exists: ``sendfile`` would read it back from disk, on the
+        event loop), in socket-sized steps; the store keeps it pinned meanwhile."""
+        assert self.transport is not None
+        for at in range(0, len(view), TLS_STEP):
+            self.transport.write(view[at : at + TLS_STEP])
+            await self._writable.wait()
 
     def _sendfile_now(self, file: Any, offset: int, length: int) -> int:
         """As much of the body as the socket takes right now, by one ``sendfile`` on it.
@@ -446,6 +464,17 @@ class _ServerConnection(asyncio.Protocol):
         for at in range(0, len(view), TLS_STEP):
             self.transport.write(view[at : at + TLS_STEP])
             await self._writable.wait()
+
+
+def _whole_piece(hot: HotPiece, info: BlobInfo, index: int, req: ReadRequest) -> bool:
+    """The read is exactly one piece, and the store's copy of it in memory is stored and
+    hashed (a staged one, still arriving from the origin, is for the runtime only)."""
+    return (
+        not hot.staged
+        and hot.filled == len(hot.view)
+        and req.offset == index * info.piece_size
+        and req.length == info.piece_length(index)
+    )
 
 
 def _large_send_buffer(transport: asyncio.BaseTransport) -> None:
