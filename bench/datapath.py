@@ -301,10 +301,16 @@ async def agent(work: Path, origin: str, cache: str, aio: int = 0) -> AsyncItera
             }
         )
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shoal", "agent", "--config", str(cfg),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    log = os.environ.get("SHOAL_BENCH_AGENT_LOG")  # a file for the agents' logs
+    out = open(log, "ab") if log else None  # noqa: SIM115, ASYNC230 - closed below
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shoal", "agent", "--config", str(cfg),
+            stdout=asyncio.subprocess.DEVNULL, stderr=out or asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        if out is not None:
+            out.close()
     try:
         await wait_port(port)
         yield Proc(proc, port)

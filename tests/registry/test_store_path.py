@@ -182,3 +182,36 @@ async def test_a_cold_blob_of_many_pieces_streams_whole_either_way(
         info = a.store.lookup(layer.digest)
         assert info is not None and info.complete and info.piece_count == 10
     assert origin.blob_gets(layer.digest) == 1
+
+
+@pytest.mark.parametrize("mib", [3, 24])
+async def test_an_origin_that_dies_mid_blob_cuts_the_stream_it_fed(
+    tmp_path: Path, mib: int
+) -> None:
+    """The double: a socket server answering one blob GET with its length and half its
+    bytes, then closing (the real registry cannot be made to). The client must get a
+    cut body at once, not a connection left hanging, and nothing is kept: a small blob
+    streamed as it arrives, a big one sent from the page cache piece by piece."""
+    data = bytes(range(256)) * (mib * 4096)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        writer.write(head + data[: len(data) // 2])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(half, "127.0.0.1", 0)
+    host = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        cfg = agent_config(host, cache=tmp_path / "cache")
+        async with Agent(cfg) as a, aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{a.proxy_port}/v2/x/y/blobs/{digest}"
+            async with asyncio.timeout(10), s.get(url) as r:
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()
+            assert a.store is not None and a.store.lookup(digest) is None
+    finally:
+        server.close()
+        await server.wait_closed()

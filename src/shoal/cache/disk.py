@@ -29,6 +29,9 @@ class DiskThreads:
         #: direct writes wait on the device here, so there are a few
         self.threads = threads
         self._executor: ThreadPoolExecutor | None = None
+        #: page drops wait for writeback: on a thread of their own, so that no write
+        #: ever queues behind them (a slow disk then only lets the window grow)
+        self._pages: ThreadPoolExecutor | None = None
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -38,9 +41,11 @@ class DiskThreads:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool(), fn, *args)
 
-    def submit(self, fn: Callable[..., object], *args: Any) -> None:
-        """Fire and forget (page drops: nothing waits for them, errors are theirs)."""
-        self._pool().submit(fn, *args)
+    def submit_pages(self, fn: Callable[..., object], *args: Any) -> None:
+        """Fire and forget on the page-drop thread (nothing waits, errors are theirs)."""
+        if self._pages is None:
+            self._pages = ThreadPoolExecutor(1, thread_name_prefix="shoal-pages")
+        self._pages.submit(fn, *args)
 
     def submit_result(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Start ``fn`` now; the caller awaits the future when it needs the result."""
@@ -75,9 +80,10 @@ class DiskThreads:
                 blob.pins -= 1
 
     async def close(self) -> None:
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await asyncio.to_thread(executor.shutdown)
+        for executor in (self._executor, self._pages):
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown)
+        self._executor = self._pages = None
 
     def __repr__(self) -> str:
         return f"<DiskThreads {self.threads} {'idle' if self._executor is None else 'started'}>"

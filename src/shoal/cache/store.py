@@ -42,7 +42,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,7 +59,8 @@ from shoal.cache.errors import (
     PieceMissingError,
     PieceReadError,
 )
-from shoal.cache.hot import HotPiece, HotPieces, PageWindow, WrittenRange
+from shoal.cache.following import Following
+from shoal.cache.hot import HotPieces, PageWindow, WrittenRange
 from shoal.cache.layout import (
     HASH_SIZE,
     check_digest,
@@ -68,7 +69,7 @@ from shoal.cache.layout import (
     pieces_of_range,
 )
 from shoal.config import CacheConfig
-from shoal.errors import BlobUnknownError, DigestMismatchError
+from shoal.errors import DigestMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ HOT_BYTES = 8 << 20
 PAGE_WINDOW = 16 << 20
 
 
-class PieceStore:
+class PieceStore(Following):
     def __init__(
         self,
         path: str | Path,
@@ -299,19 +300,6 @@ class PieceStore:
             waiting[0].set()
         return blob.info()
 
-    async def wait_blob(self, digest: str) -> None:
-        """Return once ``digest`` is in the store (``create``d); callers bound the wait."""
-        if digest in self._blobs:
-            return
-        waiting = self._blob_waiters.setdefault(digest, (asyncio.Event(), [0]))
-        waiting[1][0] += 1
-        try:
-            await waiting[0].wait()
-        finally:
-            waiting[1][0] -= 1
-            if not waiting[1][0] and self._blob_waiters.get(digest) is waiting:
-                del self._blob_waiters[digest]  # nobody waits any more: no leak
-
     async def write_piece(
         self,
         digest: str,
@@ -440,74 +428,7 @@ class PieceStore:
         for old in self.window.push(WrittenRange(blob.open_fileno, offset, length)):
             fd = old.fd()
             if fd >= 0:
-                self.disk.submit(diskio.release_pages, fd, old.offset, old.length)
-
-    def stage_piece(
-        self,
-        digest: str,
-        index: int,
-        data: memoryview,
-        release: Callable[[], None],
-        *,
-        filled: int = 0,
-    ) -> None:
-        """Bytes of piece ``index`` the runtime's stream may send before they are stored,
-        ``data[:filled]`` in so far (``grow_piece`` as more arrive).
-
-        Only an origin fetch stages: its bytes are vouched for by the whole digest, not
-        by a piece hash, and the stream holds the blob's tail back until that digest is
-        checked (``wait_complete``), so staging changes nothing a client can take for
-        whole; it lets the stream send as a relay would, while the piece is still
-        arriving. Peers never see staged bytes: ``wait_piece`` and ``file_range`` still
-        want the piece present. The store calls ``release()`` once it no longer serves
-        them; the caller keeps its own hold while it fills and writes the buffer (then
-        ``write_piece`` without ``release``).
-        """
-        blob = self._get(digest)
-        if len(data) != blob.piece_length(index):
-            raise PieceCorruptError(f"{digest} piece {index}: {len(data)} bytes staged")
-        self.hot.keep((digest, index), data, release, filled=filled, staged=True)
-        if filled:
-            blob.wake_readers(index)
-
-    def grow_piece(self, digest: str, index: int, filled: int) -> None:
-        """More bytes of a staged piece are in."""
-        self.hot.grow((digest, index), filled)
-        blob = self._blobs.get(digest)
-        if blob is not None:
-            blob.wake_readers(index)
-
-    async def wait_readable(self, digest: str, index: int) -> None:
-        """Return once piece ``index`` is present or has staged bytes (``stage_piece``);
-        raises as ``wait_piece`` does."""
-        blob = self._get(digest)
-        while not blob.present[index]:
-            staged = self.hot.peek((digest, index))
-            if staged is not None and staged.filled:
-                return
-            await blob.reader(index)
-
-    def vouch(self, digest: str) -> None:
-        """The caller checked the whole digest of every byte it staged and is writing:
-        a stream may release a blob's tail now, before the last writes land (and before
-        ``finish``). Only for the runtime's stream: everyone else waits for complete."""
-        self._get(digest).vouch()
-
-    async def wait_vouched(self, digest: str) -> None:
-        """Until the blob is vouched for (``vouch``) or complete; raises
-        ``BlobEvictedError`` if it goes first."""
-        await self._get(digest).vouching()
-
-    async def wait_complete(self, digest: str) -> None:
-        """Return once the blob is complete (its whole digest checked); raises
-        ``BlobEvictedError`` if it goes first (its download failed). Callers bound it."""
-        await self._get(digest).completion()
-
-    def piece_buffer(self, digest: str, index: int) -> AbstractContextManager[HotPiece | None]:
-        """The piece's bytes in memory if the store holds them (a writer handed them
-        over, or a fetch staged them: then perhaps not all in yet, see ``HotPiece``),
-        pinned until the block ends; None otherwise."""
-        return self.hot.pinned((digest, index))
+                self.disk.submit_pages(diskio.release_pages, fd, old.offset, old.length)
 
     async def finish(self, digest: str, *, verify: bool = True) -> None:
         """Mark the blob complete; with ``verify`` hash the whole file against ``digest``.
@@ -549,26 +470,6 @@ class PieceStore:
 
     # -- reading -------------------------------------------------------------------
 
-    async def wait_piece(self, digest: str, index: int) -> None:
-        """Return once piece ``index`` is present.
-
-        Raises ``BlobEvictedError`` if the blob goes, ``PieceMissingError`` if the
-        downloader gives the piece up (``abandon_piece``). Callers bound the wait.
-        """
-        blob = self._get(digest)
-        if blob.present[index]:
-            return
-        await blob.waiter(index)
-
-    def abandon_piece(self, digest: str, index: int) -> None:
-        """Nobody is fetching piece ``index`` now: whoever waits for it gets
-        ``PieceMissingError`` (a peer queued on it for cut-through is told PIECE_MISSING)."""
-        blob = self._blobs.get(digest)
-        if blob is not None and not blob.present[index]:
-            blob.fail_piece_waiters(
-                index, PieceMissingError(f"{digest} piece {index} was abandoned")
-            )
-
     async def read_piece(self, digest: str, index: int) -> bytes:
         blob = self._get(digest)
         return await self.read_range(digest, blob.offset(index), blob.piece_length(index))
@@ -609,12 +510,6 @@ class PieceStore:
         return FileRange(blob.file(), offset, length)
 
     # -- internals -----------------------------------------------------------------
-
-    def _get(self, digest: str) -> Blob:
-        blob = self._blobs.get(digest)
-        if blob is None:
-            raise BlobUnknownError(f"{digest} not in the piece store")
-        return blob
 
     @contextmanager
     def _op(self, op: str, digest: str, offset: int) -> Iterator[list[int]]:

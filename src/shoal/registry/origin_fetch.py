@@ -277,6 +277,10 @@ class OriginFetcher:
                         if hashing is not None:
                             await hashing
                         hashing = asyncio.ensure_future(run_hash(whole.update, chunk))
+                        # never back in the pool while the hashing thread reads it (the
+                        # loop's order already ensures that; the hold makes it explicit)
+                        lease.hold()
+                        hashing.add_done_callback(lease.hashed)
                     filled += len(chunk)
                     self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
                     if stage:
@@ -391,14 +395,23 @@ class _Lease:
         self.pool = pool
         self.view = view
         self.held = held
-        self.holders = 1  # the fetch's own; ``plan`` adds the store's
-        self.mine = True
+        self.holders = 1  # every hold: the fetch's own and its hashes', the store's
+        self.mine = 1  # the fetch's own holds (its write, its hashes): what ``_Held`` counts
+
+    def hold(self) -> None:
+        """One more of the fetch's own holds (a hash of part of it under way)."""
+        self.holders += 1
+        self.mine += 1
+
+    def hashed(self, _: object) -> None:
+        """A hash is done with it (a done-callback)."""
+        self.drop_mine()
 
     def drop_mine(self) -> None:
-        if self.mine:
-            self.mine = False
+        self.mine -= 1
+        if self.mine == 0:
             self.held.freed()
-            self.drop()
+        self.drop()
 
     def drop(self) -> None:
         self.holders -= 1

@@ -128,8 +128,13 @@ async def stream_from_store(
                     ) from exc
             if hold <= last:
                 await send(hold, last + 1)
-        except ShoalError as exc:
-            log.error("serving %s from the store failed: %s; cutting the response", key, exc)
+        except BaseException as exc:
+            # the headers promised the whole body: whatever broke (a failed download, its
+            # file closed under a sendfile, a cancellation), the client must see a cut
+            if isinstance(exc, ShoalError):
+                log.error("serving %s from the store failed: %s; cutting the response", key, exc)
+            elif not isinstance(exc, asyncio.CancelledError | ConnectionError):
+                log.error("serving %s from the store failed: %r; cutting the response", key, exc)
             transport = request.transport
             if transport is not None:
                 transport.abort()
