@@ -156,6 +156,12 @@ async def relay_body(
                 record.size = sent
         if limit is not None and sent < limit:
             _fail(request, digest, f"short body ({received} bytes)")
+    except BaseException:
+        # the headers promised a length: whatever broke, the client must see a cut
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise
     finally:
         ring.close()
         reader.close()
