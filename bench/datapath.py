@@ -15,9 +15,12 @@ Not a test: a measurement, run by hand. Three parts, all on loopback:
    - ``nginx``: through Debian's nginx as a plain relay (``proxy_buffering off``, one
      process, ``master_process off``), the yardstick for a relay;
    - ``relay``: through a ``shoal agent`` without a store (``CacheConfig.path: ""``);
-   - ``store``: through a fresh ``shoal agent`` with an empty piece store (the default
-     ``aioEnable: 0``), cold; ``warm``: the same agent again;
-   - ``store-aio``: the same with ``aioEnable: 1``.
+   - ``store``: through a ``shoal agent`` with a piece store holding nothing of the blob
+     (the default ``aioEnable: 0``; a fresh agent that pulled a 64 MiB warm-up blob
+     first, as a node's agent always has); ``warm``: the same agent again;
+     ``store-new``: a just-started agent straight to the blob (its first buffers and
+     pages are part of the figure);
+   - ``store-aio``, ``store-aio-new``: the same with ``aioEnable: 1``.
 
    For each: the pull time, its ratio to ``direct`` and to ``nginx``, and the relaying
    process's CPU (user + system, from ``/proc/PID/stat``) per byte, its idle and peak RSS.
@@ -61,6 +64,7 @@ import aiohttp
 import yaml
 
 from shoal.bench.modes.base import registries_conf
+from shoal.cache import choose_piece_size
 from shoal.lab.image import build_image, push_image
 from shoal.lab.origin import OriginRegistry
 from shoal.lab.ports import free_port
@@ -284,7 +288,9 @@ async def nginx(work: Path, origin: str) -> AsyncIterator[Proc]:
 
 
 @contextlib.asynccontextmanager
-async def agent(work: Path, origin: str, cache: str, aio: int = 0) -> AsyncIterator[Proc]:
+async def agent(
+    work: Path, origin: str, cache: str, aio: int = 0, piece: int = 0
+) -> AsyncIterator[Proc]:
     port = free_port()
     cfg = work / f"agent-{port}.yaml"
     cfg.write_text(
@@ -293,7 +299,12 @@ async def agent(work: Path, origin: str, cache: str, aio: int = 0) -> AsyncItera
                 "DeployConfig": {"logAudit": False},
                 "ExporterConfig": {"enable": False},
                 "ProxyConfig": {"listen": "127.0.0.1", "port": port},
-                "CacheConfig": {"path": cache, "aioEnable": aio, "capacity": 8 << 30},
+                "CacheConfig": {
+                    "path": cache,
+                    "aioEnable": aio,
+                    "capacity": 8 << 30,
+                    "pieceSize": piece,
+                },
                 "UpstreamConfig": {
                     "default": origin,
                     "registries": [{"host": origin, "plainHTTP": True}],
@@ -341,16 +352,25 @@ async def pull(proc: Proc | None, port: int, path: str, digest: str, sample: Sam
 
 
 async def big_blob(work: Path, args: argparse.Namespace) -> tuple[int, dict[str, Sample]]:
+    """Per run: direct, nginx, relay; then for each ``aioEnable`` a fresh agent: a
+    warm-up blob first (``store``: a running agent, nothing of the big blob stored),
+    the big blob, again (``warm``); and another fresh agent straight to the big blob
+    (``-new``: what a just-started process pays besides: first buffers, first pages)."""
     image = build_image(work / "big", repo="bench/big", layer_sizes=[args.size_mib * MiB])
-    layer = image.layers[0]
+    warmup = build_image(work / "warm", repo="bench/warm", layer_sizes=[64 * MiB], seed=7)
+    layer, other = image.layers[0], warmup.layers[0]
+    piece = choose_piece_size(layer.size)  # the warm-up is cut alike: its buffers are reused
     path = f"/v2/{image.repo}/blobs/{layer.digest}"
-    modes = ["direct", *([] if args.no_nginx else ["nginx"]), "relay", "store", "warm", "store-aio"]
+    modes = ["direct", *([] if args.no_nginx else ["nginx"]), "relay"]
+    modes += ["store", "store-new", "warm", "store-aio", "store-aio-new"]
     if args.modes:
         modes = [m for m in modes if m in args.modes.split(",") or m == "direct"]
     samples = {m: Sample() for m in modes}
     async with OriginRegistry(work / "origin-big") as origin:
         await push_image(origin.url, image)
+        await push_image(origin.url, warmup)
         ns = f"{path}?ns={origin.address}"
+        warm_ns = f"/v2/{warmup.repo}/blobs/{other.digest}?ns={origin.address}"
         async with contextlib.AsyncExitStack() as stack:
             relay = await stack.enter_async_context(agent(work, origin.address, ""))
             ngx = None
@@ -364,16 +384,19 @@ async def big_blob(work: Path, args: argparse.Namespace) -> tuple[int, dict[str,
                 if "relay" in samples:
                     await pull(relay, relay.port, ns, layer.digest, samples["relay"])
                 for mode, aio in (("store", 0), ("store-aio", 1)):
-                    if mode not in samples:
-                        continue
-                    cache = work / f"cache-{mode}-{run}"
-                    async with agent(work, origin.address, str(cache), aio) as fresh:
-                        await asyncio.sleep(1.0)
-                        samples[mode].idle_rss.append(status_kib(fresh.pid, "VmRSS"))
-                        await pull(fresh, fresh.port, ns, layer.digest, samples[mode])
-                        if mode == "store" and "warm" in samples:
-                            await pull(fresh, fresh.port, ns, layer.digest, samples["warm"])
-                    shutil.rmtree(cache, ignore_errors=True)
+                    for fresh_mode in (mode, mode + "-new"):
+                        if fresh_mode not in samples:
+                            continue
+                        cache = work / f"cache-{fresh_mode}-{run}"
+                        async with agent(work, origin.address, str(cache), aio, piece) as a:
+                            await asyncio.sleep(1.0)
+                            samples[fresh_mode].idle_rss.append(status_kib(a.pid, "VmRSS"))
+                            if fresh_mode == mode:
+                                await asyncio.to_thread(http_get, a.port, warm_ns)
+                            await pull(a, a.port, ns, layer.digest, samples[fresh_mode])
+                            if fresh_mode == "store" and "warm" in samples:
+                                await pull(a, a.port, ns, layer.digest, samples["warm"])
+                        shutil.rmtree(cache, ignore_errors=True)
                 line = ", ".join(
                     f"{m} {s.seconds[-1]:.3f} s" + (f" ({s.cpu[-1]:.2f} s CPU)" if s.cpu else "")
                     for m, s in samples.items()

@@ -13,6 +13,7 @@ RSS (memory stays bounded by ``in-flight x piece size`` whatever the blob size).
 
     .venv/bin/python bench/peer_throughput.py                 # 2 GiB, as in docs/peer.md
     .venv/bin/python bench/peer_throughput.py --size 256M     # a quick run
+    .venv/bin/python bench/peer_throughput.py --tls           # and over TLS
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.cache import BufferPool, PieceStore, aligned_buffer
+from shoal.cache import BufferPool, PieceStore, aligned_buffer, choose_piece_size
 from shoal.peer import PeerClient, PeerServer
 from shoal.peer.tls import PeerTLS, contexts
 
@@ -407,7 +408,11 @@ def _read_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", default="2G", help="blob size, e.g. 2G, 256M (default 2G)")
-    ap.add_argument("--piece-size", default="4M", help="piece size (default 4M)")
+    ap.add_argument(
+        "--piece-size",
+        default="auto",
+        help="piece size (default: what the store chooses for the blob, 16M for 1-2 GiB)",
+    )
     ap.add_argument("--in-flight", type=int, default=8, help="requests in flight (default 8)")
     ap.add_argument(
         "--aio", type=int, choices=(0, 1), default=1, help="the receiver store's aioEnable"
@@ -436,7 +441,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--digest", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    size, piece, aio = parse_size(args.size), parse_size(args.piece_size), bool(args.aio)
+    size, aio = parse_size(args.size), bool(args.aio)
+    piece = choose_piece_size(size) if args.piece_size == "auto" else parse_size(args.piece_size)
 
     if args.role == "tcp-sink":
         return tcp_sink(size)
@@ -485,8 +491,16 @@ def main() -> None:
         seed_file = next((workdir / "seed" / "blobs" / "sha256").iterdir()) / "data"
         floor = max(measure_sendfile(seed_file, size, piece) for _ in range(n))
         print(f"(d) loop.sendfile alone, piece by piece {floor / 1e9:6.2f} GB/s  (for comparison)")
-        limit = max(measure_sendfile(seed_file, size, piece, verify=True) for _ in range(n))
-        print(f"(e) sendfile -> recv_into + sha256  {limit / 1e9:6.2f} GB/s  (the verified limit)")
+        # the limit is the machine's, not shoal's: the best of the read sizes
+        limit = max(
+            measure_sendfile(seed_file, size, chunk, verify=True)
+            for chunk in sorted({1 << 20, 4 << 20, piece})
+            for _ in range(n)
+        )
+        print(
+            f"(e) sendfile -> recv_into + sha256  {limit / 1e9:6.2f} GB/s  "
+            f"(the verified limit: best of 1, 4 MiB and piece-sized reads)"
+        )
         print(f"ratio = (c) / (e)                    {rate / limit:6.2f}   (goal >= 0.8)")
         print(f"ratio = (c) / min(a, b)              {rate / min(tcp, sha):6.2f}")
         if args.tls:
