@@ -138,6 +138,16 @@ class P2PConfig(_Section, frozen=True):
     #: once (they flow in parallel; the runtime reads what has landed); costs peer
     #: traffic and disk for layers the node already has unpacked
     prefetch: bool = True
+    #: pieces between peers over TLS (mutual, TLS 1.3, the cluster's CA): turn it on
+    #: when the cluster serves private images, whose layers cross the node network
+    #: otherwise in clear (the HMAC handshake authenticates peers, it does not encrypt)
+    tls: bool = False
+    #: the peer certificate chain and key every agent and root presents (PEM; one for the
+    #: whole cluster will do: peers are reached by address and proven by the handshake)
+    tls_cert_file: str = "/etc/shoal/peer/tls.crt"
+    tls_key_file: str = "/etc/shoal/peer/tls.key"
+    #: PEM file of the CA peer certificates are checked against
+    tls_ca_file: str = "/etc/shoal/peer/ca.crt"
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from shoal.cache import aligned_buffer
-from shoal.cache.diskio import ALIGN, open_direct, write_buffered, write_direct
+from shoal.cache.buffers import ALIGN
+from shoal.cache.diskio import open_direct, write_buffered, write_direct
 
 
 @pytest.mark.parametrize("kind", ["aligned", "bytes", "offset-view"])

@@ -236,3 +236,32 @@ async def test_empty_blob_completes(store: PieceStore) -> None:
     await store.finish(empty)
     assert store.lookup(empty).complete  # type: ignore[union-attr]
     assert await store.read_range(empty, 0, 0) == b""
+
+
+async def test_unhashed_pieces_are_vouched_for_by_the_whole_digest(
+    store_factory: StoreFactory,
+) -> None:
+    """An agent's own origin fetch stores pieces without hashes of their own: after a
+    restart a complete blob is re-hashed whole before any piece is served (a corrupt
+    one goes), and an incomplete one's unhashed pieces are not trusted at all."""
+    digest, data = make_blob(3)
+    partial, pdata = make_blob(3, seed=7)
+    async with store_factory() as store:
+        for d, blob, n in ((digest, data, 3), (partial, pdata, 2)):
+            await store.create(d, len(blob), piece_size=PIECE)
+            for i, p in enumerate(pieces(blob)[:n]):
+                assert await store.write_piece(d, i, p, hashed=False) == b""
+        await store.finish(digest)
+        assert store.lookup(digest).hashes == (None, None, None)  # type: ignore[union-attr]
+        path = store.path
+    async with store_factory(path) as again:
+        assert again.lookup(partial).present_count == 0  # type: ignore[union-attr]
+        assert await again.read_range(digest, PIECE, 10) == data[PIECE : PIECE + 10]
+    directory = blob_dir(path, digest)
+    with (directory / "data").open("r+b") as fh:
+        fh.seek(2 * PIECE + 5)
+        fh.write(b"\x00\xff")
+    async with store_factory(path) as third:
+        with pytest.raises(PieceMissingError):
+            await third.read_range(digest, 0, 10)
+        assert third.lookup(digest) is None

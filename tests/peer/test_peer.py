@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from shoal.cache import PieceCorruptError, PieceStore
 from shoal.cache import layout as cache_layout
+from shoal.cache.buffers import is_aligned
 from shoal.cache.journal import blob_dir
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.peer import (
@@ -184,6 +187,7 @@ async def test_a_queued_read_takes_its_buffer_from_the_pool_only_when_bytes_come
         got = await asyncio.wait_for(queued, 5)
         assert bytes(got) == parts[1] and pool.allocated == 1
         assert isinstance(got.obj, bytearray)
+        assert is_aligned(got)  # the store writes it with O_DIRECT as it is
         pool.give(got.obj)
         again = await client.read(peer, digest, 0, PIECE, pool=pool)
         assert bytes(again) == parts[0] and again.obj is got.obj and pool.allocated == 1
@@ -376,3 +380,30 @@ async def test_copy_path_when_sendfile_is_unavailable(store: PieceStore) -> None
         server.sendfile_native = False
         got = await client.read(("127.0.0.1", server.port), digest, 5, 2 * PIECE)
         assert bytes(got) == data[5 : 5 + 2 * PIECE]
+
+
+async def test_a_piece_held_in_memory_is_served_from_there(tmp_path: Path) -> None:
+    """With aioEnable: 1 a piece written by O_DIRECT has no page-cache copy; while the
+    store holds the buffer it arrived in, a peer is served from that buffer, not from
+    the disk (read on the event loop by sendfile)."""
+    digest, data = make_blob(3)
+    parts = pieces(data)
+    pool = BufferPool()
+    async with PieceStore(tmp_path / "aio", capacity=1 << 30, aio=True) as store:
+        await store.create(digest, len(data), piece_size=PIECE)
+        for i, p in enumerate(parts):
+            view = pool.view(len(p))
+            view[:] = p
+            backing = view.obj
+            assert isinstance(backing, bytearray)
+            await store.write_piece(digest, i, view, release=functools.partial(pool.give, backing))
+        served = store.hot.served
+        async with (
+            PeerServer(store, SECRET, host="127.0.0.1") as server,
+            PeerClient(SECRET) as client,
+        ):
+            peer = ("127.0.0.1", server.port)
+            for i in range(3):
+                got = await client.read(peer, digest, i * PIECE, PIECE, sha256=sha(parts[i]))
+                assert bytes(got) == parts[i]
+        assert store.hot.served > served

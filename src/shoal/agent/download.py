@@ -11,6 +11,7 @@ task it starts is its own and is cancelled when the download ends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Protocol
@@ -377,20 +378,23 @@ class DownloadDriver:
         asked = self._asked.pop((a.parent, a.index), None)
         if data is None:
             return  # cancelled meanwhile
+        # the store takes the buffer: it serves readers from it while it is hot and gives
+        # it back to the pool itself, whatever happens (a failure, a cancellation)
+        release = self._releaser(data)
         try:
-            await self.p.store.write_piece(self.key, a.index, data, expect=a.sha256)
+            await self.p.store.write_piece(
+                self.key, a.index, data, expect=a.sha256, release=release
+            )
             ok = True
         except PieceCorruptError:
             log.warning("parent %s sent a bad piece %d of %s: banned", a.parent, a.index, self.key)
             ok = False
         except ShoalError as exc:  # the blob went from the store (evicted, failed)
             log.warning("piece %d of %s not stored: %s", a.index, self.key, exc.message)
-            self._give(data)
             self._event(
                 self.machine.on_fetch_failed(a.parent, a.index, FetchError.INTERNAL, self._now())
             )
             return
-        self._give(data)
         now = self._now()
         if ok and asked is not None:
             source = "root" if a.parent == self._seed else "peer"
@@ -406,6 +410,12 @@ class DownloadDriver:
     def _give(self, data: memoryview) -> None:
         if isinstance(data.obj, bytearray):
             self.p.buffers.give(data.obj)
+
+    def _releaser(self, data: memoryview) -> Callable[[], None] | None:
+        buffer = data.obj
+        if not isinstance(buffer, bytearray):
+            return None
+        return functools.partial(self.p.buffers.give, buffer)
 
     # --- the end --------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
 from shoal.peer.client import PeerClient
 from shoal.peer.server import PeerServer
+from shoal.peer.tls import peer_tls
 from shoal.registry.mirror import Mirror
 from shoal.registry.origin_fetch import OriginFetcher
 from shoal.registry.provider import BlobProvider, OriginProvider
@@ -76,6 +77,7 @@ class Agent:
             provider = OriginProvider(self.store, self.fetcher)
             if config.p2p.roots:
                 secret = cluster_secret(config.p2p.secret, config.p2p.secret_file)
+                tls = peer_tls(config.p2p)  # P2PConfig.tls: pieces over TLS
                 self.peer_server = PeerServer(
                     self.store,
                     secret,
@@ -84,13 +86,17 @@ class Agent:
                     throttle_mb=config.p2p.throttle_limit_mb,
                     metrics=self.metrics,
                     audit=self.audit,
+                    ssl=None if tls is None else tls.server,
                 )
                 # a read queued at a parent ends with the parent's answer (it holds it
                 # ``piece_wait``) or the picker's ``queueTimeout``: the client's own
                 # limit is only for a connection that died without saying so
                 queued = config.swarm.picker.queue_timeout
                 self.peer_client = PeerClient(
-                    secret, metrics=self.metrics, request_timeout=2 * queued + 5
+                    secret,
+                    metrics=self.metrics,
+                    request_timeout=2 * queued + 5,
+                    ssl=None if tls is None else tls.client,
                 )
                 self.control = ControlClient(
                     secret, timeout=config.p2p.root_timeout, control=config.control

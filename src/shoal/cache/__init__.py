@@ -1,8 +1,8 @@
 """The piece store on disk, its index, and byte-capacity eviction."""
 
 from shoal.cache.bitfield import Bitfield
-from shoal.cache.blob import BlobInfo
-from shoal.cache.diskio import aligned_buffer
+from shoal.cache.blob import BlobInfo, FileRange
+from shoal.cache.buffers import BufferPool, aligned_buffer
 from shoal.cache.errors import (
     BlobConflictError,
     BlobEvictedError,
@@ -21,7 +21,7 @@ from shoal.cache.layout import (
     piece_count,
     piece_length,
 )
-from shoal.cache.store import FileRange, PieceStore
+from shoal.cache.store import PieceStore
 
 __all__ = [
     "MAX_PIECES",
@@ -30,6 +30,7 @@ __all__ = [
     "BlobConflictError",
     "BlobEvictedError",
     "BlobInfo",
+    "BufferPool",
     "CacheFullError",
     "DiskFullError",
     "FileRange",

@@ -17,44 +17,50 @@ Design decisions:
   start.
 - **Errors are per piece.** ENOSPC, EIO and friends become ``DiskFullError`` /
   ``PieceWriteError`` / ``PieceReadError`` for that call; the store stays usable.
-- **No disk I/O and no hashing on the event loop**: both run in worker threads
-  (hashlib releases the GIL on large buffers, so hashing overlaps socket work on the
-  other core). ``aio`` (``aioEnable``) picks how pieces are written: through the page
-  cache, or ``O_DIRECT`` — see ``diskio.py`` for what was measured and why.
-- **Followers wait on pieces** (``wait_piece``) so a streaming reader can follow a
-  download in progress and a peer can serve pieces of a blob still downloading.
+- **No disk I/O and no hashing of big pieces on the event loop**: both run on the
+  store's disk threads (hashlib releases the GIL on large buffers, so hashing overlaps
+  socket work on the other core). Pieces up to ``INLINE_PIECE`` bytes (a config blob, a
+  blob's tail) are hashed and written in line: a thread hop costs more than they do.
+  ``aio`` (``aioEnable``) picks how pieces are written: through a bounded page-cache
+  window, or ``O_DIRECT`` — see ``diskio.py`` for what was measured and why.
+- **The newest pieces stay hot** (``hot.py``): a writer that hands its verified buffer
+  over (``write_piece(release=)``) lets readers send it from memory
+  (``piece_buffer``) instead of reading it back from disk.
+- **No fsync on the request path**: creating a blob writes its meta without fsync, and
+  what changed is fsynced in one batch every ``SYNC_INTERVAL`` seconds on a disk thread.
+- **Followers wait on events, never poll**: ``wait_piece`` so a streaming reader can
+  follow a download in progress and a peer can serve pieces of a blob still
+  downloading, ``wait_complete`` for the whole-digest check, ``wait_blob`` for a blob
+  to be created.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import io
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from shoal.cache import diskio
 from shoal.cache import journal as jr
 from shoal.cache.bitfield import Bitfield
-from shoal.cache.blob import Blob, BlobInfo
+from shoal.cache.blob import AuditSink, Blob, BlobInfo, FileRange, load_blob, write_error
+from shoal.cache.disk import DiskThreads
 from shoal.cache.errors import (
     BlobConflictError,
     BlobEvictedError,
     CacheFullError,
-    DiskFullError,
     PieceCorruptError,
     PieceMissingError,
     PieceReadError,
-    PieceWriteError,
 )
+from shoal.cache.following import Following
+from shoal.cache.hot import HotPieces, PageWindow, WrittenRange
 from shoal.cache.layout import (
     HASH_SIZE,
     check_digest,
@@ -63,36 +69,29 @@ from shoal.cache.layout import (
     pieces_of_range,
 )
 from shoal.config import CacheConfig
-from shoal.errors import BlobUnknownError, DigestMismatchError
+from shoal.errors import DigestMismatchError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 PieceListener = Callable[[str, int], None]
 #: ``disk_meter(nbytes, latency_s)`` per disk read/write: the ``disk`` metrics type
 DiskMeter = Callable[[int, float], None]
 #: audit op codes of the reference system
 FILEWRITE = "filewrite"
 FILEREAD = "fileread"
+#: pieces up to this size are hashed and written on the event loop (cheaper than a hop)
+INLINE_PIECE = 64 << 10
+#: seconds between batched fsyncs of the journals and metas that changed
+SYNC_INTERVAL = 5.0
+#: bytes of verified piece buffers kept in memory for readers (``aioEnable: 1``, where
+#: no page-cache copy exists; see ``hot.py``); a buffer being sent stays beyond it
+HOT_BYTES = 8 << 20
+#: bytes of the newest buffered writes kept in the page cache (``aioEnable: 0``)
+PAGE_WINDOW = 16 << 20
 
 
-class AuditSink(Protocol):
-    """What the store needs of ``shoal.observability.AuditLog`` (a sibling it may not import)."""
-
-    def record(self, op: str, pathname: str, offset: int, size: int, latency_s: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class FileRange:
-    """Where a verified byte range lives on disk, for ``loop.sendfile``."""
-
-    file: io.FileIO
-    offset: int
-    length: int
-
-
-class PieceStore:
+class PieceStore(Following):
     def __init__(
         self,
         path: str | Path,
@@ -102,6 +101,8 @@ class PieceStore:
         piece_size: int = 0,
         disk_meter: DiskMeter | None = None,
         audit: AuditSink | None = None,
+        hot_bytes: int = HOT_BYTES,
+        page_window: int = PAGE_WINDOW,
     ) -> None:
         self.path = Path(path)
         self.capacity = capacity
@@ -116,10 +117,12 @@ class PieceStore:
         self._listeners: list[PieceListener] = []
         #: blobs someone waits to see created: (event, [number of waiters])
         self._blob_waiters: dict[str, tuple[asyncio.Event, list[int]]] = {}
-        #: threads doing blocking reads and writes; direct writes wait on the device here
-        self.disk_threads = 4
-        self._executor: ThreadPoolExecutor | None = None
+        #: threads doing blocking reads, writes, page drops and fsyncs
+        self.disk = DiskThreads(4)
         self._opened = False
+        self.hot = HotPieces(hot_bytes)
+        self.window = PageWindow(page_window)
+        self._syncer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(
@@ -158,6 +161,7 @@ class PieceStore:
             self._blobs[blob.digest] = blob
             self._used += blob.used
         self._opened = True
+        self._syncer = asyncio.create_task(self._sync_loop())
         log.info("piece store opened: %r", self)
 
     def _scan(self) -> list[tuple[float, Blob]]:
@@ -167,7 +171,7 @@ class PieceStore:
         found: list[tuple[float, Blob]] = []
         for directory in root.iterdir():
             try:
-                blob = _load_blob(directory)
+                blob = load_blob(directory)
             except (ValueError, OSError) as exc:
                 log.warning("dropping unreadable blob %s: %s", directory.name, exc)
                 shutil.rmtree(directory, ignore_errors=True)
@@ -180,15 +184,20 @@ class PieceStore:
         return found
 
     async def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.cancel()
+            await asyncio.gather(self._syncer, return_exceptions=True)
+            self._syncer = None
+        if self._opened:
+            await self.sync()
+        self.hot.clear()
         for blob in self._blobs.values():
             blob.fail_waiters(BlobEvictedError(f"store closed: {blob.digest}"))
             blob.close_files()
         self._blobs.clear()
         self._used = 0
         self._opened = False
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await asyncio.to_thread(executor.shutdown)
+        await self.disk.close()
 
     # -- queries -------------------------------------------------------------------
 
@@ -277,31 +286,19 @@ class PieceStore:
             piece_size=piece_size,
             hashes=None if hashes is None else [h.hex() for h in hashes],
         )
-        try:
-            await asyncio.to_thread(jr.create_files, directory, meta)
-            blob = _load_blob(directory)
-        except OSError as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise _write_error(f"{digest}: cannot create", exc) from exc
+        blob = Blob.load(directory, meta, [])
+        # the files are made on a disk thread while the caller goes on (its bytes are on
+        # their way: a cold blob's first write waits for them, nothing before it does);
+        # no fsync (batched by ``sync``). In line this took 1.0 ms per blob here.
+        blob.creating = asyncio.wrap_future(self.disk.submit_result(blob.make_files, meta))
+        blob.creating.add_done_callback(_retrieved)
+        blob.dirty = True
         self._blobs[digest] = blob
         self._touch(blob)
         waiting = self._blob_waiters.pop(digest, None)
         if waiting is not None:
             waiting[0].set()
         return blob.info()
-
-    async def wait_blob(self, digest: str) -> None:
-        """Return once ``digest`` is in the store (``create``d); callers bound the wait."""
-        if digest in self._blobs:
-            return
-        waiting = self._blob_waiters.setdefault(digest, (asyncio.Event(), [0]))
-        waiting[1][0] += 1
-        try:
-            await waiting[0].wait()
-        finally:
-            waiting[1][0] -= 1
-            if not waiting[1][0] and self._blob_waiters.get(digest) is waiting:
-                del self._blob_waiters[digest]  # nobody waits any more: no leak
 
     async def write_piece(
         self,
@@ -311,8 +308,10 @@ class PieceStore:
         *,
         sha256: bytes | None = None,
         expect: bytes | None = None,
+        release: Callable[[], None] | None = None,
+        hashed: bool = True,
     ) -> bytes:
-        """Store piece ``index``; return its sha256.
+        """Store piece ``index``; return its sha256 (``b""`` if it has none).
 
         ``expect`` is the hash the piece must have (a downloader's hash from the root):
         the bytes are hashed and checked on the disk thread that writes them.
@@ -323,7 +322,40 @@ class PieceStore:
         piece hashes from the root at ``create``). Either way it must match the piece's
         known hash, if any, or ``PieceCorruptError`` is raised and nothing is written.
         Writing a piece already present is a no-op.
+
+        ``hashed=False`` stores a piece of no known hash without computing one: for a
+        blob whose whole digest the caller checks before ``finish`` (an agent's own
+        origin fetch, whose piece hashes nobody asks for), which saves a second sha256
+        over every byte. After a restart such pieces count only in a complete blob, and
+        are checked by re-hashing the whole blob the first time one is read.
+
+        ``release`` hands the buffer over: the store may keep it to serve readers from
+        memory (``piece_buffer``; with ``aio``, where no page-cache copy exists) and
+        calls ``release()`` exactly once when it is done with it, whatever happens
+        (also on failure, once no thread touches it any more). Without it the caller
+        may reuse ``data`` as soon as this returns.
         """
+        handed = [False]  # True once someone else (the hot set, a thread) releases it
+        try:
+            return await self._write_piece(
+                digest, index, data, sha256, expect, release, handed, hashed
+            )
+        finally:
+            if release is not None and not handed[0]:
+                release()
+
+    async def _write_piece(
+        self,
+        digest: str,
+        index: int,
+        data: bytes | bytearray | memoryview,
+        sha256: bytes | None,
+        expect: bytes | None,
+        release: Callable[[], None] | None,
+        handed: list[bool],
+        hashed: bool,
+    ) -> bytes:
+        """``write_piece``; ``handed[0]`` says whether ``release`` now belongs elsewhere."""
         blob = self._get(digest)
         length = blob.piece_length(index)
         if len(data) != length:
@@ -343,23 +375,27 @@ class PieceStore:
                     raise PieceCorruptError(f"{digest} piece {index}: sha256 mismatch")
                 self._reserve(blob, length)
                 try:
-                    # one thread hop: hash (when not given), check, then write
-                    sha256 = await self._disk(
-                        diskio.check_and_write,
-                        self.aio,
+                    await blob.created()
+                    job = (
+                        self.aio and length > INLINE_PIECE,
                         blob.fileno(),
-                        blob.direct_fileno() if self.aio else -1,
+                        blob.direct_fileno() if self.aio and length > INLINE_PIECE else -1,
                         blob.offset(index),
                         data,
                         sha256,
                         known,
                         f"{digest} piece {index}",
+                        hashed,
                     )
+                    if length <= INLINE_PIECE:
+                        sha256 = diskio.check_and_write(*job)
+                    else:
+                        sha256 = await self.disk.write(job, release, handed)
                     if blob.present[index]:  # a concurrent writer won
-                        return sha256
-                    blob.journal_append(jr.RecordKind.PIECE, index, sha256)
+                        return sha256 or b""
+                    blob.journal_append(jr.RecordKind.PIECE, index, sha256 or jr.NO_HASH)
                 except OSError as exc:
-                    raise _write_error(f"{digest} piece {index}", exc) from exc
+                    raise write_error(f"{digest} piece {index}", exc) from exc
                 finally:
                     self._reserved -= length
                 if self._blobs.get(digest) is not blob:
@@ -367,6 +403,16 @@ class PieceStore:
                 blob.mark_present(index, sha256, verified=True)
                 self._used += length
                 rec[0] = length
+                if not self.aio and length > INLINE_PIECE:
+                    self._keep_pages(blob, blob.offset(index), length)
+                    self.hot.discard((digest, index))  # staged: the page cache has it now
+                else:
+                    self.hot.settle((digest, index))  # staged: memory is its only copy
+                if release is not None and self.aio:
+                    # direct writes leave no page-cache copy: serve readers from memory
+                    # (buffered ones are in the page-cache window already)
+                    handed[0] = True
+                    self.hot.keep((digest, index), memoryview(data).cast("B"), release)
         finally:
             blob.pins -= 1
         self._touch(blob)
@@ -375,7 +421,14 @@ class PieceStore:
         blob.wake(index)
         for listener in self._listeners:
             listener(digest, index)
-        return sha256
+        return sha256 or b""
+
+    def _keep_pages(self, blob: Blob, offset: int, length: int) -> None:
+        """The page-cache window of ``aioEnable: 0``: drop what fell out of it."""
+        for old in self.window.push(WrittenRange(blob.open_fileno, offset, length)):
+            fd = old.fd()
+            if fd >= 0:
+                self.disk.submit_pages(diskio.release_pages, fd, old.offset, old.length)
 
     async def finish(self, digest: str, *, verify: bool = True) -> None:
         """Mark the blob complete; with ``verify`` hash the whole file against ``digest``.
@@ -392,6 +445,10 @@ class PieceStore:
             )
         blob.pins += 1
         try:
+            try:
+                await blob.created()
+            except OSError as exc:
+                raise write_error(f"{digest}: cannot create", exc) from exc
             await self._ensure_verified(blob, range(blob.present.size))
             if verify:
                 got = await asyncio.to_thread(diskio.hash_file, blob.fileno(), blob.size)
@@ -401,8 +458,8 @@ class PieceStore:
             try:
                 blob.journal_append(jr.RecordKind.COMPLETE, 0, bytes.fromhex(digest[7:]))
             except OSError as exc:
-                raise _write_error(f"{digest}: cannot mark complete", exc) from exc
-            blob.complete = True
+                raise write_error(f"{digest}: cannot mark complete", exc) from exc
+            blob.mark_complete()
         finally:
             blob.pins -= 1
 
@@ -412,26 +469,6 @@ class PieceStore:
             self._drop(blob, BlobEvictedError(f"{digest} removed"))
 
     # -- reading -------------------------------------------------------------------
-
-    async def wait_piece(self, digest: str, index: int) -> None:
-        """Return once piece ``index`` is present.
-
-        Raises ``BlobEvictedError`` if the blob goes, ``PieceMissingError`` if the
-        downloader gives the piece up (``abandon_piece``). Callers bound the wait.
-        """
-        blob = self._get(digest)
-        if blob.present[index]:
-            return
-        await blob.waiter(index)
-
-    def abandon_piece(self, digest: str, index: int) -> None:
-        """Nobody is fetching piece ``index`` now: whoever waits for it gets
-        ``PieceMissingError`` (a peer queued on it for cut-through is told PIECE_MISSING)."""
-        blob = self._blobs.get(digest)
-        if blob is not None and not blob.present[index]:
-            blob.fail_piece_waiters(
-                index, PieceMissingError(f"{digest} piece {index} was abandoned")
-            )
 
     async def read_piece(self, digest: str, index: int) -> bytes:
         blob = self._get(digest)
@@ -474,12 +511,6 @@ class PieceStore:
 
     # -- internals -----------------------------------------------------------------
 
-    def _get(self, digest: str) -> Blob:
-        blob = self._blobs.get(digest)
-        if blob is None:
-            raise BlobUnknownError(f"{digest} not in the piece store")
-        return blob
-
     @contextmanager
     def _op(self, op: str, digest: str, offset: int) -> Iterator[list[int]]:
         """Audit one operation; the body sets ``rec[0]`` to the bytes moved (-1 on failure)."""
@@ -499,10 +530,21 @@ class PieceStore:
         blob.last_used = self._tick
 
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking file I/O on the store's own threads, never behind hashing work."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.disk_threads, thread_name_prefix="shoal-disk")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self.disk.run(fn, *args)
+
+    async def sync(self) -> None:
+        """fsync, in one batch on a disk thread, the journals and metas that changed."""
+        dirty = [b for b in self._blobs.values() if b.dirty]
+        await asyncio.gather(*(b.created() for b in dirty), return_exceptions=True)
+        await self.disk.sync([b for b in dirty if b.has_files])
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            try:
+                await self.sync()
+            except OSError as exc:
+                log.warning("batched fsync of the piece store failed: %s", exc)
 
     def _reserve(self, blob: Blob, length: int) -> None:
         while self._used + self._reserved + length > self.capacity:
@@ -519,16 +561,26 @@ class PieceStore:
         self._reserved += length
 
     def _drop(self, blob: Blob, reason: BlobEvictedError) -> None:
+        self.hot.drop_blob(blob.digest)
         self._used -= blob.used
         blob.fail_waiters(reason)
         blob.close_files()
-        shutil.rmtree(blob.directory, ignore_errors=True)
+        if blob.creating is not None and not blob.creating.done():
+            # not under the thread that is still making them
+            blob.creating.add_done_callback(
+                lambda _: shutil.rmtree(blob.directory, ignore_errors=True)
+            )
+        else:
+            shutil.rmtree(blob.directory, ignore_errors=True)
 
     async def _ensure_verified(self, blob: Blob, indices: range) -> None:
         for index in indices:
             if not blob.present[index]:
                 raise PieceMissingError(f"{blob.digest} piece {index} not present")
             if blob.verified[index]:
+                continue
+            if blob.hashes[index] is None:
+                await self._verify_whole(blob)
                 continue
             try:
                 data = await self._disk(
@@ -554,6 +606,20 @@ class PieceStore:
                 log.warning("could not journal the drop of %s piece %d", blob.digest, index)
             raise PieceMissingError(f"{blob.digest} piece {index} failed re-verification")
 
+    async def _verify_whole(self, blob: Blob) -> None:
+        """A piece without a hash of its own (loaded only in a complete blob): the whole
+        blob is hashed against its digest once; on a mismatch it goes."""
+        got = await self._disk(diskio.hash_file, blob.fileno(), blob.size)
+        if "sha256:" + got.hex() == blob.digest and self._blobs.get(blob.digest) is blob:
+            for index in blob.present.indices():
+                if blob.hashes[index] is None:
+                    blob.verified.set(index)
+            return
+        log.warning("dropping %s: its bytes no longer hash to its digest", blob.digest)
+        if self._blobs.get(blob.digest) is blob:
+            await self.remove(blob.digest)
+        raise PieceMissingError(f"{blob.digest} failed re-verification")
+
     def __repr__(self) -> str:
         complete = sum(1 for b in self._blobs.values() if b.complete)
         pinned = sum(1 for b in self._blobs.values() if b.pins)
@@ -561,20 +627,11 @@ class PieceStore:
             f"<PieceStore {self.path} [blobs: {len(self._blobs)} ({complete} complete, "
             f"{len(self._blobs) - complete} partial, {pinned} pinned) | "
             f"used {self._used} / {self.capacity} bytes, {self._reserved} in flight | "
-            f"aio={self.aio}]>"
+            f"hot {len(self.hot)} pieces, {self.hot.bytes} bytes | aio={self.aio}]>"
         )
 
 
-def _load_blob(directory: Path) -> Blob:
-    meta = jr.read_meta(directory)
-    check_digest(meta.digest)
-    if jr.blob_dir(directory.parent.parent.parent, meta.digest) != directory:
-        raise ValueError(f"meta names {meta.digest}")
-    check_geometry(meta.size, meta.piece_size)
-    return Blob.load(directory, meta, jr.replay(directory))
-
-
-def _write_error(what: str, exc: OSError) -> PieceWriteError:
-    if exc.errno in _NO_SPACE:
-        return DiskFullError(f"{what}: disk full ({exc.strerror})")
-    return PieceWriteError(f"{what}: {exc.strerror or exc}")
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    """A creation that failed is reported by the first write that waits for it."""
+    if not fut.cancelled():
+        fut.exception()

@@ -30,6 +30,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 
 from shoal.cache import PieceCorruptError
 from shoal.observability import Metrics, MetricType
@@ -211,7 +212,8 @@ class PeerConnection(asyncio.BufferedProtocol):
                 raise ProtocolError(f"asked for {pending.length} bytes, peer sends {event.length}")
             self._body = pending
             if pending is not None and pending.buffer is None and pending.pool is not None:
-                pending.buffer = memoryview(pending.pool.take(event.length))
+                # page-aligned: the store writes it with O_DIRECT as it is, no copy
+                pending.buffer = pending.pool.view(event.length)
             if pending is not None and pending.on_start is not None:
                 pending.on_start()
             if pending is not None and pending.buffer is not None:
@@ -344,8 +346,11 @@ class PeerClient:
         request_timeout: float = 30.0,
         metrics: Metrics | None = None,
         on_message: MessageCallback | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.node = node
+        #: TLS to every peer (``P2PConfig.tls``, ``shoal.peer.tls``); None: clear
+        self.ssl = ssl
         #: ``on_message(address, event)`` for requests/one-way messages a peer sends us
         self.on_message = on_message
         self.max_in_flight = max_in_flight
@@ -390,7 +395,13 @@ class PeerClient:
         conn = PeerConnection(self._secret, self.node, address, self.max_in_flight, self.on_message)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: conn, address[0], address[1])
+                await loop.create_connection(
+                    lambda: conn,
+                    address[0],
+                    address[1],
+                    ssl=self.ssl,
+                    server_hostname=None if self.ssl is None else address[0],
+                )
                 await conn.ready
         except AuthFailedError:
             conn.close()

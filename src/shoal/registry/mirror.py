@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from shoal.cache.blob import BlobInfo
 from shoal.config import Config
 from shoal.errors import (
     AccessDeniedError,
@@ -30,14 +31,13 @@ from shoal.errors import (
     ManifestInvalidError,
     RangeNotSatisfiableError,
     ShoalError,
-    UpstreamUnavailableError,
 )
 from shoal.httpserver import SERVER_LIMITS, ServerLimits
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
 from shoal.observability.audit import DOWNLOAD, HTTP_PREAD
 from shoal.observability.exporter import metrics_handler
 from shoal.observability.http import FIRST_BYTE, elapsed, mark_first_byte, request_context
-from shoal.oci.digest import Digest, DigestVerifier, digest_of, parse_digest
+from shoal.oci.digest import Digest, digest_of, parse_digest
 from shoal.oci.manifest import (
     ACCEPT_ALL,
     MANIFEST_TYPES,
@@ -45,13 +45,14 @@ from shoal.oci.manifest import (
     media_type_of,
     parse_manifest,
 )
-from shoal.oci.range import ByteRange, parse_content_range, parse_range
+from shoal.oci.range import ByteRange, parse_range
 from shoal.oci.reference import check_name, parse_manifest_reference
 from shoal.oci.upstream import derive_upstream
-from shoal.registry.access import AccessChecker
+from shoal.registry.access import AccessChecker, Granted
 from shoal.registry.egress import EgressRefusedError
-from shoal.registry.origin_fetch import Source
-from shoal.registry.provider import BlobProvider
+from shoal.registry.origin_fetch import Source, UpstreamRefusedError
+from shoal.registry.provider import BlobProvider, OriginProvider
+from shoal.registry.relay import relay_body
 from shoal.registry.responses import (
     API_VERSION_HEADER,
     error_response,
@@ -62,9 +63,6 @@ from shoal.registry.store_stream import blob_headers, stream_from_store
 from shoal.registry.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
-
-#: bytes handed from the upstream body to the client per write (and per hash update)
-CHUNK = 1 << 20
 
 #: paths a blob URL may have at the accelerator: the registry API, or the registry's
 #: storage layout as object stores serve it (what overlaybd asks for after a redirect)
@@ -95,6 +93,8 @@ class Mirror:
         self.audit = audit
         self.provider = provider
         self.access = access or AccessChecker(upstream, config.upstream.access_check_ttl)
+        if isinstance(provider, OriginProvider) and provider.fetcher.access is None:
+            provider.fetcher.access = self.access  # its GETs are access checks too
         self._limit = asyncio.Semaphore(config.proxy.proxy_concurrency_limit)
         self.waiting = 0
         if config.accelerator.enable:
@@ -230,6 +230,8 @@ class Mirror:
         except ShoalError as exc:
             log.debug("no prefetch for %s: %s", source.name, exc)
             return
+        # the origin served this client the manifest: its blobs are readable by it
+        self.access.grant_manifest(source.host, source.name, source.authorization, blobs)
         started = self.provider.prefetch(blobs, source)
         if started:
             log.debug("prefetching %d blobs of %s", started, source.name)
@@ -276,8 +278,10 @@ class Mirror:
         """
         assert self.provider is not None
         authorization = request.headers.get("Authorization", "")
-        granted = await self.access.check(host, name, digest, authorization)
+        granted = self.access.cached(host, name, digest, authorization)
         if request.method == "HEAD":
+            if granted is None:
+                granted = await self.access.check(host, name, digest, authorization)
             headers = blob_headers(digest)
             info = self.provider.store.lookup(str(digest))
             size = info.size if info is not None else granted.size
@@ -285,10 +289,26 @@ class Mirror:
                 headers["Content-Length"] = str(size)
             return web.Response(status=200, headers=headers)
         source = Source(host, name, authorization)
-        if on_demand and byte_range is not None:
-            info = await self.provider.ensure_range(digest, source, byte_range)
-        else:
-            info = await self.provider.ensure(digest, source)
+        check: asyncio.Task[Granted] | None = None
+        if granted is None and not self._fetch_checks_access(digest):
+            # the origin's yes alongside the download, not before it: no byte is sent
+            # to the client until both are in
+            check = asyncio.create_task(self.access.check(host, name, digest, authorization))
+        try:
+            info = await self._ensure(digest, source, byte_range, on_demand)
+        except UpstreamRefusedError:
+            if check is None or isinstance(await _outcome(check), BaseException):
+                raise
+            # someone else's fetch was refused, this client's own check passed: its turn
+            info = await self._ensure(digest, source, byte_range, on_demand)
+        except BaseException:
+            if check is not None and isinstance(outcome := await _outcome(check), BaseException):
+                raise outcome from None
+            raise
+        if check is not None:
+            await check
+        elif granted is None and self.access.cached(host, name, digest, authorization) is None:
+            await self.access.check(host, name, digest, authorization)  # joined another fetch
         return await stream_from_store(
             request,
             self.provider.store,
@@ -299,6 +319,19 @@ class Mirror:
             audit=self.audit,
             pathname=pathname,
         )
+
+    async def _ensure(
+        self, digest: Digest, source: Source, byte_range: ByteRange | None, on_demand: bool
+    ) -> BlobInfo:
+        assert self.provider is not None
+        if on_demand and byte_range is not None:
+            return await self.provider.ensure_range(digest, source, byte_range)
+        return await self.provider.ensure(digest, source)
+
+    def _fetch_checks_access(self, digest: Digest) -> bool:
+        """The provider's next fetch is a GET with the client's own credentials."""
+        proves = getattr(self.provider, "fetch_checks_access", None)
+        return bool(proves(digest)) if callable(proves) else False
 
     async def _head_blob(
         self, request: web.Request, host: str, path: str, digest: Digest
@@ -359,73 +392,17 @@ class Mirror:
         byte_range: ByteRange | None,
         record: AuditRecord,
     ) -> web.StreamResponse:
-        """Copy the upstream body to the client; ``record`` follows offset and bytes sent."""
-        out = web.StreamResponse(status=resp.status)
-        out.headers.update(blob_headers(digest))
-        expected = resp.content_length
-        skip = 0
-        limit: int | None = None
-        if resp.status == 206:
-            first, last, total = parse_content_range(resp.headers.get("Content-Range", ""))
-            out.headers["Content-Range"] = f"bytes {first}-{last}/{'*' if total is None else total}"
-            record.offset = first
-        elif byte_range is not None:
-            # the upstream ignored the Range: cut the requested part out of the whole body
-            if expected is None:
-                raise UpstreamUnavailableError("upstream ignored Range and sent no length")
-            first, last = byte_range.resolve(expected)
-            skip, limit = first, last - first + 1
-            out.set_status(206)
-            out.headers["Content-Range"] = f"bytes {first}-{last}/{expected}"
-            record.offset = first
-        whole = resp.status == 200 and byte_range is None
-        verifier = DigestVerifier(digest) if whole else None
-        length = limit if limit is not None else expected
-        if length is not None:
-            out.content_length = length
-        await out.prepare(request)
-        sent = 0
-        received = 0
-        pending = b""
-        async for chunk in resp.content.iter_chunked(CHUNK):
-            received += len(chunk)
-            self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
-            if verifier is not None:
-                verifier.update(chunk)
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
-            if limit is not None:
-                chunk = chunk[: limit - sent - len(pending)]
-            if pending:
-                await out.write(pending)
-                sent += len(pending)
-                self.metrics.add_bytes(MetricType.PREAD, len(pending))
-                record.size = sent
-            pending = chunk
-            if limit is not None and sent + len(pending) >= limit:
-                break
-        complete = limit is not None and sent + len(pending) == limit
-        mismatch = False
-        if not complete:
-            complete = expected is None or received == expected
-            if verifier is not None:
-                mismatch = not verifier.matches()
-                complete = complete and not mismatch
-        if not complete:
-            what = "digest mismatch" if mismatch else f"short body ({received} of {expected} bytes)"
-            log.error("blob %s from upstream failed: %s; cutting the response", digest, what)
-            _cut(request)
-            raise DigestMismatchError(f"blob {digest}: {what}")
-        if pending:
-            await out.write(pending)
-            sent += len(pending)
-            self.metrics.add_bytes(MetricType.PREAD, len(pending))
-            record.size = sent
-        await out.write_eof()
-        return out
+        """Copy the upstream body to the client (``relay.py``); ``record`` follows offset
+        and bytes sent."""
+        return await relay_body(
+            request,
+            resp,
+            digest,
+            byte_range,
+            record,
+            metrics=self.metrics,
+            read_timeout=self.config.upstream.timeout,
+        )
 
     # --- accelerator -------------------------------------------------------------
 
@@ -482,6 +459,14 @@ class Mirror:
         )
 
 
+async def _outcome(task: asyncio.Task[Granted]) -> Granted | BaseException:
+    """The check's result or its exception, without raising it."""
+    try:
+        return await task
+    except Exception as exc:
+        return exc
+
+
 def _manifest_accept(request: web.Request) -> str:
     """Every Accept line of the client (one per media type), joined for the upstream.
 
@@ -511,13 +496,6 @@ def _is_loopback(remote: str | None) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
-
-
-def _cut(request: web.Request) -> None:
-    """Abort the client connection so the body it has is visibly incomplete."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
 
 
 __all__ = ["Mirror", "RangeNotSatisfiableError"]

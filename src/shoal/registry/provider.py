@@ -53,3 +53,9 @@ class OriginProvider:
 
     def prefetch(self, blobs: list[tuple[Digest, int]], source: Source) -> int:
         return 0  # without a swarm every prefetch is another read of the origin
+
+    def fetch_checks_access(self, digest: Digest) -> bool:
+        """Whether ``ensure(digest, source)`` now sends a GET with ``source``'s own
+        credentials (nothing stored, nothing in flight): its answer is then that
+        client's access check, and the mirror sends no HEAD of its own."""
+        return self.fetcher.access is not None and self.fetcher.would_fetch(str(digest))

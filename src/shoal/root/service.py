@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Coroutine
 from types import TracebackType
@@ -29,6 +30,7 @@ from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
 from shoal.oci.digest import Digest
 from shoal.peer.server import PeerServer
+from shoal.peer.tls import peer_tls
 from shoal.registry.egress import EgressRefusedError
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
 from shoal.registry.upstream import UpstreamClient
@@ -83,6 +85,7 @@ class Root:
             throttle_mb=config.p2p.throttle_limit_mb,
             metrics=self.metrics,
             audit=self.audit,
+            ssl=_server_tls(config),
         )
         self.peer_id = ""
         self.control_port = 0
@@ -297,3 +300,8 @@ class Root:
                     del self._last_seen[peer]
                     log.info("agent %s silent for %.0fs: dropped from every swarm", peer, timeout)
                     self.schedule(PeerDead(peer))
+
+
+def _server_tls(config: Config) -> ssl.SSLContext | None:
+    tls = peer_tls(config.p2p)  # P2PConfig.tls: pieces over TLS
+    return None if tls is None else tls.server
