@@ -145,6 +145,7 @@ class P2PConfig(_Section, frozen=True):
     #: the peer certificate chain and key every agent and root presents (PEM; one for the
     #: whole cluster will do: peers are reached by address and proven by the handshake)
     tls_cert_file: str = "/etc/shoal/peer/tls.crt"
+    #: the private key of ``tlsCertFile`` (PEM)
     tls_key_file: str = "/etc/shoal/peer/tls.key"
     #: PEM file of the CA peer certificates are checked against
     tls_ca_file: str = "/etc/shoal/peer/ca.crt"

@@ -52,6 +52,7 @@ from shoal.control.tls import ServerTLS, server_tls
 from shoal.errors import ShoalError
 from shoal.httpserver import SERVER_LIMITS, TLS_CONTEXT, ServerLimits
 from shoal.oci.digest import Digest, parse_digest
+from shoal.peer.tls import peer_tls
 from shoal.registry.origin_fetch import Source
 from shoal.registry.responses import error_response
 from shoal.root.vetting import Vetting
@@ -107,7 +108,13 @@ class ControlAPI:
         self._secret = secret
         self.nonces = NonceMemory()
         self.tls: ServerTLS | None = server_tls(root.config.control)
-        self.vetting = Vetting(secret, root.config.control, node=lambda: root.peer_id)
+        tls = peer_tls(root.config.p2p)
+        self.vetting = Vetting(
+            secret,
+            root.config.control,
+            node=lambda: root.peer_id,
+            peer_ssl=None if tls is None else tls.client,
+        )
         self.unsigned = 0
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -63,9 +64,12 @@ class Vetting:
         node: Callable[[], str],
         probe: Probe | None = None,
         clock: Callable[[], float] = time.monotonic,
+        peer_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
         self._secret = secret
+        #: the peer network's TLS (``P2PConfig.tls``): the probe speaks what peers speak
+        self._peer_ssl = peer_ssl
         self._node = node
         self._probe = probe or self._handshake
         self._clock = clock
@@ -164,7 +168,10 @@ class Vetting:
     async def _handshake(self, peer: str) -> None:
         parse_address(peer)  # ValueError: not host:port
         async with PeerClient(
-            self._secret, node=self._node(), connect_timeout=self.cfg.vet_timeout
+            self._secret,
+            node=self._node(),
+            connect_timeout=self.cfg.vet_timeout,
+            ssl=self._peer_ssl,
         ) as client:
             await client.connection(peer)
 
