@@ -371,7 +371,7 @@ class DownloadPolicy(_Section, frozen=True):
     #: seconds a parent has to answer a liveness ping
     ping_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     #: seconds between report batches to a root (one batch for every blob it schedules)
-    report_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.05
+    report_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.25
     #: seconds between asks for pushed parent sets when there is nothing to report
     push_poll: Annotated[float, msgspec.Meta(gt=0)] = 0.5
 

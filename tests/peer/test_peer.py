@@ -348,6 +348,20 @@ async def test_throttled_server_paces_reads(store: PieceStore) -> None:
     assert 0.4 <= took < 3.0, took  # 512 KiB beyond the 256 KiB burst at 1 MiB/s
 
 
+async def test_a_trickled_body_of_any_length_arrives_whole(store: PieceStore) -> None:
+    """The client wakes per 64 KiB of body (``SO_RCVLOWAT``), not per segment; a body
+    whose tail is shorter than that, sent slowly, must still complete at once."""
+    digest, data = await add_blob(store, 40)  # 640 KiB
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", throttle_mb=4) as server,
+        PeerClient(SECRET) as client,
+    ):
+        peer = ("127.0.0.1", server.port)
+        for offset, length in ((1, len(data) - 3), (7, 70_001), (0, 65_535), (5, 3)):
+            got = await asyncio.wait_for(client.read(peer, digest, offset, length), 5)
+            assert bytes(got) == data[offset : offset + length]
+
+
 async def test_request_timeout_then_connection_still_works(store: PieceStore) -> None:
     digest, data = await add_blob(store, 32)
     async with (
