@@ -25,7 +25,7 @@ from shoal.cache import choose_piece_size
 from shoal.errors import ConfigInvalidError
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
-from shoal.sim.params import GBIT, GIB, MB, MIB, NS, CpuCosts, SimParams
+from shoal.sim.params import GBIT, GIB, MB, MEASURED, MIB, NS, CpuCosts, SimParams, measured_costs
 from shoal.sim.report import PullStats, plot, stats
 
 #: ``gzip -d`` of a 282,560,111-byte layer (the first 600,000,000 bytes of
@@ -80,7 +80,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="every node shares one host with this many cores (default: not modelled; "
         "--from-bench: this machine's cores)",
     )
-    costs = CpuCosts()
     for name, what in (
         ("recv", "an agent fetching a piece a peer holds"),
         ("recv-cut", "an agent fetching a piece its parent was still fetching"),
@@ -93,10 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             f"--cpu-{name}-ns",
             type=float,
-            default=getattr(costs, name.replace("-", "_")) / NS,
             help=f"with --host-cores: CPU ns per byte of {what} "
-            f"(default {getattr(costs, name.replace('-', '_')) / NS:.2f}, "
-            "bench/cpu_cost.py here)",
+            "(default: bench/cpu_cost.py's figure here at the nearest link rate measured, "
+            + ", ".join(
+                f"{rate:g} Mbit/s {getattr(c, name.replace('-', '_')) / NS:.2f}"
+                for rate, c in MEASURED.items()
+            )
+            + ")",
         )
     p.add_argument("--no-baseline", action="store_true", help="skip the standard pull")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -122,16 +124,15 @@ def parse_image(spec: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def cpu_from(args: argparse.Namespace) -> CpuCosts:
-    return CpuCosts(
-        recv=args.cpu_recv_ns * NS,
-        recv_cut=args.cpu_recv_cut_ns * NS,
-        send=args.cpu_send_ns * NS,
-        serve=args.cpu_serve_ns * NS,
-        client=args.cpu_client_ns * NS,
-        fetch=args.cpu_fetch_ns * NS,
-        registry=args.cpu_registry_ns * NS,
-    )
+def cpu_from(args: argparse.Namespace, rate_mbit: float) -> CpuCosts:
+    """The costs measured at the nearest link rate, with any ``--cpu-*-ns`` given."""
+    _, base = measured_costs(rate_mbit)
+    given = {
+        f: getattr(args, f"cpu_{f}_ns") * NS
+        for f in ("recv", "recv_cut", "send", "serve", "client", "fetch", "registry")
+        if getattr(args, f"cpu_{f}_ns", None) is not None
+    }
+    return replace(base, **given)
 
 
 def params_from(args: argparse.Namespace) -> SimParams:
@@ -155,7 +156,7 @@ def params_from(args: argparse.Namespace) -> SimParams:
         zones=args.zones,
         unpack_bps=args.unpack_mbs * MB,
         host_cores=args.host_cores or 0.0,
-        cpu=cpu_from(args),
+        cpu=cpu_from(args, args.link_gbit * 1000),
     )
 
 
@@ -374,13 +375,16 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
         piece_size=piece,
         seed=args.seed,
         host_cores=cores,
-        cpu=cpu_from(args),
+        cpu=cpu_from(args, float(o["rate_mbit"])),
     )
+    at, _ = measured_costs(float(o["rate_mbit"]))
+    print(f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s (docs/sim.md)")
     res = simulate(p)
     print_run(p, res)
     links = simulate(replace(p, host_cores=0.0)) if cores else res
     out: dict[str, Any] = {
         "bench": args.from_bench,
+        "cpu_costs_measured_at_mbit": at,
         "sim": _jsonable(res),
         "links_only": _jsonable(links),
         "compared": [],

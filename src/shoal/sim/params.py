@@ -21,21 +21,23 @@ NS = 1e-9  # seconds in a nanosecond: CPU costs are given in ns per byte
 class CpuCosts:
     """CPU seconds per byte of each part of a pull (only used with ``host_cores``).
 
-    Defaults: ``bench/cpu_cost.py --rate-mbit 100 --piece-kib 1024 --repeat 3`` on this
-    machine (the benchmark's shaped links; the agent as of commit 31100af, which picks
-    1 MiB pieces for the bench's 16 MiB layers); docs/sim.md has every run, and the
-    older agent's figures. A faster agent is a new measurement, not new code: pass the
-    new figures (``shoal sim --cpu-recv-ns ...``).
+    The figures are measurements, not fits: ``bench/cpu_cost.py`` on this machine, at
+    the benchmark's shaped links and piece size. They depend on the link rate (a slow
+    link delivers fewer bytes per event-loop wake-up), so :data:`MEASURED` keeps one set
+    per rate measured and :func:`measured_costs` picks the nearest; docs/sim.md has
+    every run. A faster agent is a new measurement, not new code: rerun the script and
+    pass the figures (``shoal sim --cpu-recv-ns ...``) or update :data:`MEASURED`.
+    The defaults are the 100 Mbit/s set.
     """
 
-    recv: float = 7.50 * NS  #: an agent fetches a piece a peer holds, verifies, stores it
+    recv: float = 9.11 * NS  #: an agent fetches a piece a peer holds, verifies, stores it
     #: the same when the request waited at a parent still fetching the piece (cut-through)
-    recv_cut: float = 5.84 * NS
-    send: float = 2.41 * NS  #: an agent or root serves a piece to a peer
-    serve: float = 0.47 * NS  #: an agent answers its runtime from the piece store
-    client: float = 5.27 * NS  #: the runtime (skopeo) receives, verifies, writes a layer
-    fetch: float = 6.01 * NS  #: a root fetches a piece from the origin, verifies, stores it
-    registry: float = 0.89 * NS  #: the origin registry sends a byte
+    recv_cut: float = 10.13 * NS
+    send: float = 2.23 * NS  #: an agent or root serves a piece to a peer
+    serve: float = 0.74 * NS  #: an agent answers its runtime from the piece store
+    client: float = 9.21 * NS  #: the runtime (skopeo) receives, verifies, writes a layer
+    fetch: float = 10.56 * NS  #: a root fetches a piece from the origin, verifies, stores it
+    registry: float = 1.94 * NS  #: the origin registry sends a byte
 
     @property
     def agent_in(self) -> float:
@@ -46,6 +48,29 @@ class CpuCosts:
     def agent_in_cut(self) -> float:
         """The same for a piece whose request waited at its parent (cut-through)."""
         return self.recv_cut + self.serve + self.client
+
+
+def _ns(**figures: float) -> CpuCosts:
+    return CpuCosts(**{k: v * NS for k, v in figures.items()})
+
+
+#: link Mbit/s -> the costs measured there by ``bench/cpu_cost.py --rate-mbit R
+#: --layers 4 --layer-mib 16 --piece-kib 1024 --repeat 3`` (medians), 2026-12-01, the
+#: agent with the peer client's receive low-water mark (commit 9f24b90)
+MEASURED: dict[float, CpuCosts] = {
+    25.0: _ns(
+        recv=10.95, recv_cut=12.31, send=2.22, serve=0.73, client=9.52, fetch=16.27, registry=1.94
+    ),
+    100.0: _ns(
+        recv=9.11, recv_cut=10.13, send=2.23, serve=0.74, client=9.21, fetch=10.56, registry=1.94
+    ),
+}
+
+
+def measured_costs(rate_mbit: float) -> tuple[float, CpuCosts]:
+    """The costs measured at the rate nearest ``rate_mbit`` (by ratio), and that rate."""
+    rate = min(MEASURED, key=lambda r: abs(math.log(r / max(rate_mbit, 1e-9))))
+    return rate, MEASURED[rate]
 
 
 @dataclass(frozen=True, slots=True)
