@@ -135,6 +135,21 @@ class Integrity:
                 blob.verified.clear(index)
         blob.file_mtime = st.st_mtime_ns
 
+    def check_intact(self, digest: str) -> bool:
+        """Before a blob is served: whether it is still here. A data file deleted,
+        truncated or grown loses the blob now, so the caller fetches it anew in this
+        request instead of cutting the stream at its first read."""
+        blob = self._blobs.get(digest)
+        if blob is None:
+            return False
+        if not blob.has_files:
+            return True  # still being made: nothing to check yet
+        try:
+            self._check_file(blob)
+        except BlobEvictedError:
+            return False
+        return True
+
     def _note_written(self, blob: Blob) -> None:
         """After our own writes: the mtime they left is ours, not a stranger's."""
         if blob.writing:
