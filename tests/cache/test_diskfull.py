@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,36 +32,64 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-async def test_disk_full_fails_the_piece_not_the_store(tiny_fs: Path) -> None:
+async def test_a_blob_that_cannot_fit_on_the_disk_is_refused_before_it_is_fetched(
+    tiny_fs: Path,
+) -> None:
     digest, data = make_blob(24)  # 384 KiB: cannot fit in 256 KiB
-    parts = pieces(data)
     async with PieceStore(tiny_fs / "cache", capacity=1 << 30) as store:
-        await store.create(digest, len(data), piece_size=PIECE)
-
-        async def fill() -> int:
-            for i, p in enumerate(parts):
-                try:
-                    await store.write_piece(digest, i, p)
-                except DiskFullError:
-                    return i
-            return len(parts)
-
-        written = await fill()
-        assert 0 < written < len(parts)
-        assert not store.has_piece(digest, written)
-        assert store.used == written * PIECE
-        # what landed is still served, and removing a blob makes room again
-        assert await store.read_piece(digest, 0) == parts[0]
-        other, small = make_blob(1, seed=3)
-
-        async def add_other() -> None:
-            await store.create(other, len(small), piece_size=PIECE)
-            await store.write_piece(other, 0, small)
-
         with pytest.raises(DiskFullError):
-            await add_other()
-        await store.remove(digest)
-        assert store.used == 0
-        await add_other()
-        await store.finish(other)
-        assert await store.read_piece(other, 0) == small
+            await store.create(digest, len(data), piece_size=PIECE)
+        assert store.lookup(digest) is None
+        assert not list((tiny_fs / "cache").rglob("data"))
+        small, sdata = make_blob(2, seed=3)  # the store goes on serving what fits
+        await store.create(small, len(sdata), piece_size=PIECE)
+        for i, p in enumerate(pieces(sdata)):
+            await store.write_piece(small, i, p)
+        await store.finish(small)
+        assert await store.read_piece(small, 1) == pieces(sdata)[1]
+
+
+async def test_a_disk_filled_by_someone_else_evicts_idle_blobs_then_fails_the_piece(
+    tiny_fs: Path,
+) -> None:
+    """ENOSPC at a write: idle blobs go and the write is tried again; with nothing left
+    to evict the piece fails with ``DiskFullError`` at once, and whoever waits for it
+    is told, not left waiting."""
+    old, odata = make_blob(4, seed=1)
+    new, ndata = make_blob(4, seed=2)
+    parts = pieces(ndata)
+    async with PieceStore(tiny_fs / "cache", capacity=1 << 30) as store:
+        await store.create(old, len(odata), piece_size=PIECE)
+        for i, p in enumerate(pieces(odata)):
+            await store.write_piece(old, i, p)
+        await store.finish(old)
+        await store.create(new, len(ndata), piece_size=PIECE)
+        await store.write_piece(new, 0, parts[0])
+        fill(tiny_fs / "filler1")  # another program takes what is left
+        await store.write_piece(new, 1, parts[1])
+        assert store.lookup(old) is None, "the idle blob made room"
+        fill(tiny_fs / "filler2")  # and takes that too
+        with store.lease(new):
+            waiter = asyncio.ensure_future(store.wait_piece(new, 2))
+            await asyncio.sleep(0)  # it waits now
+            with pytest.raises(DiskFullError):
+                await store.write_piece(new, 2, parts[2])
+            async with asyncio.timeout(1):
+                with pytest.raises(DiskFullError):
+                    await waiter
+        for name in ("filler1", "filler2"):
+            (tiny_fs / name).unlink()
+        for i in (2, 3):
+            await store.write_piece(new, i, parts[i])
+        await store.finish(new)
+        assert await store.read_range(new, 0, len(ndata)) == ndata
+
+
+def fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"x" * 4096):
+                pass
+    finally:
+        os.close(fd)

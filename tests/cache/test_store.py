@@ -13,6 +13,7 @@ from shoal.cache import (
     BlobEvictedError,
     CacheFullError,
     PieceCorruptError,
+    PieceDroppedError,
     PieceMissingError,
     PieceStore,
 )
@@ -111,31 +112,53 @@ async def test_waiters_fail_when_blob_goes(store: PieceStore) -> None:
 
 
 async def test_eviction_is_lru_and_spares_leased_blobs(store_factory: StoreFactory) -> None:
+    """A new blob must fit whole before a byte of it is fetched: idle blobs make room,
+    least recently used first; with nothing evictable ``create`` refuses it at once."""
     async with store_factory(capacity=4 * PIECE) as store:
         blobs = [make_blob(2, seed=s) for s in range(4)]
         for digest, data in blobs[:2]:
             await store.create(digest, len(data), piece_size=PIECE)
             for i, p in enumerate(pieces(data)):
                 await store.write_piece(digest, i, p)
+            await store.finish(digest)
         assert store.used == 4 * PIECE
         await store.read_piece(blobs[0][0], 0)  # blob 0 is now the most recent
         d2, data2 = blobs[2]
         await store.create(d2, len(data2), piece_size=PIECE)
-        await store.write_piece(d2, 0, pieces(data2)[0])
         assert store.lookup(blobs[1][0]) is None, "least recently used goes first"
         assert not blob_dir(store.path, blobs[1][0]).exists()
         assert store.lookup(blobs[0][0]) is not None
-        assert store.used == 3 * PIECE
-        with store.lease(blobs[0][0]):
-            await store.write_piece(d2, 1, pieces(data2)[1])
-            d3, data3 = blobs[3]
+        assert store.used == 2 * PIECE
+        for i, p in enumerate(pieces(data2)):
+            await store.write_piece(d2, i, p)
+        await store.finish(d2)
+        d3, data3 = blobs[3]
+        with store.lease(blobs[0][0]), store.lease(d2), pytest.raises(CacheFullError):
             await store.create(d3, len(data3), piece_size=PIECE)
-            with store.lease(d2), pytest.raises(CacheFullError):
-                await store.write_piece(d3, 0, pieces(data3)[0])
-            assert store.lookup(blobs[0][0]) is not None
-        await store.write_piece(d3, 0, pieces(data3)[0])  # lease gone: blob 0 is evictable
+        assert store.lookup(blobs[0][0]) is not None and store.lookup(d2) is not None
+        await store.create(d3, len(data3), piece_size=PIECE)  # leases gone: blob 0 goes
         assert store.lookup(blobs[0][0]) is None
+        assert store.lookup(d2) is not None
+        await store.write_piece(d3, 0, pieces(data3)[0])
         assert store.used <= store.capacity
+
+
+async def test_an_idle_partial_blob_goes_before_a_complete_one(
+    store_factory: StoreFactory,
+) -> None:
+    async with store_factory(capacity=4 * PIECE) as store:
+        partial, pdata = make_blob(2, seed=1)
+        whole, wdata = make_blob(2, seed=2)
+        await store.create(whole, len(wdata), piece_size=PIECE)
+        for i, p in enumerate(pieces(wdata)):
+            await store.write_piece(whole, i, p)
+        await store.finish(whole)
+        await store.create(partial, len(pdata), piece_size=PIECE)
+        await store.write_piece(partial, 0, pieces(pdata)[0])  # then its download stopped
+        new, ndata = make_blob(2, seed=3)
+        await store.create(new, len(ndata), piece_size=PIECE)
+        assert store.lookup(partial) is None, "a stopped download goes first"
+        assert store.lookup(whole) is not None
 
 
 async def test_restart_keeps_index_and_drops_corrupt_piece(store_factory: StoreFactory) -> None:
@@ -243,25 +266,36 @@ async def test_unhashed_pieces_are_vouched_for_by_the_whole_digest(
 ) -> None:
     """An agent's own origin fetch stores pieces without hashes of their own: after a
     restart a complete blob is re-hashed whole before any piece is served (a corrupt
-    one goes), and an incomplete one's unhashed pieces are not trusted at all."""
+    one goes, nothing tells which piece is bad), its piece hashes are journalled from
+    then on (a later rotten piece is dropped alone), and an incomplete one's unhashed
+    pieces are not trusted at all."""
     digest, data = make_blob(3)
+    rotten, rdata = make_blob(3, seed=5)
     partial, pdata = make_blob(3, seed=7)
     async with store_factory() as store:
-        for d, blob, n in ((digest, data, 3), (partial, pdata, 2)):
+        for d, blob, n in ((digest, data, 3), (rotten, rdata, 3), (partial, pdata, 2)):
             await store.create(d, len(blob), piece_size=PIECE)
             for i, p in enumerate(pieces(blob)[:n]):
                 assert await store.write_piece(d, i, p, hashed=False) == b""
         await store.finish(digest)
+        await store.finish(rotten)
         assert store.lookup(digest).hashes == (None, None, None)  # type: ignore[union-attr]
         path = store.path
+    with (blob_dir(path, rotten) / "data").open("r+b") as fh:
+        fh.seek(2 * PIECE + 5)
+        fh.write(b"\x00\xff")
     async with store_factory(path) as again:
         assert again.lookup(partial).present_count == 0  # type: ignore[union-attr]
         assert await again.read_range(digest, PIECE, 10) == data[PIECE : PIECE + 10]
-    directory = blob_dir(path, digest)
-    with (directory / "data").open("r+b") as fh:
+        with pytest.raises(BlobEvictedError):
+            await again.read_range(rotten, 0, 10)
+        assert again.lookup(rotten) is None
+    with (blob_dir(path, digest) / "data").open("r+b") as fh:
         fh.seek(2 * PIECE + 5)
         fh.write(b"\x00\xff")
     async with store_factory(path) as third:
-        with pytest.raises(PieceMissingError):
-            await third.read_range(digest, 0, 10)
-        assert third.lookup(digest) is None
+        assert await third.read_range(digest, 0, 10) == data[:10]
+        with pytest.raises(PieceDroppedError):
+            await third.read_range(digest, 2 * PIECE, 10)
+        assert not third.has_piece(digest, 2)
+        assert third.has_piece(digest, 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cache import PieceCorruptError, PieceStore
+from shoal.cache import PieceStore
 from shoal.cache import layout as cache_layout
 from shoal.cache.buffers import is_aligned
 from shoal.cache.journal import blob_dir
@@ -258,16 +258,25 @@ async def test_multiplexed_reads_on_one_connection(store: PieceStore) -> None:
         assert "in flight: 0" in repr(conn)
 
 
-async def test_bad_piece_is_detected(store: PieceStore) -> None:
+async def test_a_piece_rotten_on_disk_is_never_sent(store: PieceStore) -> None:
+    """Bytes flipped on disk after the piece was written and checked: the server hashes
+    what it is about to send, drops the piece and answers PIECE_MISSING (the asker goes
+    elsewhere); the other piece still goes out."""
     digest, data = await add_blob(store, 2)
-    good = sha(pieces(data)[1])
-    # bit rot after the server verified the piece: it will send what is on disk
+    dropped: list[tuple[str, int]] = []
+    store.add_drop_listener(lambda d, i: dropped.append((d, i)))
     with (blob_dir(store.path, digest) / "data").open("r+b") as fh:
         fh.seek(PIECE + 10)
         fh.write(b"\x00\x01\x02")
     async with PeerServer(store, SECRET, host="127.0.0.1") as server, PeerClient(SECRET) as client:
-        with pytest.raises(PieceCorruptError):
-            await client.read(("127.0.0.1", server.port), digest, PIECE, PIECE, sha256=good)
+        peer = ("127.0.0.1", server.port)
+        with pytest.raises(PeerRequestError) as err:
+            await client.read(peer, digest, PIECE, PIECE)
+        assert err.value.code == ErrorCode.PIECE_MISSING
+        got = await client.read(peer, digest, 0, PIECE, sha256=sha(pieces(data)[0]))
+        assert bytes(got) == pieces(data)[0]
+    assert dropped == [(digest, 1)]
+    assert not store.has_piece(digest, 1)
 
 
 async def test_wrong_secret_is_refused(store: PieceStore, caplog: pytest.LogCaptureFixture) -> None:

@@ -73,6 +73,17 @@ class Blob:
     dirty: bool = False
     #: the files being made on a disk thread (``PieceStore.create`` does not wait)
     creating: asyncio.Future[None] | None = None
+    #: pieces whose page-cache copy is known good, with their turn in the page window
+    #: (``integrity.py``); every other present piece is hashed before it is sent
+    fresh: dict[int, int] = field(default_factory=dict)
+    #: checks of pieces under way (readers of one piece share one)
+    verifying: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    #: writes of ours under way, and the data file's mtime our last one left
+    writing: int = 0
+    file_mtime: int | None = None
+    #: removed while pinned: its files close when the last pin goes (``unpin``), never
+    #: under a ``sendfile`` still reading them
+    closing: bool = False
     _file: io.FileIO | None = None
     _direct_fd: int | None = None
     _journal: jr.Journal | None = None
@@ -210,7 +221,17 @@ class Blob:
             self._journal.sync()
         jr.sync_meta(self.directory)
 
-    def close_files(self) -> None:
+    def unpin(self) -> None:
+        self.pins -= 1
+        if not self.pins and self.closing:
+            self.close_files()
+
+    def close_files(self, *, later: bool = False) -> None:
+        """Close the data file, its direct twin and the journal; ``later``: once unpinned."""
+        if later and self.pins:
+            self.closing = True
+            return
+        self.closing = False
         if self._direct_fd is not None and self._direct_fd >= 0:
             os.close(self._direct_fd)
         self._direct_fd = None

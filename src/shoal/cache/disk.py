@@ -77,7 +77,7 @@ class DiskThreads:
             await self.run(_sync_all, dirty)
         finally:
             for blob in dirty:
-                blob.pins -= 1
+                blob.unpin()
 
     async def close(self) -> None:
         for executor in (self._executor, self._pages):

@@ -173,6 +173,40 @@ def check_and_write(
     return sha256
 
 
+def hash_range(fd: int, offset: int, length: int) -> bytes:
+    """sha256 of ``length`` bytes at ``offset``, read through the page cache (so that a
+    ``sendfile`` right after sends the very pages that were hashed)."""
+    h = hashlib.sha256()
+    view = _scratch_buffer(min(4 << 20, max(length, 1)))
+    end = offset + length
+    while offset < end:
+        n = os.preadv(fd, [view[: min(len(view), end - offset)]], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "short read while hashing")
+        h.update(view[:n])
+        offset += n
+    return h.digest()
+
+
+def hash_pieces(fd: int, size: int, piece_size: int) -> tuple[bytes, list[bytes]]:
+    """The whole file's sha256 and each piece's, in one pass over the bytes."""
+    whole = hashlib.sha256()
+    parts: list[bytes] = []
+    view = _scratch_buffer(min(4 << 20, piece_size))
+    for start in range(0, size, piece_size):
+        piece = hashlib.sha256()
+        offset, end = start, min(start + piece_size, size)
+        while offset < end:
+            n = os.preadv(fd, [view[: min(len(view), end - offset)]], offset)
+            if n <= 0:
+                raise OSError(errno.EIO, "short read while hashing")
+            whole.update(view[:n])
+            piece.update(view[:n])
+            offset += n
+        parts.append(piece.digest())
+    return whole.digest(), parts
+
+
 def hash_file(fd: int, size: int) -> bytes:
     h = hashlib.sha256()
     view = _scratch_buffer(4 << 20)

@@ -17,6 +17,11 @@ class PieceMissingError(ShoalError):
     oci_code = "BLOB_UNKNOWN"
 
 
+class PieceDroppedError(PieceMissingError):
+    """A stored piece failed its check on read (its bytes on disk changed, or could not be
+    read) and was dropped from the store: it must be fetched again."""
+
+
 class PieceCorruptError(DigestMismatchError):
     """Bytes offered for a piece do not hash to the piece's known sha256."""
 

@@ -11,9 +11,10 @@ path (issue 13), so the newest pieces stay where they already are:
   entry for the time of its send, so a buffer is never recycled under a send. An
   origin fetch *stages* each piece as its bytes arrive (``PieceStore.stage_piece``):
   the runtime's stream sends them while the piece is still filling, as a relay would.
-- ``PageWindow`` (``aioEnable: 0``): the newest ``limit`` bytes written through the page
-  cache stay cached; older ranges are written back and dropped so the kernel reuses
-  their pages (see ``diskio.py`` for why fresh pages are so dear on this VM).
+- ``PageWindow``: the newest ``limit`` bytes written (or read back and checked) stay
+  cached and *fresh*; older ranges are written back and dropped so the kernel reuses
+  their pages (see ``diskio.py`` for why fresh pages are so dear on this VM), and are
+  checked again on their next read (``integrity.py``).
 
 Both are plain bookkeeping run on the event loop; the page drops run on a disk thread.
 """
@@ -169,6 +170,11 @@ class WrittenRange:
     fd: Callable[[], int]
     offset: int
     length: int
+    #: the piece it holds, and which of its turns in the window this is
+    #: (``integrity.py``: a piece checked again since is still fresh)
+    digest: str = ""
+    index: int = 0
+    stamp: int = 0
 
 
 class PageWindow:

@@ -5,11 +5,12 @@ Design decisions:
 - **One sparse data file per blob**, pieces written at their offsets in any order. A
   piece is *present* once its bytes are written and its sha256 recorded in the blob's
   journal (``journal.py``); only present pieces are ever read or served.
-- **Verified once per process lifetime.** A piece written in this process was hashed on
-  its way in. A piece found in the journal at start is present but *unverified*: the
-  first read re-hashes it and drops it if it no longer matches (a crash can leave a
-  journal record whose bytes never hit the disk). Start-up therefore costs O(index), not
-  O(bytes), and a corrupted piece is never served.
+- **Checked on every read from disk** (``integrity.py``). A piece is sent only from
+  where its bytes are known good: its buffer in memory, or the page cache while it is
+  fresh (written or re-hashed within the newest ``PAGE_WINDOW`` bytes); otherwise it
+  is hashed against its piece hash first, and dropped (to be fetched again) if it no
+  longer matches. A data file deleted, truncated or written by someone else is caught
+  by an ``fstat`` per read. Start-up costs O(index), not O(bytes).
 - **Capacity counts present piece bytes** (plus bytes being written), never the sparse
   holes. When a write would exceed it, whole blobs are evicted least-recently-used
   first; a blob with a lease (``lease()``) or an operation in progress is never chosen.
@@ -55,12 +56,14 @@ from shoal.cache.errors import (
     BlobConflictError,
     BlobEvictedError,
     CacheFullError,
+    DiskFullError,
     PieceCorruptError,
     PieceMissingError,
     PieceReadError,
 )
 from shoal.cache.following import Following
-from shoal.cache.hot import HotPieces, PageWindow, WrittenRange
+from shoal.cache.hot import HotPieces, PageWindow
+from shoal.cache.integrity import DropListener, Integrity
 from shoal.cache.layout import (
     HASH_SIZE,
     check_digest,
@@ -68,6 +71,7 @@ from shoal.cache.layout import (
     choose_piece_size,
     pieces_of_range,
 )
+from shoal.cache.room import Room
 from shoal.config import CacheConfig
 from shoal.errors import DigestMismatchError
 
@@ -91,7 +95,7 @@ HOT_BYTES = 8 << 20
 PAGE_WINDOW = 16 << 20
 
 
-class PieceStore(Following):
+class PieceStore(Following, Integrity, Room):
     def __init__(
         self,
         path: str | Path,
@@ -115,6 +119,8 @@ class PieceStore(Following):
         self._reserved = 0
         self._tick = 0
         self._listeners: list[PieceListener] = []
+        self._drop_listeners: list[DropListener] = []
+        self._stamp = 0
         #: blobs someone waits to see created: (event, [number of waiters])
         self._blob_waiters: dict[str, tuple[asyncio.Event, list[int]]] = {}
         #: threads doing blocking reads, writes, page drops and fsyncs
@@ -240,7 +246,7 @@ class PieceStore(Following):
         try:
             yield blob.info()
         finally:
-            blob.pins -= 1
+            blob.unpin()
 
     # -- writing -------------------------------------------------------------------
 
@@ -273,6 +279,7 @@ class PieceStore(Following):
                 existing.adopt_hashes(hashes)
             self._touch(existing)
             return existing.info()
+        self._make_room(digest, size)
         count = (size + piece_size - 1) // piece_size
         if hashes is not None and (
             len(hashes) != count or any(len(h) != HASH_SIZE for h in hashes)
@@ -374,37 +381,32 @@ class PieceStore(Following):
                 if sha256 is not None and known is not None and known != sha256:
                     raise PieceCorruptError(f"{digest} piece {index}: sha256 mismatch")
                 self._reserve(blob, length)
+                blob.writing += 1
                 try:
-                    await blob.created()
-                    job = (
-                        self.aio and length > INLINE_PIECE,
-                        blob.fileno(),
-                        blob.direct_fileno() if self.aio and length > INLINE_PIECE else -1,
-                        blob.offset(index),
-                        data,
-                        sha256,
-                        known,
-                        f"{digest} piece {index}",
-                        hashed,
+                    sha256 = await self._put(
+                        blob, index, data, sha256, known, release, handed, hashed
                     )
-                    if length <= INLINE_PIECE:
-                        sha256 = diskio.check_and_write(*job)
-                    else:
-                        sha256 = await self.disk.write(job, release, handed)
                     if blob.present[index]:  # a concurrent writer won
                         return sha256 or b""
                     blob.journal_append(jr.RecordKind.PIECE, index, sha256 or jr.NO_HASH)
                 except OSError as exc:
-                    raise write_error(f"{digest} piece {index}", exc) from exc
+                    error = write_error(f"{digest} piece {index}", exc)
+                    if isinstance(error, DiskFullError):
+                        # no room even after evicting what could go: whoever follows this
+                        # piece (a runtime's stream, a peer) is told now, not left waiting
+                        blob.fail_piece_waiters(index, error)
+                    raise error from exc
                 finally:
                     self._reserved -= length
+                    blob.writing -= 1
+                    self._note_written(blob)
                 if self._blobs.get(digest) is not blob:
                     raise BlobEvictedError(f"{digest} removed while piece {index} was written")
                 blob.mark_present(index, sha256, verified=True)
                 self._used += length
                 rec[0] = length
+                self._fresh(blob, index)  # the page-cache window (``integrity.py``)
                 if not self.aio and length > INLINE_PIECE:
-                    self._keep_pages(blob, blob.offset(index), length)
                     self.hot.discard((digest, index))  # staged: the page cache has it now
                 else:
                     self.hot.settle((digest, index))  # staged: memory is its only copy
@@ -414,7 +416,7 @@ class PieceStore(Following):
                     handed[0] = True
                     self.hot.keep((digest, index), memoryview(data).cast("B"), release)
         finally:
-            blob.pins -= 1
+            blob.unpin()
         self._touch(blob)
         if self._meter is not None:
             self._meter(length, time.perf_counter() - start)
@@ -423,12 +425,49 @@ class PieceStore(Following):
             listener(digest, index)
         return sha256 or b""
 
-    def _keep_pages(self, blob: Blob, offset: int, length: int) -> None:
-        """The page-cache window of ``aioEnable: 0``: drop what fell out of it."""
-        for old in self.window.push(WrittenRange(blob.open_fileno, offset, length)):
-            fd = old.fd()
-            if fd >= 0:
-                self.disk.submit_pages(diskio.release_pages, fd, old.offset, old.length)
+    async def _put(
+        self,
+        blob: Blob,
+        index: int,
+        data: bytes | bytearray | memoryview,
+        sha256: bytes | None,
+        known: bytes | None,
+        release: Callable[[], None] | None,
+        handed: list[bool],
+        hashed: bool,
+    ) -> bytes | None:
+        """Hash, check and write the piece; on a full disk evict what may go (partial
+        blobs first, then least recently used) and try once more."""
+        length = blob.piece_length(index)
+        for attempt in range(2):
+            try:
+                await blob.created()
+            except OSError as exc:
+                # a blob whose files could not be made is no blob: it goes, all of it
+                if self._blobs.get(blob.digest) is blob:
+                    del self._blobs[blob.digest]
+                    self._drop(blob, BlobEvictedError(f"{blob.digest}: cannot create its files"))
+                raise exc
+            direct = self.aio and length > INLINE_PIECE
+            job = (
+                direct,
+                blob.fileno(),
+                blob.direct_fileno() if direct else -1,
+                blob.offset(index),
+                data,
+                sha256,
+                known,
+                f"{blob.digest} piece {index}",
+                hashed,
+            )
+            try:
+                if length <= INLINE_PIECE:
+                    return diskio.check_and_write(*job)
+                return await self.disk.write(job, release, handed)
+            except OSError as exc:
+                if attempt or not self._evict_for_disk(blob, exc, length):
+                    raise
+        raise AssertionError("unreachable")
 
     async def finish(self, digest: str, *, verify: bool = True) -> None:
         """Mark the blob complete; with ``verify`` hash the whole file against ``digest``.
@@ -449,7 +488,7 @@ class PieceStore(Following):
                 await blob.created()
             except OSError as exc:
                 raise write_error(f"{digest}: cannot create", exc) from exc
-            await self._ensure_verified(blob, range(blob.present.size))
+            await self._ensure_verified(blob, range(blob.present.size), send=False)
             if verify:
                 got = await asyncio.to_thread(diskio.hash_file, blob.fileno(), blob.size)
                 if "sha256:" + got.hex() != digest:
@@ -461,7 +500,7 @@ class PieceStore(Following):
                 raise write_error(f"{digest}: cannot mark complete", exc) from exc
             blob.mark_complete()
         finally:
-            blob.pins -= 1
+            blob.unpin()
 
     async def remove(self, digest: str) -> None:
         blob = self._blobs.pop(digest, None)
@@ -491,7 +530,7 @@ class PieceStore(Following):
                     raise PieceReadError(f"{digest} @{offset}: short read")
                 rec[0] = length
         finally:
-            blob.pins -= 1
+            blob.unpin()
         self._touch(blob)
         if self._meter is not None:
             self._meter(length, time.perf_counter() - start)
@@ -564,7 +603,7 @@ class PieceStore(Following):
         self.hot.drop_blob(blob.digest)
         self._used -= blob.used
         blob.fail_waiters(reason)
-        blob.close_files()
+        blob.close_files(later=True)  # not under a send still under way (a lease)
         if blob.creating is not None and not blob.creating.done():
             # not under the thread that is still making them
             blob.creating.add_done_callback(
@@ -572,53 +611,6 @@ class PieceStore(Following):
             )
         else:
             shutil.rmtree(blob.directory, ignore_errors=True)
-
-    async def _ensure_verified(self, blob: Blob, indices: range) -> None:
-        for index in indices:
-            if not blob.present[index]:
-                raise PieceMissingError(f"{blob.digest} piece {index} not present")
-            if blob.verified[index]:
-                continue
-            if blob.hashes[index] is None:
-                await self._verify_whole(blob)
-                continue
-            try:
-                data = await self._disk(
-                    os.pread, blob.fileno(), blob.piece_length(index), blob.offset(index)
-                )
-            except OSError as exc:
-                raise PieceReadError(f"{blob.digest} piece {index}: {exc.strerror}") from exc
-            got = await asyncio.to_thread(diskio.sha256_of, data)
-            if not blob.present[index]:
-                raise PieceMissingError(f"{blob.digest} piece {index} not present")
-            if got == blob.hashes[index]:
-                blob.verified.set(index)
-                continue
-            log.warning("dropping piece %d of %s: bytes no longer match", index, blob.digest)
-            blob.present.clear(index)
-            blob.complete = False
-            length = blob.piece_length(index)
-            blob.used -= length
-            self._used -= length
-            try:
-                blob.journal_append(jr.RecordKind.DROP, index, bytes(HASH_SIZE))
-            except OSError:
-                log.warning("could not journal the drop of %s piece %d", blob.digest, index)
-            raise PieceMissingError(f"{blob.digest} piece {index} failed re-verification")
-
-    async def _verify_whole(self, blob: Blob) -> None:
-        """A piece without a hash of its own (loaded only in a complete blob): the whole
-        blob is hashed against its digest once; on a mismatch it goes."""
-        got = await self._disk(diskio.hash_file, blob.fileno(), blob.size)
-        if "sha256:" + got.hex() == blob.digest and self._blobs.get(blob.digest) is blob:
-            for index in blob.present.indices():
-                if blob.hashes[index] is None:
-                    blob.verified.set(index)
-            return
-        log.warning("dropping %s: its bytes no longer hash to its digest", blob.digest)
-        if self._blobs.get(blob.digest) is blob:
-            await self.remove(blob.digest)
-        raise PieceMissingError(f"{blob.digest} failed re-verification")
 
     def __repr__(self) -> str:
         complete = sum(1 for b in self._blobs.values() if b.complete)

@@ -24,6 +24,7 @@ from aiohttp import web
 from yarl import URL
 
 from shoal.cache.blob import BlobInfo
+from shoal.cache.errors import CacheFullError, DiskFullError
 from shoal.config import Config
 from shoal.errors import (
     AccessDeniedError,
@@ -247,6 +248,7 @@ class Mirror:
         path = f"/v2/{name}/blobs/{digest}"
         pathname = f"/{self.upstream.base_url(host)}{path}"
         if self.provider is not None:
+            self.provider.store.check_intact(str(digest))  # a lost data file: fetched anew
             info = self.provider.store.lookup(str(digest))
             stored = info is not None and info.complete
             source = "store" if stored else "p2p" if self.config.p2p.roots else "origin"
@@ -301,6 +303,14 @@ class Mirror:
                 raise
             # someone else's fetch was refused, this client's own check passed: its turn
             info = await self._ensure(digest, source, byte_range, on_demand)
+        except (CacheFullError, DiskFullError) as exc:
+            # no room for it even after evicting what may go: the client gets it straight
+            # from the origin, unstored (the origin checks its access itself)
+            if check is not None:
+                await _outcome(check)
+            log.warning("no room to store %s (%s): relaying it unstored", digest, exc)
+            path = f"/v2/{name}/blobs/{digest}"
+            return await self._relay_blob(request, host, path, pathname, digest, byte_range)
         except BaseException:
             if check is not None and isinstance(outcome := await _outcome(check), BaseException):
                 raise outcome from None
