@@ -23,7 +23,17 @@ from shoal.peer import (
     parse_address,
 )
 from shoal.peer.buffers import BufferPool
-from shoal.wire import MAX_PIECES, MAX_READ, AuthFailedError, ErrorCode
+from shoal.wire import (
+    MAX_PIECES,
+    MAX_READ,
+    AuthFailedError,
+    Connection,
+    Data,
+    ErrorCode,
+    NeedData,
+    ReadRequest,
+    Role,
+)
 from tests.cache.blobs import PIECE, make_blob, pieces, sha
 from tests.peer.conftest import SECRET, add_blob, has_ipv6
 
@@ -369,6 +379,51 @@ async def test_a_trickled_body_of_any_length_arrives_whole(store: PieceStore) ->
         for offset, length in ((1, len(data) - 3), (7, 70_001), (0, 65_535), (5, 3)):
             got = await asyncio.wait_for(client.read(peer, digest, offset, length), 5)
             assert bytes(got) == data[offset : offset + length]
+
+
+async def test_a_ping_is_answered_by_body_bytes_below_the_low_water_mark() -> None:
+    """While a body arrives the client wakes per 64 KiB; a liveness ping must still see
+    the first byte that comes, or a parent on a starved link looks dead. The parent here
+    speaks the wire protocol by hand and trickles its answer: 1 KiB every 0.1 s."""
+
+    handlers: list[asyncio.Task[None]] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        conn = Connection(Role.SERVER, SECRET, node="slow")
+        try:
+            writer.write(conn.data_to_send())
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                conn.receive_data(chunk)
+                while not isinstance(event := conn.next_event(), NeedData):
+                    if isinstance(event, ReadRequest):
+                        writer.write(conn.send(Data(event.request_id, event.length)))
+                        for _ in range(event.length // 1024):
+                            writer.write(b"x" * 1024)
+                            await writer.drain()
+                            await asyncio.sleep(0.1)
+                        return
+                writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    async with server, PeerClient(SECRET) as client:
+        peer = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        reading = asyncio.ensure_future(client.read(peer, "sha256:" + "0" * 64, 0, 1 << 20))
+        conn = await client.connection(peer)
+        await asyncio.sleep(0.3)  # the header is in, the body trickling
+        assert conn.conn.body_remaining
+        assert await conn.ping(0.5)  # any body byte answers it, 64 KiB would take 6.4 s
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
 
 
 async def test_request_timeout_then_connection_still_works(store: PieceStore) -> None:

@@ -15,8 +15,9 @@ Design decisions:
   loop when that much is queued instead of for every segment: at 25 Mbit/s a flow
   trickles in a few KiB per wake-up, and each costs the loop far more than the copy
   (``bench/cpu_cost.py --rate-mbit 25``: 19.8 ns/B to receive before, at 100 Mbit/s
-  7.5). Frame headers are read with the mark at 1; a TLS connection keeps it at 1
-  (its records do not map socket bytes to body bytes).
+  7.5). Frame headers are read with the mark at 1, and so is everything while a
+  liveness ping waits (any byte answers it); a TLS connection keeps it at 1 (its
+  records do not map socket bytes to body bytes).
 - **Verified before handed on**: with ``sha256=`` the piece is hashed in a worker thread
   (hashlib releases the GIL, so hashing one piece overlaps receiving the next on the
   other core) and a mismatch raises ``PieceCorruptError`` — the caller bans the peer.
@@ -169,6 +170,8 @@ class PeerConnection(asyncio.BufferedProtocol):
                 self._body.filled += nbytes
             if self.conn.body_remaining < self._lowat:
                 self._set_lowat(self.conn.body_remaining)
+            elif self._lowat == 1 and not self._pings:  # a ping ended while bytes came
+                self._set_lowat(min(_BODY_LOWAT, self.conn.body_remaining))
             if self.conn.body_remaining == 0:
                 self._body_done()
             return
@@ -240,7 +243,7 @@ class PeerConnection(asyncio.BufferedProtocol):
                     pass
             if not self.conn.body_remaining:
                 self._body_done()
-            else:
+            elif not self._pings:
                 self._set_lowat(min(_BODY_LOWAT, self.conn.body_remaining))
             return
         if pending is None:
@@ -330,6 +333,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         opaque = next(self._ids).to_bytes(8, "big")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pings[opaque] = waiter
+        self._set_lowat(1)  # a byte held below the body's low-water mark is a sign of life
         self.transport.write(self.conn.send(Ping(opaque)))
         try:
             async with asyncio.timeout(limit_s):
@@ -339,6 +343,8 @@ class PeerConnection(asyncio.BufferedProtocol):
             return False
         finally:
             self._pings.pop(opaque, None)
+            if not self._pings and self.conn.body_remaining:
+                self._set_lowat(min(_BODY_LOWAT, self.conn.body_remaining))
 
     def next_id(self) -> int:
         return next(self._ids) & 0xFFFFFFFF
