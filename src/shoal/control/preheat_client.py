@@ -10,18 +10,20 @@ one answers, and ``get``/``cancel`` ask each root until one knows the job.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 import aiohttp
 import msgspec
 
-from shoal.config import ControlConfig
+from shoal.config import ControlConfig, PreheatConfig
 from shoal.control.auth import HEADER, sign
 from shoal.control.preheat import JobList, JobSpec, JobState
 from shoal.control.tls import client_context
 from shoal.errors import (
     AccessDeniedError,
+    ConfigInvalidError,
     ShoalError,
     TooManyRequestsError,
     UpstreamUnavailableError,
@@ -146,6 +148,25 @@ class PreheatClient:
             got = await self._call(root, "GET", "/preheat/v1/jobs", b"", JobList)
             jobs += got.jobs
         return jobs
+
+
+def operator_secret(config: PreheatConfig) -> bytes | None:
+    """The operator credential (``secretFile`` wins); None: the job API is off."""
+    if config.secret_file:
+        try:
+            value = Path(config.secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigInvalidError(
+                f"config: PreheatConfig.secretFile: cannot read {config.secret_file}: "
+                f"{exc.strerror}"
+            ) from exc
+    else:
+        value = config.secret.encode()
+    if not value:
+        return None
+    if len(value) < 16:
+        raise ConfigInvalidError("config: PreheatConfig.secret (or secretFile) needs 16 bytes")
+    return value
 
 
 def _error_message(payload: bytes) -> str:

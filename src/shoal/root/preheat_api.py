@@ -21,14 +21,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 from aiohttp import web
 
 from shoal.config import PreheatConfig
 from shoal.control.preheat import JobList, JobSpec, JobState, PollRequest
-from shoal.errors import AccessDeniedError, ConfigInvalidError, NameInvalidError, ShoalError
+from shoal.control.preheat_client import operator_secret
+from shoal.errors import AccessDeniedError, NameInvalidError, ShoalError
 from shoal.lifecycle import supervised
 from shoal.observability import AuditLog, Metrics
 from shoal.oci.reference import split_image
@@ -52,25 +52,6 @@ RUNNING_HELP = "Preheat jobs at this root not yet done, failed, cancelled or exp
 
 class JobApiOffError(AccessDeniedError):
     pass
-
-
-def operator_secret(config: PreheatConfig) -> bytes | None:
-    """The operator credential (``secretFile`` wins); None: the job API is off."""
-    if config.secret_file:
-        try:
-            value = Path(config.secret_file).read_bytes().strip()
-        except OSError as exc:
-            raise ConfigInvalidError(
-                f"config: PreheatConfig.secretFile: cannot read {config.secret_file}: "
-                f"{exc.strerror}"
-            ) from exc
-    else:
-        value = config.secret.encode()
-    if not value:
-        return None
-    if len(value) < 16:
-        raise ConfigInvalidError("config: PreheatConfig.secret (or secretFile) needs 16 bytes")
-    return value
 
 
 class PreheatAPI:
