@@ -23,6 +23,7 @@ from shoal.control.preheat import BlobRef, Credentials, JobSpec, Work
 from shoal.errors import AccessDeniedError
 from shoal.lab.image import BuiltImage, build_image, push_image
 from shoal.lab.origin import OriginRegistry
+from shoal.observability.collectors import PREHEAT_BLOB as BLOB_SECONDS
 from shoal.root.preheat_resolve import basic
 from tests.agent.preheat_cluster import SECRET, preheat_cluster
 from tests.conftest import PASSWORD, USER
@@ -73,7 +74,10 @@ async def big_image(tmp_path: Path, origin: OriginRegistry) -> BuiltImage:
 async def test_all_agents_get_the_image_once_from_the_origin_and_pull_it_from_the_store(
     tmp_path: Path, origin: OriginRegistry, big_image: BuiltImage
 ) -> None:
-    async with preheat_cluster(tmp_path, origin.address, agents=3) as c:
+    audit = {"logAudit": True, "logAuditMode": "file", "logDir": str(tmp_path / "log")}
+    async with preheat_cluster(
+        tmp_path, origin.address, agents=3, agent_extra={"DeployConfig": audit}
+    ) as c:
         job = await c.start(JobSpec(ref(origin, big_image), ttl=600))
         assert job.state == "running" and job.targets == "all agents"
         assert {b.digest for b in job.blobs} == {b.digest for b in big_image.blobs()}
@@ -87,6 +91,20 @@ async def test_all_agents_get_the_image_once_from_the_origin_and_pull_it_from_th
             assert all(agent.store.kept(b.digest) for b in big_image.blobs())
             assert metric(agent, "shoal_preheat_blobs_total", result="fetched") == 4
             assert metric(agent, "shoal_preheat_kept_bytes") == done.bytes_total
+            assert agent.metrics.observed(BLOB_SECONDS, result="fetched") == 4
+        # audit lines like a pull's: one per blob with its size, one for the job
+        lines = (tmp_path / "log" / "audit.log").read_text().splitlines()
+        for b in big_image.blobs():
+            assert sum(f"|preheat:blob[pathname={b.digest}][offset=0][size={b.size}]" in x
+                       for x in lines) == 3  # fmt: skip
+        repo = f"{origin.address}/{big_image.repo}"
+        assert (
+            sum(
+                f"|preheat:job[pathname={repo}][offset=0][size={done.bytes_total}]" in x
+                for x in lines
+            )
+            == 3
+        )
         # through the swarm: the root fetched each blob once, no agent went to the origin
         assert blob_gets(origin, big_image) == len(big_image.blobs())
         assert all(metric(a, "shoal_origin_fallback_total") == 0 for a in c.agents)

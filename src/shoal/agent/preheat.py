@@ -46,6 +46,8 @@ from shoal.control.preheat import BlobRef, NodePhase, PollRequest, Progress, Wor
 from shoal.control.schema import Health
 from shoal.errors import ShoalError
 from shoal.observability import AuditLog, Metrics
+from shoal.observability.audit import PREHEAT_BLOB, PREHEAT_JOB
+from shoal.observability.collectors import PREHEAT_BLOB as BLOB_SECONDS
 from shoal.oci.digest import parse_digest
 from shoal.registry.access import AccessChecker
 from shoal.registry.origin_fetch import Source
@@ -240,6 +242,7 @@ class PreheatRunner:
         if info is not None and info.complete:
             job.done.add(blob.digest)
             self.metrics.inc(BLOBS_METRIC, BLOBS_HELP, result="present")
+            self.metrics.observe(BLOB_SECONDS, 0.0, result="present")
             self._kept()
             return
         started = time.perf_counter()
@@ -256,11 +259,13 @@ class PreheatRunner:
                 if isinstance(exc, ShoalError):
                     why = exc.message
             self.metrics.inc(BLOBS_METRIC, BLOBS_HELP, result="failed")
-            self.audit.record("preheat:blob", blob.digest, 0, -1, took)
+            self.metrics.observe(BLOB_SECONDS, took, result="failed")
+            self.audit.record(PREHEAT_BLOB, blob.digest, 0, -1, took)
             raise ShoalError(f"{blob.digest}: {why}")
         job.done.add(blob.digest)
         self.metrics.inc(BLOBS_METRIC, BLOBS_HELP, result="fetched")
-        self.audit.record("preheat:blob", blob.digest, 0, blob.size, took)
+        self.metrics.observe(BLOB_SECONDS, took, result="fetched")
+        self.audit.record(PREHEAT_BLOB, blob.digest, 0, blob.size, took)
         self._dirty.add(job.root)
         self._kept()
 
@@ -269,7 +274,7 @@ class PreheatRunner:
         job.reason = reason
         size = sum(b.size for b in job.work.blobs)
         self.audit.record(
-            "preheat:job", f"{job.work.host}/{job.work.name}", 0,
+            PREHEAT_JOB, f"{job.work.host}/{job.work.name}", 0,
             size if state == "done" else -1, time.perf_counter() - t0,
         )  # fmt: skip
         self.metrics.inc(JOBS_METRIC, JOBS_HELP, result=state)

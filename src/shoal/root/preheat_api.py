@@ -31,6 +31,7 @@ from shoal.control.preheat_client import operator_secret
 from shoal.errors import AccessDeniedError, NameInvalidError, ShoalError
 from shoal.lifecycle import supervised
 from shoal.observability import AuditLog, Metrics
+from shoal.observability.audit import PREHEAT_JOB
 from shoal.oci.reference import split_image
 from shoal.registry.upstream import UpstreamClient
 from shoal.root.preheat import Job, PreheatBook, peer_host
@@ -147,7 +148,7 @@ class PreheatAPI:
             resolved = await resolve(self.upstream, spec.image, spec.credentials, spec.platform)
         except ShoalError as exc:
             self.metrics.inc(JOBS_METRIC, JOBS_HELP, result="refused")
-            self.audit.record("preheat:job", spec.image, 0, -1, time.perf_counter() - started)
+            self.audit.record(PREHEAT_JOB, spec.image, 0, -1, time.perf_counter() - started)
             log.warning("preheat of %s refused: %s", spec.image, exc.message)
             raise
         ttl = min(spec.ttl or self.config.default_ttl, self.config.max_ttl)
@@ -158,7 +159,7 @@ class PreheatAPI:
         )  # fmt: skip
         self.book.add(job)
         size = sum(b.size for b in job.blobs)
-        self.audit.record("preheat:job", spec.image, 0, size, time.perf_counter() - started)
+        self.audit.record(PREHEAT_JOB, spec.image, 0, size, time.perf_counter() - started)
         log.info(
             "preheat job %s: %s (%d blobs, %d bytes) to %s, TTL %.0f s%s",
             job.id, spec.image, len(job.blobs), size, targets, ttl,
