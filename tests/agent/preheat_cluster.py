@@ -64,7 +64,10 @@ async def preheat_cluster(
     root_extra: dict[str, dict[str, Any]] | None = None,
     agent_extra: dict[str, dict[str, Any]] | None = None,
     operator: str = OPERATOR,
+    addresses: list[str] | None = None,
 ) -> AsyncIterator[PreheatCluster]:
+    """``addresses``: each agent's own loopback address (127.0.0.N), as nodes with IPs
+    of their own; by default all share 127.0.0.1."""
     certs = make_control_certs(tmp_path / "control", ["127.0.0.1"])
     upstream = {"default": origin, "registries": [{"host": origin, "plainHTTP": True}]}
     control = {**certs.config(), "peersPerSource": agents + 8}
@@ -86,13 +89,14 @@ async def preheat_cluster(
         roots = [f"127.0.0.1:{root.control_port}"]
         started = []
         for i in range(agents):
+            address = addresses[i] if addresses else "127.0.0.1"
             cfg = _merge(
                 {
                     "DeployConfig": {"nodeName": f"node-{i}"},
-                    "ProxyConfig": {"listen": "127.0.0.1", "port": 0},
+                    "ProxyConfig": {"listen": address, "port": 0},
                     "P2PConfig": {
-                        "listen": "127.0.0.1",
-                        "advertise": "127.0.0.1",
+                        "listen": address,
+                        "advertise": address,
                         "p2pPort": 0,
                         "secret": SECRET,
                         "roots": roots,
