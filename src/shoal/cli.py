@@ -129,6 +129,12 @@ def _run_pull(args: argparse.Namespace) -> int:
     return run_pull(args)
 
 
+def _run_preheat(args: argparse.Namespace) -> int:
+    from shoal.control.preheat_cli import run_preheat
+
+    return run_preheat(args)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from shoal.demo.main import run_demo
 
@@ -192,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", metavar="USER:PASSWORD", help="registry credentials")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(handler=_run_pull)
+
+    from shoal.control.preheat_cli import add_arguments as add_preheat_arguments
+
+    p = sub.add_parser(
+        "preheat",
+        help="put an image on nodes before a rollout (a job at the roots)",
+        description="Start a preheat job at the roots: the agents named (--nodes), N of "
+        "them (--count), P% (--percent) or all fetch IMAGE through the swarm and keep it "
+        "until the TTL. --status/--cancel/--list act on jobs instead. See docs/preheat.md.",
+    )
+    add_preheat_arguments(p)
+    p.set_defaults(handler=_run_preheat)
 
     p = sub.add_parser("demo", help="run the whole system on this machine and pull an image")
     p.add_argument("--layers", type=int, default=4, help="layers in the generated image")

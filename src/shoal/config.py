@@ -387,6 +387,36 @@ class SwarmConfig(_Section, frozen=True):
     download: DownloadPolicy = msgspec.field(default_factory=DownloadPolicy)
 
 
+class PreheatConfig(_Section, frozen=True):
+    """Preheat: an image put on the nodes a rollout will land on before it starts
+    (``docs/preheat.md``). Agents take work from the roots' preheat jobs; roots hold the
+    jobs and serve the job API to operators and the webhook's controller."""
+
+    #: agent: take preheat work from the roots at all
+    enable: bool = True
+    #: agent: MB/s (1 MB = 2**20 bytes) of preheat piece fetches on this node at most,
+    #: whatever a job asks; 0 means no cap of the node's own (a job's ``rate`` still holds)
+    rate_limit_mb: NonNegativeFloat = msgspec.field(default=20.0, name="rateLimitMB")
+    #: agent: while a pull of the node's runtime downloads through the swarm, preheat
+    #: reads wait (each at most a few seconds), so the node's link goes to the pull first
+    yield_to_pulls: bool = True
+    #: root: the operator credential that signs the job API (create, list, cancel); the
+    #: cluster secret does not, so a node cannot start jobs. ``secretFile`` wins; both
+    #: empty: the job API is off (agents' polls still work)
+    secret: str = ""
+    #: file holding the operator credential (a mounted Secret); read at start
+    secret_file: str = ""
+    #: root: seconds a job's blobs stay kept on the nodes when the job names no TTL
+    default_ttl: PositiveFloat = 3600.0
+    #: root: the longest TTL a job may ask for, seconds
+    max_ttl: PositiveFloat = 7 * 86400.0
+    #: root: jobs held at once (a finished job counts until its TTL ends)
+    max_jobs: PositiveInt = 256
+    #: root: a job's work (with its registry credentials) is handed only to a poll that
+    #: comes from the address the agent advertises (its node's IP)
+    check_source: bool = True
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     deploy: DeployConfig = msgspec.field(default_factory=DeployConfig, name="DeployConfig")
     exporter: ExporterConfig = msgspec.field(default_factory=ExporterConfig, name="ExporterConfig")
@@ -399,6 +429,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     )
     swarm: SwarmConfig = msgspec.field(default_factory=SwarmConfig, name="SwarmConfig")
     control: ControlConfig = msgspec.field(default_factory=ControlConfig, name="ControlConfig")
+    preheat: PreheatConfig = msgspec.field(default_factory=PreheatConfig, name="PreheatConfig")
 
     def replace(self, **changes: Any) -> Config:
         return msgspec.structs.replace(self, **changes)

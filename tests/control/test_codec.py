@@ -14,9 +14,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.control import codec
+from shoal.control.preheat import (
+    BlobRef,
+    Credentials,
+    JobList,
+    JobSpec,
+    JobState,
+    NodeProgress,
+    PollAnswer,
+    PollRequest,
+    Progress,
+    Work,
+)
 from shoal.control.schema import (
     AnyReport,
     BlobState,
+    Health,
     JoinRequest,
     Pushed,
     Source,
@@ -138,3 +151,110 @@ def test_an_unknown_failure_reason_is_a_codec_error_not_a_guess() -> None:
     )
     with pytest.raises(codec.CodecError, match="tired"):
         codec.report("me", bad)
+
+
+# --- the preheat API's bodies (``shoal.control.preheat``) and the health answer -----------
+
+creds = st.builds(Credentials, username=names, password=names, authorization=names)
+blob_refs = st.builds(BlobRef, digest=digests, size=st.integers(min_value=1, max_value=1 << 40))
+unix = st.floats(min_value=1.0, max_value=4e9)
+node_phases = st.sampled_from(["running", "done", "failed"])
+node_progress = st.builds(
+    NodeProgress,
+    peer=names,
+    node=names,
+    state=node_phases,
+    blobs_done=st.integers(min_value=1, max_value=1000),
+    bytes_done=st.integers(min_value=1, max_value=1 << 40),
+    reason=names,
+    started=unix,
+    finished=unix,
+)
+job_states = st.builds(
+    JobState,
+    id=names,
+    image=names,
+    state=st.sampled_from(["resolving", "done", "failed", "cancelled", "expired"]),
+    reason=names,
+    key=names,
+    origin=names,
+    created=unix,
+    expires=unix,
+    manifest=digests,
+    blobs=st.lists(blob_refs, min_size=1, max_size=4),
+    targets=names,
+    wanted=st.integers(min_value=0, max_value=5000),
+    rate=st.floats(min_value=0.1, max_value=1e4),
+    nodes=st.lists(node_progress, min_size=1, max_size=4),
+)
+
+
+@given(
+    st.builds(
+        JobSpec,
+        image=names,
+        credentials=creds,
+        nodes=st.lists(names, min_size=1, max_size=4),
+        count=st.integers(min_value=1, max_value=5000),
+        percent=st.floats(min_value=0.1, max_value=100),
+        ttl=st.floats(min_value=1, max_value=1e6),
+        rate=st.floats(min_value=0.1, max_value=1e4),
+        platform=names,
+        key=names,
+        origin=names,
+    ),
+    job_states,
+)
+def test_every_preheat_job_body_round_trips(spec: JobSpec, state: JobState) -> None:
+    assert _wire(spec, JobSpec) == spec
+    assert _wire(state, JobState) == state
+    assert _wire(JobList([state, state]), JobList) == JobList([state, state])
+
+
+@given(
+    st.builds(
+        PollRequest,
+        peer=names,
+        node=names,
+        progress=st.lists(
+            st.builds(
+                Progress,
+                job=names,
+                state=node_phases,
+                blobs_done=st.integers(min_value=1, max_value=1000),
+                bytes_done=st.integers(min_value=1, max_value=1 << 40),
+                reason=names,
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        held=st.lists(names, min_size=1, max_size=4),
+    ),
+    st.builds(
+        PollAnswer,
+        work=st.lists(
+            st.builds(
+                Work,
+                job=names,
+                host=names,
+                name=names,
+                authorization=names,
+                blobs=st.lists(blob_refs, min_size=1, max_size=4),
+                ttl=st.floats(min_value=1, max_value=1e6),
+                rate=st.floats(min_value=0.1, max_value=1e4),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        cancelled=st.lists(names, min_size=1, max_size=3),
+    ),
+    st.builds(
+        Health, peer=names, incarnation=names, preheat=st.integers(min_value=1, max_value=1 << 40)
+    ),
+)
+def test_every_preheat_poll_and_health_round_trips(
+    req: PollRequest, answer: PollAnswer, health: Health
+) -> None:
+    assert _wire(req, PollRequest) == req
+    assert _wire(answer, PollAnswer) == answer
+    assert _wire(health, Health) == health

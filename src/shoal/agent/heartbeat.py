@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from shoal.cache.store import PieceStore
 from shoal.config import Config
 from shoal.control import codec
 from shoal.control.client import ControlClient, RootUnavailableError
-from shoal.control.schema import HoldRequest, Pushed, UpdateRequest
+from shoal.control.schema import Health, HoldRequest, Pushed, UpdateRequest
 from shoal.swarm import Load
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class Heartbeat:
         self._at = 0.0
         #: per root, the last failure in words ("" while it answers)
         self.status: dict[str, str] = {}
+        #: called with every root's health answer (``agent.preheat`` polls for work when
+        #: the answer's ``preheat`` counter moved); must not raise
+        self.on_health: Callable[[str, Health], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         down = [r for r, why in self.status.items() if why]
@@ -81,6 +84,8 @@ class Heartbeat:
                 if held:
                     await self.p.control.hold(root, HoldRequest(self.p.peer_id, held))
             self._incarnations[root] = health.incarnation
+            if self.on_health is not None:
+                await self.on_health(root, health)
             if root in self.p.roots_seen:
                 req = UpdateRequest(self.p.peer_id, [codec.report_wire(load)])
                 answer = await self.p.control.update(root, req)

@@ -18,6 +18,8 @@ from types import TracebackType
 from aiohttp import web
 
 from shoal.agent.health import health_routes
+from shoal.agent.pacing import PacedPeerClient, PreheatGate
+from shoal.agent.preheat import PreheatRunner
 from shoal.agent.roots import RootWatch, check_roots, export_fallback_counter
 from shoal.agent.swarm import SwarmProvider
 from shoal.cache.store import PieceStore
@@ -28,7 +30,6 @@ from shoal.lifecycle import serve_app
 from shoal.observability import AuditLog, Metrics, MetricType
 from shoal.observability.exporter import exporter_app
 from shoal.observability.node import advertise_host, node_label
-from shoal.peer.client import PeerClient
 from shoal.peer.server import PeerServer
 from shoal.peer.tls import peer_tls
 from shoal.registry.mirror import Mirror
@@ -52,10 +53,11 @@ class Agent:
         self.store: PieceStore | None = None
         self.fetcher: OriginFetcher | None = None
         self.peer_server: PeerServer | None = None
-        self.peer_client: PeerClient | None = None
+        self.peer_client: PacedPeerClient | None = None
         self.control: ControlClient | None = None
         self.swarm: SwarmProvider | None = None
         self.roots: RootWatch | None = None
+        self.preheat: PreheatRunner | None = None
         self.peer_id = ""
         check_roots(config.p2p.roots)
         export_fallback_counter(self.metrics)
@@ -92,7 +94,7 @@ class Agent:
                 # ``piece_wait``) or the picker's ``queueTimeout``: the client's own
                 # limit is only for a connection that died without saying so
                 queued = config.swarm.picker.queue_timeout
-                self.peer_client = PeerClient(
+                self.peer_client = PacedPeerClient(
                     secret,
                     metrics=self.metrics,
                     request_timeout=2 * queued + 5,
@@ -110,6 +112,16 @@ class Agent:
                     self.metrics,
                     load=self.peer_server.load,
                 )
+                if config.preheat.enable:
+                    gate = PreheatGate(
+                        self.swarm,
+                        self.metrics,
+                        rate_mb=config.preheat.rate_limit_mb,
+                        yield_to_pulls=config.preheat.yield_to_pulls,
+                    )
+                    self.peer_client.gate = gate
+                    self.preheat = PreheatRunner(config, self.swarm, gate, self.metrics, self.audit)
+                    self.swarm.heartbeat.on_health = self.preheat.on_health
                 self.roots = RootWatch(config, secret, self.metrics)
                 self.roots.follow(self.swarm.heartbeat.status)
                 provider = self.swarm
@@ -179,6 +191,8 @@ class Agent:
             await runner.cleanup()
         if self.roots is not None:
             await self.roots.close()
+        if self.preheat is not None:
+            await self.preheat.close()
         if self.swarm is not None:
             await self.swarm.close()
         if self.peer_server is not None:

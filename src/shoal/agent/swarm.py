@@ -81,6 +81,9 @@ class SwarmProvider:
         self.outbox = Outbox(config.swarm.download)
         self.heartbeat = Heartbeat(self, load or (lambda: (0, 0)))
         self._downloads: dict[str, DownloadDriver] = {}
+        #: blobs downloading for preheat jobs only: no pull has asked for them
+        #: (``agent.pacing`` paces their reads; ``agent.preheat`` starts them)
+        self.preheat_only: set[str] = set()
         self._fallback_limit = asyncio.Semaphore(max(config.p2p.fallback_limit, 1))
         self._roots_seen: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,8 +154,11 @@ class SwarmProvider:
             started += 1
         return started
 
-    def _download(self, digest: Digest, source: Source, wanted: int) -> DownloadDriver:
-        """The blob's driver, started if need be; ``wanted`` -1: the whole blob."""
+    def _download(
+        self, digest: Digest, source: Source, wanted: int, *, preheat: bool = False
+    ) -> DownloadDriver:
+        """The blob's driver, started if need be; ``wanted`` -1: the whole blob.
+        ``preheat``: for a preheat job, which a pull's download is not."""
         key = str(digest)
         driver = self._downloads.get(key)
         if driver is None:
@@ -160,13 +166,35 @@ class SwarmProvider:
             self._downloads[key] = driver
             driver.task = asyncio.create_task(driver.run())
             driver.task.add_done_callback(lambda task: self._ended(key, driver, task))
+            if preheat:
+                self.preheat_only.add(key)
         elif wanted == -1:
             driver.want(-1)
+        if not preheat:
+            self.preheat_only.discard(key)
         return driver
+
+    def preheat(self, digest: Digest, source: Source) -> DownloadDriver:
+        """The whole blob for a preheat job (``agent.preheat``), paced while no pull wants it."""
+        return self._download(digest, source, -1, preheat=True)
+
+    def stop_preheat(self, key: str) -> asyncio.Task[None] | None:
+        """Cancel the download of ``key`` if only preheat jobs want it; its task."""
+        driver = self._downloads.get(key)
+        if key not in self.preheat_only or driver is None or driver.task is None:
+            return None
+        driver.task.cancel()
+        return driver.task
+
+    @property
+    def live_downloads(self) -> int:
+        """Downloads a pull of the runtime is waiting for."""
+        return len(self._downloads) - len(self.preheat_only)
 
     def _ended(self, key: str, driver: DownloadDriver, task: asyncio.Task[None]) -> None:
         if self._downloads.get(key) is driver:
             del self._downloads[key]
+            self.preheat_only.discard(key)
         if not task.cancelled() and (exc := task.exception()) is not None:
             # a bug in the driver: its waiters were failed in its ``finally``; say why
             log.error("download of %s ended by a bug", key, exc_info=exc)

@@ -15,7 +15,9 @@ Design decisions:
   holes. When a write would exceed it, whole blobs are evicted least-recently-used
   first; a blob with a lease (``lease()``) or an operation in progress is never chosen.
   Recency is a counter bumped on every access (no clock), seeded from journal mtimes at
-  start.
+  start. A *kept* blob (``keep()``: a preheat put it here for a rollout still to come)
+  goes only when no other blob can make the room, and the store counts it
+  (``kept_evicted``, ``on_kept_evicted``) so the loss is said in a metric, not silent.
 - **Errors are per piece.** ENOSPC, EIO and friends become ``DiskFullError`` /
   ``PieceWriteError`` / ``PieceReadError`` for that call; the store stays usable.
 - **No disk I/O and no hashing of big pieces on the event loop**: both run on the
@@ -129,6 +131,12 @@ class PieceStore(Following, Integrity, Room):
         self.hot = HotPieces(hot_bytes)
         self.window = PageWindow(page_window)
         self._syncer: asyncio.Task[None] | None = None
+        #: blobs kept for someone who asked (``keep``): evicted last
+        self._kept: set[str] = set()
+        #: kept blobs evicted for room anyway, since start
+        self.kept_evicted = 0
+        #: called with the digest of a kept blob evicted for room
+        self.on_kept_evicted: Callable[[str], None] | None = None
 
     @classmethod
     def from_config(
@@ -247,6 +255,21 @@ class PieceStore(Following, Integrity, Room):
             yield blob.info()
         finally:
             blob.unpin()
+
+    # -- keeping (soft pins) -------------------------------------------------------
+
+    def keep(self, digest: str) -> None:
+        """Prefer every other blob when room is needed. Not a lease: a kept blob still
+        goes when nothing else can make the room (the caller learns it through
+        ``on_kept_evicted``). Whoever keeps a blob says when to stop (``unkeep``); the
+        store has no clock. A digest not (yet) in the store may be kept too."""
+        self._kept.add(digest)
+
+    def unkeep(self, digest: str) -> None:
+        self._kept.discard(digest)
+
+    def kept(self, digest: str) -> bool:
+        return digest in self._kept
 
     # -- writing -------------------------------------------------------------------
 
@@ -593,8 +616,16 @@ class PieceStore(Following, Integrity, Room):
                     f"{blob.digest}: {length} bytes do not fit in capacity {self.capacity} "
                     f"(used {self._used}, in flight {self._reserved}, nothing evictable)"
                 )
-            victim = min(idle, key=lambda b: b.last_used)
+            victim = min(idle, key=lambda b: (b.digest in self._kept, b.last_used))
             log.info("evicting %s (%d bytes) for room", victim.digest, victim.used)
+            if victim.digest in self._kept:
+                self._kept.discard(victim.digest)
+                self.kept_evicted += 1
+                log.warning(
+                    "evicting %s although it is kept (preheated): no other room", victim.digest
+                )
+                if self.on_kept_evicted is not None:
+                    self.on_kept_evicted(victim.digest)
             del self._blobs[victim.digest]
             self._drop(victim, BlobEvictedError(f"{victim.digest} evicted for room"))
         self._reserved += length
@@ -615,9 +646,11 @@ class PieceStore(Following, Integrity, Room):
     def __repr__(self) -> str:
         complete = sum(1 for b in self._blobs.values() if b.complete)
         pinned = sum(1 for b in self._blobs.values() if b.pins)
+        kept = sum(1 for d in self._blobs if d in self._kept)
+        kept_text = f", {kept} kept" if kept else ""
         return (
             f"<PieceStore {self.path} [blobs: {len(self._blobs)} ({complete} complete, "
-            f"{len(self._blobs) - complete} partial, {pinned} pinned) | "
+            f"{len(self._blobs) - complete} partial, {pinned} pinned){kept_text} | "
             f"used {self._used} / {self.capacity} bytes, {self._reserved} in flight | "
             f"hot {len(self.hot)} pieces, {self.hot.bytes} bytes | aio={self.aio}]>"
         )

@@ -12,6 +12,7 @@ import msgspec
 
 from shoal.config import ControlConfig
 from shoal.control.auth import HEADER, sign
+from shoal.control.preheat import PollAnswer, PollRequest
 from shoal.control.schema import (
     BlobState,
     Health,
@@ -112,6 +113,11 @@ class ControlClient:
 
     async def hold(self, root: str, req: HoldRequest) -> None:
         await self._call(root, "POST", "/swarm/v1/hold", msgspec.json.encode(req), dict)
+
+    async def preheat_poll(self, root: str, req: PollRequest) -> PollAnswer:
+        """This agent's preheat progress in, its preheat work out (``shoal.root.preheat``)."""
+        body = msgspec.json.encode(req)
+        return await self._call(root, "POST", "/preheat/v1/poll", body, PollAnswer)
 
     async def health(self, root: str) -> Health:
         return await self._call(root, "GET", "/healthz", b"", Health)

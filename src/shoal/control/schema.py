@@ -95,6 +95,10 @@ class Health(msgspec.Struct, frozen=True):
     peer: str
     #: changes every time the root process starts: its soft state is then empty
     incarnation: str
+    #: changes whenever the root's preheat jobs change (``shoal.root.preheat``): an agent
+    #: that sees a new value asks for its work in a signed call. Only a counter here,
+    #: since this answer is unsigned and anyone may read it.
+    preheat: int = 0
 
 
 class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag=True):

@@ -40,6 +40,12 @@ RPC_PREAD = "rpc:pread"
 DOWNLOAD = "download"
 FILEWRITE = "filewrite"
 FILEREAD = "fileread"
+#: shoal's own, in the same line form: a preheat job's blob stored on a node (``pathname``
+#: the digest), a job created at a root or ended on a node (the image); a root writes
+#: ``preheat:done``, ``preheat:failed``, ``preheat:cancelled``, ``preheat:expired``
+#: when a job ends there
+PREHEAT_BLOB = "preheat:blob"
+PREHEAT_JOB = "preheat:job"
 
 
 class AuditRecord:

@@ -37,6 +37,8 @@ BLOB_PULL = "shoal_blob_pull_duration_seconds"
 BLOB_FIRST_BYTE = "shoal_blob_first_byte_seconds"
 #: the agent's download: one piece asked of a parent until it is verified
 PIECE_FETCH = "shoal_piece_fetch_duration_seconds"
+#: the agent's preheat: one blob of a job, access check to the whole blob stored
+PREHEAT_BLOB = "shoal_preheat_blob_duration_seconds"
 #: the webhook: one AdmissionReview, body read to answer written
 ADMISSION = "shoal_webhook_admission_duration_seconds"
 
@@ -79,6 +81,13 @@ HISTOGRAMS = {
             "Time from asking a parent for a piece to the piece verified, by the parent's role",
             ("source",),
             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        ),
+        HistogramSpec(
+            PREHEAT_BLOB,
+            "Time to put one blob of a preheat job in this node's store, by result "
+            "(fetched, present, failed)",
+            ("result",),
+            (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
         ),
         HistogramSpec(
             ADMISSION,

@@ -55,6 +55,8 @@ from shoal.oci.digest import Digest, parse_digest
 from shoal.peer.tls import peer_tls
 from shoal.registry.origin_fetch import Source
 from shoal.registry.responses import error_response
+from shoal.root import preheat_api
+from shoal.root.preheat_api import JobApiOffError, PreheatAPI
 from shoal.root.vetting import Vetting
 from shoal.swarm import (
     AskParents,
@@ -76,12 +78,13 @@ BODY_LIMITS = {
     "/swarm/v1/parents": 64 << 10,
     "/swarm/v1/update": 4 << 20,
     "/swarm/v1/hold": 1 << 20,
+    **preheat_api.BODY_LIMITS,
 }
 MAX_BODY = max(BODY_LIMITS.values())
 #: seconds a signed body may take to arrive once its headers have
 BODY_TIMEOUT = 10.0
 #: routes whose peer is vetted before the request goes on (they make it a member)
-VETTED = frozenset({"/swarm/v1/join", "/swarm/v1/hold"})
+VETTED = frozenset({"/swarm/v1/join", "/swarm/v1/hold", preheat_api.POLL})
 #: connections one client address may hold by default (an agent keeps at most 16)
 PER_CLIENT = 32
 #: seconds between looks at the certificate files for a renewed certificate
@@ -103,9 +106,10 @@ class BodyRefusedError(ShoalError):
 
 
 class ControlAPI:
-    def __init__(self, root: RootLike, secret: bytes) -> None:
+    def __init__(self, root: RootLike, secret: bytes, preheat: PreheatAPI | None = None) -> None:
         self.root = root
         self._secret = secret
+        self.preheat = preheat
         self.nonces = NonceMemory()
         self.tls: ServerTLS | None = server_tls(root.config.control)
         tls = peer_tls(root.config.p2p)
@@ -132,6 +136,9 @@ class ControlAPI:
         if self.tls is not None:
             app[TLS_CONTEXT] = self.tls.context
         app.cleanup_ctx.append(self._background)
+        if self.preheat is not None:
+            app.cleanup_ctx.append(self.preheat.background)
+            app.add_routes(self.preheat.routes())
         app.add_routes(
             [
                 web.post("/swarm/v1/join", self.join),
@@ -164,8 +171,11 @@ class ControlAPI:
     async def _authenticate(self, request: web.Request) -> None:
         """Steps 1-4 of the module docstring; raises to refuse."""
         now = time.time()
+        secret = self._secret
+        if self.preheat is not None:  # the job API is signed with the operator credential
+            secret = self.preheat.secret_for(request.path, self._secret)
         signed = verify_header(
-            self._secret, request.headers.get(HEADER), request.method, request.path_qs, now
+            secret, request.headers.get(HEADER), request.method, request.path_qs, now
         )
         limit = BODY_LIMITS.get(request.path, 0) if request.method == "POST" else 0
         length = request.content_length
@@ -189,7 +199,7 @@ class ControlAPI:
             if request.path != "/healthz":
                 await self._authenticate(request)
             return await handler(request)
-        except (SignatureInvalidError, BodyRefusedError) as exc:
+        except (SignatureInvalidError, BodyRefusedError, JobApiOffError) as exc:
             # the body stays unread: close, so nobody sends it to us after all
             if isinstance(exc, SignatureInvalidError):
                 self.unsigned += 1
@@ -208,7 +218,8 @@ class ControlAPI:
             )
 
     async def health(self, _: web.Request) -> web.Response:
-        health = Health(self.root.peer_id, self.root.incarnation)
+        generation = 0 if self.preheat is None else self.preheat.generation
+        health = Health(self.root.peer_id, self.root.incarnation, generation)
         return web.Response(body=msgspec.json.encode(health), content_type="application/json")
 
     async def hold(self, request: web.Request) -> web.Response:

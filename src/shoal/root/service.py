@@ -35,6 +35,7 @@ from shoal.registry.egress import EgressRefusedError
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
 from shoal.registry.upstream import UpstreamClient
 from shoal.root.control_api import ControlAPI
+from shoal.root.preheat_api import PreheatAPI
 from shoal.swarm import (
     Assignment,
     BlobFailure,
@@ -87,6 +88,7 @@ class Root:
             audit=self.audit,
             ssl=_server_tls(config),
         )
+        self.preheat = PreheatAPI(config.preheat, self.upstream, self.metrics, self.audit)
         self.peer_id = ""
         self.control_port = 0
         self.exporter_port = 0
@@ -115,7 +117,7 @@ class Root:
             self.peer_id = f"{host}:{self.peer_server.port}"
             self.peer_server.node = self.peer_id
             self.metrics.node = node_label(self.config, self.peer_server.port)
-            api = ControlAPI(self, self.secret)
+            api = ControlAPI(self, self.secret, self.preheat)
             self.control_port = await self._serve(api.app(), self.config.proxy.port)
             if self.config.exporter.enable:
                 self.exporter_port = await self._serve(

@@ -123,6 +123,29 @@ class ExporterConfig(_Section, frozen=True):
     port: Port = 65003
 
 
+class PreheatConfig(_Section, frozen=True):
+    """The workload preheater (``shoal.webhook.preheater``): workloads labelled or
+    annotated ``shoal.io/preheat: "true"`` (or in such a namespace) get their images
+    put on the nodes their Pods can land on, through the roots' preheat jobs."""
+
+    #: run the preheater at all (it needs ``roots`` and the operator credential)
+    enable: bool = False
+    #: the roots' control API addresses (``host:port``), as in the agents' P2PConfig.roots
+    roots: tuple[str, ...] = ()
+    #: file holding the roots' operator credential (their PreheatConfig.secretFile)
+    secret_file: str = "/etc/shoal/preheat/secret"
+    #: call the roots over HTTPS, checked against ``caFile``
+    tls: bool = True
+    #: PEM file of the CA the roots' certificates are signed by
+    ca_file: str = "/etc/shoal/control/ca.crt"
+    #: seconds between looks at every workload (a changed template is seen within this)
+    resync_period: PositiveFloat = 15.0
+    #: seconds the nodes keep a preheated image; 0: the roots' default TTL
+    ttl: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    #: MB/s per node for these jobs; 0: the agents' own rateLimitMB
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig, name="ServerConfig")
     accelerate: AccelerateConfig = msgspec.field(
@@ -130,6 +153,7 @@ class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     )
     secrets: SecretConfig = msgspec.field(default_factory=SecretConfig, name="SecretConfig")
     exporter: ExporterConfig = msgspec.field(default_factory=ExporterConfig, name="ExporterConfig")
+    preheat: PreheatConfig = msgspec.field(default_factory=PreheatConfig, name="PreheatConfig")
 
 
 def parse_webhook_config(data: object) -> WebhookConfig:

@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the webhook makes, over aiohttp.
 
-The webhook reads and writes only Secrets (get, list, watch, create, replace, delete);
-the chart's bootstrap Job also reads and patches its own webhook configuration. A
+The webhook reads and writes Secrets (get, list, watch, create, replace, delete); the
+chart's bootstrap Job also reads and patches its own webhook configuration; the
+workload preheater lists nodes, namespaces and workloads and writes Events. A
 small typed client is clearer than the generated one and is tested against a real
 HTTP server on loopback that answers with the API's own JSON shapes.
 ``kubernetes_asyncio`` is used for what it does well: reading a kubeconfig (contexts,
@@ -219,6 +220,24 @@ class KubeClient:
             token = meta.get("continue") or ""
             if not token:
                 return items, str(meta.get("resourceVersion", ""))
+
+    async def list_objects(self, path: str) -> list[dict[str, Any]]:
+        """Every object of a collection (``/api/v1/nodes``, ``/apis/apps/v1/deployments``),
+        following ``continue``."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            params = {"limit": "500"}
+            if token:
+                params["continue"] = token
+            got = await self._call("GET", path, params=params) or {}
+            items += [i for i in got.get("items") or [] if isinstance(i, dict)]
+            token = (got.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=body)
 
     async def watch_secrets(
         self, resource_version: str, *, field_selector: str = "", timeout_seconds: int = 300

@@ -1,7 +1,8 @@
 """The ways a cluster can get an image, each measured on the same hosts.
 
 ``direct`` and ``proxy`` are what teams run without shoal, ``bittorrent`` is the
-well-known peer-to-peer answer, ``shoal`` is this project.
+well-known peer-to-peer answer, ``shoal`` is this project; ``preheat`` is shoal with a
+preheat job before the pulls (not in the default set).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 from shoal.bench.modes.base import ModeFn
 from shoal.bench.modes.bittorrent import run_bittorrent
 from shoal.bench.modes.direct import run_direct
+from shoal.bench.modes.preheat import run_preheat
 from shoal.bench.modes.proxy import run_proxy
 from shoal.bench.modes.shoal import run_shoal
 
@@ -19,6 +21,7 @@ MODES: dict[str, ModeFn] = {
     "proxy": run_proxy,
     "bittorrent": run_bittorrent,
     "shoal": run_shoal,
+    "preheat": run_preheat,
 }
 
 _TOOLS: dict[str, tuple[str, ...]] = {
@@ -26,6 +29,7 @@ _TOOLS: dict[str, tuple[str, ...]] = {
     "proxy": ("skopeo", "docker-registry"),
     "bittorrent": ("aria2c", "opentracker", "mktorrent", "curl"),
     "shoal": ("skopeo",),
+    "preheat": ("skopeo",),
 }
 
 
