@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from shoal.cache.blob import Blob
@@ -42,21 +43,30 @@ class Room:
     _blobs: dict[str, Blob]
     _used: int
     _reserved: int
+    _kept: set[str]
+    kept_evicted: int
+    on_kept_evicted: Callable[[str], None] | None
 
     def _drop(self, blob: Blob, reason: BlobEvictedError) -> None:  # PieceStore's
         raise NotImplementedError
 
     def _victim(self, keep: Blob | None = None) -> Blob | None:
-        """The blob to evict next: idle (no lease, no operation), partial before
-        complete, least recently used first."""
+        """The blob to evict next: idle (no lease, no operation), kept (preheated)
+        blobs last, partial before complete, least recently used first."""
         idle = [b for b in self._blobs.values() if b.pins == 0 and b is not keep]
         if not idle:
             return None
-        return min(idle, key=lambda b: (b.complete, b.last_used))
+        return min(idle, key=lambda b: (b.digest in self._kept, b.complete, b.last_used))
 
     def _evict(self, victim: Blob, why: str) -> int:
-        """Take ``victim`` out; the bytes it held on disk."""
+        """Take ``victim`` out; the bytes it held on disk. A kept blob going is said."""
         log.info("evicting %s (%d bytes) %s", victim.digest, victim.used, why)
+        if victim.digest in self._kept:
+            self._kept.discard(victim.digest)
+            self.kept_evicted += 1
+            log.warning("evicting %s although it is kept (preheated): no other room", victim.digest)
+            if self.on_kept_evicted is not None:
+                self.on_kept_evicted(victim.digest)
         del self._blobs[victim.digest]
         self._drop(victim, BlobEvictedError(f"{victim.digest} evicted {why}"))
         return victim.used

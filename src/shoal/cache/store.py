@@ -610,24 +610,13 @@ class PieceStore(Following, Integrity, Room):
 
     def _reserve(self, blob: Blob, length: int) -> None:
         while self._used + self._reserved + length > self.capacity:
-            idle = [b for b in self._blobs.values() if b.pins == 0 and b is not blob]
-            if not idle:
+            victim = self._victim(keep=blob)
+            if victim is None:
                 raise CacheFullError(
                     f"{blob.digest}: {length} bytes do not fit in capacity {self.capacity} "
                     f"(used {self._used}, in flight {self._reserved}, nothing evictable)"
                 )
-            victim = min(idle, key=lambda b: (b.digest in self._kept, b.last_used))
-            log.info("evicting %s (%d bytes) for room", victim.digest, victim.used)
-            if victim.digest in self._kept:
-                self._kept.discard(victim.digest)
-                self.kept_evicted += 1
-                log.warning(
-                    "evicting %s although it is kept (preheated): no other room", victim.digest
-                )
-                if self.on_kept_evicted is not None:
-                    self.on_kept_evicted(victim.digest)
-            del self._blobs[victim.digest]
-            self._drop(victim, BlobEvictedError(f"{victim.digest} evicted for room"))
+            self._evict(victim, "for room")
         self._reserved += length
 
     def _drop(self, blob: Blob, reason: BlobEvictedError) -> None:
