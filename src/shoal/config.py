@@ -344,6 +344,11 @@ class SchedulerPolicy(_Section, frozen=True):
     #: distinct agents reporting bad pieces ban a parent for everyone; as many reporting
     #: it unreachable make it dead for everyone
     global_ban_reporters: PositiveInt = 2
+    #: seconds after an agent's last call to the root in which reports that it is
+    #: unreachable do not make it dead for everyone: it is running, only slow to answer
+    #: its peers (a saturated host, a starved link), and dropping it from every swarm
+    #: would send its children to the origin
+    alive_window: NonNegativeFloat = 3.0
     #: seconds without a word from an agent before the root drops it from every swarm
     peer_timeout: Annotated[float, msgspec.Meta(gt=0)] = 15.0
 

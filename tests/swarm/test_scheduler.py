@@ -224,3 +224,23 @@ def test_a_parent_two_agents_cannot_reach_is_dead_for_everyone() -> None:
     # it comes back: a join puts it in again
     assert s.handle(Join(victim, "b"), 30.0) is not None
     assert victim in swarm.members
+
+
+def test_a_parent_that_still_calls_the_root_is_slow_not_dead() -> None:
+    """On a saturated host an agent answers its peers' pings late but keeps calling the
+    root: reports that it is unreachable must not drop it from every swarm (that sent
+    32 agents on 2 cores to the origin) until it has been silent at the root too."""
+    s = sched(global_ban_reporters=2, alive_window=3.0)
+    for i in range(12):
+        s.handle(Join(f"n{i}", "b"), 0.0)
+    s.take_updates(0.0)
+    swarm = s.swarm("b")
+    victim = max(swarm.order, key=lambda p: len(swarm.members[p].kids))
+    kids = sorted(swarm.members[victim].kids)
+    s.seen(victim, 1.0)
+    s.handle(ParentFailed(kids[0], "b", victim, FailReason.UNREACHABLE), 1.2)
+    s.handle(ParentFailed(kids[1], "b", victim, FailReason.UNREACHABLE), 1.5)
+    assert victim in swarm.members  # it called at 1.0: alive, its reporters ban it only
+    s.handle(ParentFailed(kids[0], "b", victim, FailReason.UNREACHABLE), 4.2)
+    s.handle(ParentFailed(kids[1], "b", victim, FailReason.UNREACHABLE), 4.5)
+    assert victim not in swarm.members  # silent at the root for 3.5 s as well: dead

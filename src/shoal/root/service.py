@@ -170,7 +170,9 @@ class Root:
     # --- what the control API asks of the root ---------------------------------------
 
     def seen(self, peer: str) -> None:
-        self._last_seen[peer] = time.monotonic()
+        now = time.monotonic()
+        self._last_seen[peer] = now
+        self.scheduler.seen(peer, now)
 
     def hold(self, peer: str, digest: Digest) -> None:
         key = str(digest)

@@ -220,6 +220,7 @@ class RootTier:
     def _batch(self, a: int, r: int, msgs: list[RootMessage]) -> Callable[[], None] | None:
         sim = self.sim
         sched = self.scheds[r]
+        sched.seen(sim.name[a], sim.now)  # as the real root's control API does per call
         for msg in msgs:
             try:
                 sched.handle(msg, sim.now)

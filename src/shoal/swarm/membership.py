@@ -24,6 +24,7 @@ class PeerState:
         "children",
         "dead",
         "gone_reporters",
+        "heard",
         "id",
         "slow",
         "uploads",
@@ -39,6 +40,8 @@ class PeerState:
         self.bad_reporters: set[PeerId] = set()
         #: agents that reported it unreachable, and when
         self.gone_reporters: dict[PeerId, float] = {}
+        #: when it last called the root (``Scheduler.seen``); -inf: never said
+        self.heard = float("-inf")
         self.banned_until = 0.0
         self.dead = False
 

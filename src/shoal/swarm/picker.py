@@ -44,8 +44,8 @@ Rules:
    ``silence_factor`` x the mean piece time, never sooner than ``silence_floor``, is
    probed (``ProbePeer``: a ping on its connection). A stripe parent waiting for its own
    parent is alive and says so; a stopped or wedged one does not answer and is dropped
-   as ``UNREACHABLE`` within a ping timeout, its queued requests asked elsewhere. Without
-   this, reads queued at a stopped parent waited out ``queue_timeout`` (30 s).
+   as ``UNREACHABLE`` within a ping timeout, its queued requests asked elsewhere (reads
+   queued at a stopped parent waited out ``queue_timeout``). Never the seed (a root).
 8. Wanted: only pieces in ``wanted`` are asked for (``want``); a whole download wants
    every piece, an on-demand range the pieces it covers. ``satisfied`` says they are here.
 
@@ -353,7 +353,8 @@ class PiecePicker:
         quiet = self._silence_limit()
         flowing = book.flowing()  # the stall rule watches these, not rule 7
         for p in book.parents.values():
-            if p.inflight and not p.probing and p.peer not in flowing and now - p.heard > quiet:
+            idle = p.inflight and not p.probing and not p.seed and p.peer not in flowing
+            if idle and now - p.heard > quiet:
                 p.probing = True
                 actions.append(ProbePeer(p.peer))
         return actions

@@ -25,7 +25,10 @@ are at the top of ``forest.py``, whose ``StripeForest`` this class composes. Her
    ``ban_seconds``. A slow report counts against the parent for ``slow_memory``.
    A parent ``global_ban_reporters`` agents found unreachable within ``slow_memory`` is
    dead for everyone (as ``PeerDead``): its tree children all move now, not at the
-   root's silence rule; it joins again when it next talks to the root.
+   root's silence rule; it joins again when it next talks to the root. Not while it
+   still talks to the root (``seen``, within ``alive_window``): a host so busy that
+   its agent answers pings late is alive, and declaring it dead sent whole swarms of
+   32 agents on 2 cores to the origin.
 """
 
 from __future__ import annotations
@@ -206,9 +209,17 @@ class Scheduler:
                 parent.children -= 1
         self._forest.reported(swarm, m, msg.parent, msg.reason, now)
 
+    def seen(self, peer: PeerId, now: float) -> None:
+        """``peer`` called this root (any call): it runs, whatever its peers say."""
+        state = self._peers.get(peer)
+        if state is not None:
+            state.heard = now
+
     def _gone(self, parent: PeerState, reporter: PeerId, now: float) -> bool:
         """``global_ban_reporters`` distinct agents found ``parent`` unreachable within
-        ``slow_memory`` seconds."""
+        ``slow_memory`` seconds, and it has not called the root for ``alive_window``."""
+        if now - parent.heard < self.policy.alive_window:
+            return False
         seen = parent.gone_reporters
         seen[reporter] = now
         horizon = now - self.policy.slow_memory
