@@ -107,6 +107,30 @@ def test_a_root_that_cannot_reach_the_origin_sends_the_agent_there_by_code() -> 
     assert of(Fail, m2.on_joined("r1", bad, 0.1)) and phase(m2) is Phase.FAILED
 
 
+def test_a_root_whose_calls_are_slow_but_pieces_come_is_not_lost() -> None:
+    """Behind its own full uplink a root's control port answers late (N=32 at 25 Mbit/s:
+    every agent doubted it and went to the origin); a piece it sent proves it runs."""
+    m = machine(("r1",))
+    assert m.start(0.0) == [JoinRoot("r1", 0)]
+    seed = ParentOffer("root:1", "", 0, full_mask(4), seed=True)
+    m.on_joined("r1", view(parents=[seed]), 0.0)
+    m.on_root_silent("r1", True, 1.0)
+    m.on_probe_root("r1", False, False, 1.1)  # no answer, not refused
+    ticks(m, 1.1, 3.0)
+    assert m.on_received("root:1", 0, 3.0) == [Store("root:1", 0, H)]
+    m.on_stored("root:1", 0, True, 3.0)
+    ticks(m, 3.0, 7.0)  # 6 s after the doubt began: lost, had the piece not come
+    assert phase(m) is Phase.SWARMING
+    # a piece from an agent parent says nothing about the root
+    m.on_root_silent("r1", True, 7.0)
+    m.on_probe_root("r1", False, False, 7.1)
+    m.on_parents([parent("p1")], 7.2)
+    m.on_received("p1", 1, 8.0)
+    m.on_stored("p1", 1, True, 8.0)
+    ticks(m, 8.0, 12.1)
+    assert phase(m) is Phase.ORIGIN
+
+
 def test_pieces_wait_for_their_hash_and_are_stored_against_it() -> None:
     m = machine()
     m.start(0.0)

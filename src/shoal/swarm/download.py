@@ -336,6 +336,8 @@ class BlobDownload:
         self._last = now
         if self.picker is None:
             return []
+        if ok and self.link.doubting and self.picker.is_seed(parent):
+            self.link.clear()  # the root sends pieces: it runs, only its calls are slow
         actions: list[Action] = []
         was = (self.picker.have >> index) & 1
         actions += self._translate(self.picker.on_piece(parent, index, now, ok=ok))

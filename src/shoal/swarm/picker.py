@@ -16,18 +16,16 @@ Rules:
    parents (sampled: ``samples`` random candidates, fewest parents holding it), so that
    peers hold different pieces to trade. A parent is asked first for pieces it holds,
    then for pieces it is still fetching (cut-through: it answers when they land), and
-   those lowest index first: they land in about that order, and a read queued on a
-   piece the parent gets last holds a request slot all that time (a stripe parent is
-   offered as fetching its whole stripe; picked rarest-first among those, the 10 GB
-   row of the reference table ran at 1.39x the bound at 200 nodes, in order 1.02x).
+   those lowest index first: they land in about that order (a stripe parent is offered
+   as fetching its whole stripe; rarest-first among those ran 1.39x the bound, 1.02x).
 3. Stall: a request is stalled when its bytes have been flowing (``on_started``) longer
    than ``stall_factor`` x the mean piece time seen so far, and never sooner than
-   ``stall_floor`` seconds (Dragonfly drops a parent at 20x the mean; relative, with a
-   floor, so it works at 1 MB/s and at 10 Gbit/s). A stalled request is cancelled, the
-   parent dropped and reported ``SLOW``, and the piece asked elsewhere. Queued requests
-   wait on their parent's progress: one that delivered nothing for ``queue_timeout`` is
-   waiting for pieces itself; it is dropped and reported ``REFUSED`` (not blamed: the
-   root re-parents the stripe), and its requests are asked again elsewhere.
+   ``stall_floor`` seconds (Dragonfly: 20x; relative, with a floor, so it works at 1 MB/s
+   and at 10 Gbit/s). A stalled request is cancelled, the parent dropped and reported
+   ``SLOW``, and the piece asked elsewhere. Queued requests wait on their parent's
+   progress: one that delivered nothing for ``queue_timeout`` is waiting for pieces
+   itself; it is dropped and reported ``REFUSED`` (not blamed: the root re-parents the
+   stripe), and its requests are asked again elsewhere.
    3b. A parent whose mean piece time (over ``slow_samples`` pieces or more) is
    ``slow_ratio`` x the median of the other parents' is dropped and reported ``SLOW``
    too: a straggler that is 4x slower never trips a stall, yet in a stripe tree it would
@@ -101,8 +99,7 @@ class PiecePicker:
         self._mean = 0.0  # mean piece time (started -> landed); 0 until the first
         self._last_need = float("-inf")
         self._rng = random.Random(seed)
-        # some parent is (or was) a spare; parents become spares only in ``on_parents``,
-        # and a stale True costs one mask, never a different decision
+        # some parent is (or was) a spare (set in ``on_parents``; a stale True costs a mask)
         self._spares = False
 
     def __repr__(self) -> str:
@@ -149,6 +146,9 @@ class PiecePicker:
 
     def parents(self) -> list[PeerId]:
         return [p for p, v in self._book.parents.items() if not v.retiring]
+
+    def is_seed(self, parent: PeerId) -> bool:
+        return (p := self._book.parents.get(parent)) is not None and p.seed
 
     def outstanding(self) -> list[tuple[PeerId, int]]:
         return self._book.outstanding()

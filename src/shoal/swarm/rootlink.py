@@ -10,7 +10,9 @@ the tries of a join, and the doubt about the current root.
    lost after ``refused_probes`` refusals in a row (nothing listens: it died) or after
    ``root_timeout`` seconds of doubt (it may only be loaded: a busy root answers late
    now and then, and treating one late answer as a dead root sends every agent to the
-   origin). An answer clears the doubt.
+   origin). An answer clears the doubt, and so does a piece the root sent
+   (``BlobDownload.on_stored``): a root whose control port is slow behind its own full
+   uplink is running.
 """
 
 from __future__ import annotations
