@@ -69,9 +69,6 @@ log = logging.getLogger(__name__)
 #: seconds between ticks at most, whatever the machine's deadline (a stopped process is
 #: told by the gap between ticks; see ``swarm.download`` rule 5)
 MAX_TICK = 0.25
-#: seconds this agent's own event loop took to come back to a task: above it the host
-#: is saturated, and a parent's late pong says more about the host than the parent
-BUSY_LAG = 0.05
 
 #: the wire's error codes as the machine sees them
 _FETCH_ERROR: dict[ErrorCode, FetchError] = {
@@ -405,12 +402,7 @@ class DownloadDriver:
         self._event(self.machine.on_stored(a.parent, a.index, ok, now))
 
     async def _probe_peer(self, parent: str) -> None:
-        limit = self.p.config.swarm.download.ping_timeout
-        alive = await self.p.peers.ping(parent, limit)
-        if not alive and await _loop_lag() > BUSY_LAG:
-            # every process on this host is late (32 agents on 2 cores answered pings in
-            # 1-3 s): one more try, three times as long, before blaming the parent
-            alive = await self.p.peers.ping(parent, 3 * limit)
+        alive = await self.p.peers.ping(parent, self.p.config.swarm.download.ping_timeout)
         if not alive:
             log.warning("parent %s of %s does not answer a ping: dropped", parent, self.key)
         self._event(self.machine.on_probe_peer(parent, alive, self._now()))
@@ -482,11 +474,3 @@ class DownloadDriver:
     @property
     def failed(self) -> BlobFailure | None:
         return self.machine.failure
-
-
-async def _loop_lag(nap: float = 0.02) -> float:
-    """How late a short sleep ends: the event loop's queue and the CPU the host gives it."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await asyncio.sleep(nap)
-    return loop.time() - start - nap
