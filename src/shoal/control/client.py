@@ -3,7 +3,6 @@ verified against the cluster CA (``ControlConfig``; plain only in the developmen
 
 from __future__ import annotations
 
-import time
 from types import TracebackType
 from typing import TypeVar
 
@@ -11,7 +10,6 @@ import aiohttp
 import msgspec
 
 from shoal.config import ControlConfig
-from shoal.control.auth import HEADER, sign
 from shoal.control.preheat import PollAnswer, PollRequest
 from shoal.control.schema import (
     BlobState,
@@ -22,7 +20,7 @@ from shoal.control.schema import (
     UpdateRequest,
     UpdateResponse,
 )
-from shoal.control.tls import client_context
+from shoal.control.signed import SignedSession
 from shoal.errors import UpstreamUnavailableError
 
 T = TypeVar("T")
@@ -44,18 +42,13 @@ class ControlClient:
         self, secret: bytes, *, timeout: float = 5.0, control: ControlConfig | None = None
     ) -> None:
         """``control``: TLS settings (default: ``ControlConfig()``, TLS on)."""
-        self._secret = secret
-        tls = client_context(control or ControlConfig())
-        self.scheme = "https" if tls is not None else "http"
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 3.0)),
-            # kept-alive connections, a bounded number per root: a burst of calls (a
-            # join per layer, hash asks, reports) waits here instead of opening dozens
-            # of connections at once against a root every agent is calling
-            connector=aiohttp.TCPConnector(
-                limit_per_host=CONNECTIONS_PER_ROOT, ssl=tls if tls is not None else False
-            ),
+        # kept-alive connections, a bounded number per root: a burst of calls (a join per
+        # layer, hash asks, reports) waits here instead of opening dozens of connections
+        # at once against a root every agent is calling
+        self._signed = SignedSession(
+            secret, control, timeout=timeout, connect_timeout=3.0, per_root=CONNECTIONS_PER_ROOT
         )
+        self.scheme = self._signed.scheme
 
     def __repr__(self) -> str:
         return f"<ControlClient {self.scheme}>"
@@ -72,22 +65,13 @@ class ControlClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._signed.close()
 
     async def _call(self, root: str, method: str, path: str, body: bytes, kind: type[T]) -> T:
-        headers = {
-            HEADER: sign(self._secret, method, path, body, time.time()),
-            "Content-Type": "application/json",
-        }
         try:
-            async with self._session.request(
-                method, f"{self.scheme}://{root}{path}", data=body, headers=headers
-            ) as resp:
-                payload = await resp.read()
-                if resp.status != 200:
-                    raise RootUnavailableError(
-                        f"root {root} answered HTTP {resp.status}: {payload[:200]!r}"
-                    )
+            status, payload = await self._signed.call(root, method, path, body)
+            if status != 200:
+                raise RootUnavailableError(f"root {root} answered HTTP {status}: {payload[:200]!r}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = RootUnavailableError(f"root {root} unreachable: {type(exc).__name__}")
             error.busy = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)

@@ -9,7 +9,6 @@ one answers, and ``get``/``cancel`` ask each root until one knows the job.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -18,9 +17,8 @@ import aiohttp
 import msgspec
 
 from shoal.config import ControlConfig, PreheatConfig
-from shoal.control.auth import HEADER, sign
 from shoal.control.preheat import JobList, JobSpec, JobState
-from shoal.control.tls import client_context
+from shoal.control.signed import SignedSession
 from shoal.errors import (
     AccessDeniedError,
     ConfigInvalidError,
@@ -56,13 +54,10 @@ class PreheatClient:
         if not roots:
             raise ShoalError("no roots to ask (P2PConfig.roots or --root)")
         self.roots = list(roots)
-        self._secret = secret
-        tls = client_context(control or ControlConfig())
-        self.scheme = "https" if tls is not None else "http"
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
-            connector=aiohttp.TCPConnector(limit_per_host=4, ssl=tls if tls is not None else False),
+        self._signed = SignedSession(
+            secret, control, timeout=timeout, connect_timeout=5.0, per_root=4
         )
+        self.scheme = self._signed.scheme
 
     def __repr__(self) -> str:
         return f"<PreheatClient {self.scheme} {self.roots}>"
@@ -79,19 +74,11 @@ class PreheatClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._signed.close()
 
     async def _call(self, root: str, method: str, path: str, body: bytes, kind: type[T]) -> T:
-        headers = {
-            HEADER: sign(self._secret, method, path, body, time.time()),
-            "Content-Type": "application/json",
-        }
         try:
-            async with self._session.request(
-                method, f"{self.scheme}://{root}{path}", data=body or None, headers=headers
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
+            status, payload = await self._signed.call(root, method, path, body or None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamUnavailableError(
                 f"root {root} unreachable: {type(exc).__name__} {exc}".strip()
