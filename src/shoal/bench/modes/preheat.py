@@ -29,7 +29,14 @@ import yaml
 
 from shoal.bench.errors import BenchError
 from shoal.bench.modes.base import BenchContext, ModeRun, NodeResult, mirror_share, run_skopeo
-from shoal.bench.modes.shoal import AGENT_PORT, _spawn, _stop_all, _wait_up, node_config
+from shoal.bench.modes.shoal import (
+    AGENT_PORT,
+    _spawn,
+    _stop_all,
+    _wait_up,
+    node_config,
+    start_agents,
+)
 from shoal.bench.netns import Host
 from shoal.bench.proc import in_netns
 from shoal.control.preheat import JobState
@@ -78,22 +85,11 @@ async def run_preheat(ctx: BenchContext) -> ModeRun:
             url = f"https://{host.ip}:{AGENT_PORT}/healthz"
             await _wait_up(host.netns, url, proc, logs / f"{host.role}.log", str(certs.ca_file))
             roots.append(f"{host.ip}:{AGENT_PORT}")
-        for node in ctx.nodes:
-            cfg = base / node.role / "agent.yml"
-            cfg.parent.mkdir(exist_ok=True)
-            cache = base / node.role / "cache"
-            cfg.write_text(_config(ctx, node, "agent", roots, cache, secret, certs, operator))
-            procs.append(await _spawn(node.netns, cfg, logs / f"agent-{node.role}.log"))
-        await asyncio.gather(
-            *(
-                _wait_up(
-                    node.netns,
-                    f"http://127.0.0.1:{AGENT_PORT}/v2/",
-                    procs[-len(ctx.nodes) + i],
-                    logs / f"agent-{node.role}.log",
-                )
-                for i, node in enumerate(ctx.nodes)
-            )
+        await start_agents(
+            ctx,
+            base,
+            procs,
+            lambda node, cache: _config(ctx, node, "agent", roots, cache, secret, certs, operator),
         )
         await asyncio.sleep(5.0)  # every agent has beaten at the root (the job is for all)
         state, wall = await _preheat(ctx, roots, certs, base)

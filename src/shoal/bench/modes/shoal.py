@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -91,22 +92,11 @@ async def run_shoal(ctx: BenchContext) -> ModeRun:
                 "no roots (--roots 0): every agent relays from the origin; these figures "
                 "are the agent without the swarm"
             )
-        for node in ctx.nodes:
-            cfg = base / node.role / "agent.yml"
-            cfg.parent.mkdir(exist_ok=True)
-            cache = base / node.role / "cache"
-            cfg.write_text(node_config(ctx, node, "agent", roots, cache, secret, certs))
-            procs.append(await _spawn(node.netns, cfg, logs / f"agent-{node.role}.log"))
-        await asyncio.gather(
-            *(
-                _wait_up(
-                    node.netns,
-                    f"http://127.0.0.1:{AGENT_PORT}/v2/",
-                    procs[-len(ctx.nodes) + i],
-                    logs / f"agent-{node.role}.log",
-                )
-                for i, node in enumerate(ctx.nodes)
-            )
+        await start_agents(
+            ctx,
+            base,
+            procs,
+            lambda node, cache: node_config(ctx, node, "agent", roots, cache, secret, certs),
         )
         agent = f"127.0.0.1:{AGENT_PORT}"
         if ctx.by_address:
@@ -127,6 +117,32 @@ async def run_shoal(ctx: BenchContext) -> ModeRun:
     if via < 1.0:
         notes.append(f"only {via:.0%} of the nodes took every blob from their agent (skopeo logs)")
     return ModeRun("shoal", nodes, cpu, notes=notes, extra={"roots": len(roots), "via_mirror": via})
+
+
+async def start_agents(
+    ctx: BenchContext,
+    base: Path,
+    procs: list[asyncio.subprocess.Process],
+    config: Callable[[Host, Path], str],
+) -> None:
+    """``shoal agent`` on every node, its file ``config(node, cache dir)``; back when
+    every mirror answers. The processes go on ``procs`` (the caller stops them)."""
+    logs = base / "logs"
+    started = []
+    for node in ctx.nodes:
+        cfg = base / node.role / "agent.yml"
+        cfg.parent.mkdir(exist_ok=True)
+        cfg.write_text(config(node, base / node.role / "cache"))
+        log = logs / f"agent-{node.role}.log"
+        proc = await _spawn(node.netns, cfg, log)
+        procs.append(proc)
+        started.append((node, proc, log))
+    await asyncio.gather(
+        *(
+            _wait_up(node.netns, f"http://127.0.0.1:{AGENT_PORT}/v2/", proc, log)
+            for node, proc, log in started
+        )
+    )
 
 
 async def _spawn(netns: str, cfg: Path, log_path: Path) -> asyncio.subprocess.Process:
