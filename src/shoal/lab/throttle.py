@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
+from typing import Self
 
 CHUNK = 64 << 10
 
@@ -36,18 +37,22 @@ class TokenBucket:
                 await asyncio.sleep(-self._tokens / self.rate)
 
 
-class ThrottledForwarder:
-    """``async with ThrottledForwarder(target_port, rate) as fwd:`` listens on ``fwd.port``."""
+class Forwarder:
+    """``async with Forwarder(host, port) as fwd:`` listens on ``fwd.port`` and relays
+    every connection to ``host:port``; subclasses shape the answers in ``_down``. A
+    ``ConnectionAbortedError`` out of ``_down`` resets both sides (a cut network)."""
 
-    def __init__(self, target_host: str, target_port: int, rate_bytes: float) -> None:
+    def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.bucket = TokenBucket(rate_bytes)
         self.port = 0
-        self.bytes_down = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> ThrottledForwarder:
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -77,10 +82,10 @@ class ThrottledForwarder:
             self._tasks.discard(task)
             return
         try:
-            await asyncio.gather(
-                self._pipe(reader, up_writer, throttle=False),
-                self._pipe(up_reader, writer, throttle=True),
-            )
+            await asyncio.gather(self._pipe(reader, up_writer), self._down(up_reader, writer))
+        except ConnectionAbortedError:
+            for w in (writer, up_writer):
+                w.transport.abort()
         finally:
             for w in (writer, up_writer):
                 w.close()
@@ -88,14 +93,36 @@ class ThrottledForwarder:
                     await w.wait_closed()
             self._tasks.discard(task)
 
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, throttle: bool
-    ) -> None:
+    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The target's answers to the client; as they come by default."""
+        await self._pipe(reader, writer)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(CHUNK):
-                if throttle:
-                    await self.bucket.take(len(data))
-                    self.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.write_eof()
+
+
+class ThrottledForwarder(Forwarder):
+    """``async with ThrottledForwarder(host, port, rate) as fwd:`` listens on ``fwd.port``;
+    every answer byte to any client passes one token bucket."""
+
+    def __init__(self, target_host: str, target_port: int, rate_bytes: float) -> None:
+        super().__init__(target_host, target_port)
+        self.bucket = TokenBucket(rate_bytes)
+        self.bytes_down = 0
+
+    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(CHUNK):
+                await self.bucket.take(len(data))
+                self.bytes_down += len(data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
