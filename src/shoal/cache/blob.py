@@ -69,6 +69,9 @@ class Blob:
     #: the whole digest is checked, pieces may still be being written (``vouch``)
     vouched: bool = False
     vouch_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: why the blob went (evicted, dropped, store closed): a waiter asked for after that
+    #: fails at once instead of waiting for a piece that can no longer land
+    gone: BaseException | None = None
     #: meta or journal written since the last batched fsync (``PieceStore.sync``)
     dirty: bool = False
     #: the files being made on a disk thread (``PieceStore.create`` does not wait)
@@ -247,13 +250,19 @@ class Blob:
     def waiter(self, index: int) -> asyncio.Future[None]:
         self.piece_length(index)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(index, []).append(fut)
+        if self.gone is not None:
+            fut.set_exception(self.gone)
+        else:
+            self.waiters.setdefault(index, []).append(fut)
         return fut
 
     def reader(self, index: int) -> asyncio.Future[None]:
         self.piece_length(index)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.readers.setdefault(index, []).append(fut)
+        if self.gone is not None:
+            fut.set_exception(self.gone)
+        else:
+            self.readers.setdefault(index, []).append(fut)
         return fut
 
     def wake(self, index: int) -> None:
@@ -272,6 +281,8 @@ class Blob:
                 fut.set_exception(exc)
 
     def fail_waiters(self, exc: BaseException) -> None:
+        """The blob is gone (the store dropped it or closed): every waiter, now and later."""
+        self.gone = exc
         waiters, self.waiters = self.waiters, {}
         readers, self.readers = self.readers, {}
         done, self.done_waiters = self.done_waiters, []
@@ -285,6 +296,8 @@ class Blob:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.complete:
             fut.set_result(None)
+        elif self.gone is not None:
+            fut.set_exception(self.gone)
         else:
             self.done_waiters.append(fut)
         return fut
@@ -301,6 +314,8 @@ class Blob:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.vouched or self.complete:
             fut.set_result(None)
+        elif self.gone is not None:
+            fut.set_exception(self.gone)
         else:
             self.vouch_waiters.append(fut)
         return fut
