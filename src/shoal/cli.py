@@ -153,7 +153,23 @@ def _run_sim(args: argparse.Namespace) -> int:
     return run_sim(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand's parser; with ``only``, the options of that one alone.
+
+    The options of ``node-setup``, ``preheat`` and ``sim`` live in their own modules,
+    which import what those commands need (rich, aiohttp's client, the simulator):
+    importing them for an agent or root start cost each node a third of its start-up
+    CPU, so they are added only when their command is the one run (or for ``--help``).
+    """
+
+    def wanted(command: str) -> bool:
+        return only is None or only == command
+
     parser = _Parser(prog="shoal", description="Peer-to-peer container image distribution.")
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -182,10 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML webhook config file")
     p.set_defaults(handler=_run_webhook)
 
-    from shoal.webhook.nodesetup import add_arguments as add_node_setup_arguments
-
     p = sub.add_parser("node-setup", help="write containerd hosts.toml files for the agent")
-    add_node_setup_arguments(p)
+    if wanted("node-setup"):
+        from shoal.webhook.nodesetup import add_arguments as add_node_setup_arguments
+
+        add_node_setup_arguments(p)
     p.set_defaults(handler=_run_node_setup)
 
     p = sub.add_parser("pull", help="pull an image into an OCI layout directory")
@@ -199,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(handler=_run_pull)
 
-    from shoal.control.preheat_cli import add_arguments as add_preheat_arguments
-
     p = sub.add_parser(
         "preheat",
         help="put an image on nodes before a rollout (a job at the roots)",
@@ -208,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         "them (--count), P% (--percent) or all fetch IMAGE through the swarm and keep it "
         "until the TTL. --status/--cancel/--list act on jobs instead. See docs/preheat.md.",
     )
-    add_preheat_arguments(p)
+    if wanted("preheat"):
+        from shoal.control.preheat_cli import add_arguments as add_preheat_arguments
+
+        add_preheat_arguments(p)
     p.set_defaults(handler=_run_preheat)
 
     p = sub.add_parser("demo", help="run the whole system on this machine and pull an image")
@@ -281,9 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run_bench)
 
     p = sub.add_parser("sim", help="simulate the scheduler at thousands of nodes")
-    from shoal.sim.main import add_arguments as _add_sim_arguments
+    if wanted("sim"):
+        from shoal.sim.main import add_arguments as _add_sim_arguments
 
-    _add_sim_arguments(p)
+        _add_sim_arguments(p)
     p.set_defaults(handler=_run_sim)
     return parser
 
@@ -308,7 +327,7 @@ def _profiled(handler: Handler, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the subcommand, which is where the flag was misplaced
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
