@@ -25,11 +25,15 @@ PLAIN_WARNING = (
 
 
 def client_context(cfg: ControlConfig) -> ssl.SSLContext | None:
-    """What an agent verifies roots with; ``None`` in the development mode."""
+    """What an agent verifies roots with; ``None`` in the development mode.
+
+    The cluster's CA alone: a root is never trusted for a certificate a public CA
+    issued, and not loading the system's bundle (~30 ms of CPU) keeps every agent's
+    start cheap."""
     if not cfg.tls:
         log.warning(PLAIN_WARNING)
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_verify_locations(cafile=cfg.ca_file)
