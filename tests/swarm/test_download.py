@@ -121,14 +121,18 @@ def test_a_root_whose_calls_are_slow_but_pieces_come_is_not_lost() -> None:
     m.on_stored("root:1", 0, True, 3.0)
     ticks(m, 3.0, 7.0)  # 6 s after the doubt began: lost, had the piece not come
     assert phase(m) is Phase.SWARMING
-    # a piece from an agent parent says nothing about the root
+    # a piece from an agent parent does not clear the doubt (the parents run whether
+    # the root does or not), but the swarm still delivers: the loss waits
     m.on_root_silent("r1", True, 7.0)
     m.on_probe_root("r1", False, False, 7.1)
     m.on_parents([parent("p1")], 7.2)
     m.on_received("p1", 1, 8.0)
     m.on_stored("p1", 1, True, 8.0)
-    ticks(m, 8.0, 12.1)
+    ticks(m, 8.0, 12.9)  # 5.9 s of doubt, a piece 4.9 s ago
+    assert phase(m) is Phase.SWARMING
+    acts = ticks(m, 12.9, 13.1)
     assert phase(m) is Phase.ORIGIN
+    assert of(FetchOrigin, acts) == [FetchOrigin(mask_of([2, 3]), "every root is gone")]
 
 
 def test_pieces_wait_for_their_hash_and_are_stored_against_it() -> None:

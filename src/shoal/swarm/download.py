@@ -336,8 +336,11 @@ class BlobDownload:
         self._last = now
         if self.picker is None:
             return []
-        if ok and self.link.doubting and self.picker.is_seed(parent):
-            self.link.clear()  # the root sends pieces: it runs, only its calls are slow
+        if ok and self.link.doubting:
+            if self.picker.is_seed(parent):
+                self.link.clear()  # the root sends pieces: it runs, only its calls are slow
+            else:
+                self.link.progressed(now)  # the swarm still runs: the loss waits
         actions: list[Action] = []
         was = (self.picker.have >> index) & 1
         actions += self._translate(self.picker.on_piece(parent, index, now, ok=ok))
