@@ -177,8 +177,9 @@ class ControlConfig(_Section, frozen=True):
     key_file: str = "/etc/shoal/control/tls.key"
     #: distinct peers one source address may have joined as; 0 means no cap
     peers_per_source: Annotated[int, msgspec.Meta(ge=0)] = 8
-    #: seconds the root waits for a new member's peer handshake before refusing it
-    #: (keep it below the agents' P2PConfig.rootTimeout)
+    #: seconds a join waits for a new member's peer handshake before it is answered 503
+    #: (join again); the handshake is refused after 3 times this (keep it below the
+    #: agents' P2PConfig.rootTimeout)
     vet_timeout: PositiveFloat = 3.0
 
 

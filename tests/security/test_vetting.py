@@ -10,11 +10,13 @@ import pytest
 from shoal.config import ControlConfig
 from shoal.errors import TooManyRequestsError
 from shoal.root.vetting import (
+    PROBE_TRIES,
     REFUSED_FOR,
     SOURCE_WINDOW,
     TIMED_OUT_FOR,
     VETTED_FOR,
     PeerUnvettedError,
+    PeerVettingError,
     Vetting,
 )
 
@@ -73,10 +75,25 @@ async def test_a_dead_peer_is_refused_and_not_asked_again_for_a_while() -> None:
     assert len(probes.asked) == 2
 
 
+async def test_a_slow_peer_is_asked_to_join_again_and_let_in_once_it_answers() -> None:
+    """A live agent on a loaded node answers the handshake late: its join is answered
+    503 (join again), not refused, while the probe goes on."""
+    probes, clock = Probes({"10.0.0.4:65002"}, delay=0.08), Clock()
+    v = vetting(probes, clock, vet_timeout=0.05)
+    with pytest.raises(PeerVettingError, match="join again"):
+        await v.admit("10.0.0.4:65002", "10.0.0.4")
+    await v.admit("10.0.0.4:65002", "10.0.0.4")  # the second join sees the probe end
+    assert probes.asked == ["10.0.0.4:65002"]
+
+
 async def test_a_peer_that_never_answers_is_refused_within_the_timeout() -> None:
     probes, clock = Probes({"10.0.0.3:65002"}, delay=5.0), Clock()
     v = vetting(probes, clock, vet_timeout=0.05)
     async with asyncio.timeout(1):
+        for _ in range(PROBE_TRIES):  # each join waits vetTimeout, the probe all of them
+            with pytest.raises((PeerVettingError, PeerUnvettedError)):
+                await v.admit("10.0.0.3:65002", "10.0.0.3")
+        await asyncio.sleep(0.02)
         with pytest.raises(PeerUnvettedError, match="no answer in time"):
             await v.admit("10.0.0.3:65002", "10.0.0.3")
     # it may only have been slow: asked again soon, and let in once it answers

@@ -71,7 +71,10 @@ class ControlClient:
         try:
             status, payload = await self._signed.call(root, method, path, body)
             if status != 200:
-                raise RootUnavailableError(f"root {root} answered HTTP {status}: {payload[:200]!r}")
+                said = f"root {root} answered HTTP {status}: {payload[:200]!r}"
+                error = RootUnavailableError(said)
+                error.busy = status == 503  # it runs and asks to be called again
+                raise error
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = RootUnavailableError(f"root {root} unreachable: {type(exc).__name__}")
             error.busy = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)

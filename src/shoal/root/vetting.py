@@ -7,11 +7,17 @@ pulls timing out on them. So before a peer's first ``Join`` reaches the schedule
 
 1. **It must complete the peer handshake** at the address it names: the root dials
    ``peer`` (its advertised ``host:port``) and runs the wire handshake (HMAC over both
-   sides' nonces), within ``ControlConfig.vetTimeout``. A peer that answers becomes a
-   member and is remembered (``VETTED_FOR`` seconds); one that does not is refused
-   (``403``) and remembered as refused for ``REFUSED_FOR`` seconds (``TIMED_OUT_FOR``
-   when it only did not answer in time), so asking again costs nothing. A peer naming
-   the root itself is refused.
+   sides' nonces). A peer that answers becomes a member and is remembered
+   (``VETTED_FOR`` seconds); one that fails it (refused, a wrong secret) is refused
+   (``403``) and remembered as refused for ``REFUSED_FOR`` seconds, so asking again
+   costs nothing. A peer naming the root itself is refused.
+1b. **A peer that is only slow to answer is asked to join again**, not refused: the
+   joiner waits ``ControlConfig.vetTimeout`` for the handshake, then gets ``503`` (the
+   agent retries the join) while the probe goes on for up to ``PROBE_TRIES`` x
+   ``vetTimeout`` in all; only a probe that has not finished by then refuses it (for
+   ``TIMED_OUT_FOR``). A live agent on a loaded node answers late: 32 agents and their
+   clients starting on 2 cores left 13 of them without a handshake in 3 s, and a
+   refusal sent each to the origin for every blob (14.3 copies of the image).
 2. **Each source address may claim at most ``ControlConfig.peersPerSource`` peers**
    (seen within ``SOURCE_WINDOW`` seconds): a node runs one agent, so one address
    claiming many identities is the Sybil pattern; the excess is answered ``429``
@@ -40,6 +46,9 @@ REFUSED_FOR = 30.0
 #: a peer that only did not answer in time may be a live agent on a loaded node: it is
 #: asked again soon (a black-holed Sybil costs a probe slot for vetTimeout each time)
 TIMED_OUT_FOR = 5.0
+#: a probe runs for this many ``vetTimeout`` at most; each join waits one of them (an
+#: agent sends a join that was answered 503 up to ``DownloadPolicy.joinTries`` times)
+PROBE_TRIES = 3
 SOURCE_WINDOW = 600.0
 MAX_PROBES = 32
 #: bound on what is remembered (peers and sources), against a flood of identities
@@ -53,6 +62,13 @@ class PeerUnvettedError(ShoalError):
 
     http_status = 403
     oci_code = "DENIED"
+
+
+class PeerVettingError(ShoalError):
+    """The peer has not completed the handshake yet (it may be loaded): join again."""
+
+    http_status = 503
+    oci_code = "UNAVAILABLE"
 
 
 class Vetting:
@@ -96,7 +112,8 @@ class Vetting:
 
     async def admit(self, peer: str, source: str) -> None:
         """Return when ``peer`` may join; raise ``PeerUnvettedError`` (403) or
-        ``TooManyRequestsError`` (429) when it may not."""
+        ``TooManyRequestsError`` (429) when it may not, ``PeerVettingError`` (503) when
+        its handshake has not finished within ``vetTimeout`` (rule 1b)."""
         now = self._clock()
         if peer == self._node():
             raise PeerUnvettedError(f"{peer} is this root's own address")
@@ -113,7 +130,14 @@ class Vetting:
             probing = asyncio.ensure_future(self._run_probe(peer))
             self._probing[peer] = probing
             probing.add_done_callback(lambda _: self._probing.pop(peer, None))
-        why = await asyncio.shield(probing)
+        try:
+            async with asyncio.timeout(self.cfg.vet_timeout):
+                why = await asyncio.shield(probing)
+        except TimeoutError:
+            raise PeerVettingError(
+                f"peer {peer} has not completed the peer handshake within "
+                f"{self.cfg.vet_timeout:g} s (ControlConfig.vetTimeout): join again"
+            ) from None
         if why:
             raise PeerUnvettedError(why)
 
@@ -147,7 +171,7 @@ class Vetting:
         async with self._slots:
             self.probes += 1
             try:
-                async with asyncio.timeout(self.cfg.vet_timeout):
+                async with asyncio.timeout(PROBE_TRIES * self.cfg.vet_timeout):
                     await self._probe(peer)
             except (ShoalError, OSError, TimeoutError, ValueError) as exc:
                 why = f"peer {peer} did not complete the peer handshake: {_reason(exc)}"
