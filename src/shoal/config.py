@@ -130,6 +130,9 @@ class P2PConfig(_Section, frozen=True):
     #: machines is 127.0.0.1 or 127.0.1.1 and unreachable from other nodes (the agent
     #: warns at start); set it to the node's IP then
     advertise: str = ""
+    #: TCP congestion control of the piece server's connections (the bulk uploads);
+    #: empty means the system's (``net.ipv4.tcp_congestion_control``)
+    congestion: str = "cubic"
     #: seconds an agent waits for a blob's root before fetching from the origin itself
     root_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     #: blobs this agent may fetch from the origin at once when no root answers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,3 +126,24 @@ async def test_unhandled_message_type_closes_the_connection(
         peer = ("127.0.0.1", server.port)
         with pytest.raises(ShoalError, match="closed"):
             await client.call(peer, Ask(0, 1))
+
+
+@pytest.mark.parametrize("name", ["reno", "cubic"])
+async def test_the_server_uses_the_configured_congestion_control(
+    store: PieceStore, name: str
+) -> None:
+    """P2PConfig.congestion: the uploads' TCP congestion control, whatever the system's."""
+    async with PeerServer(store, SECRET, host="127.0.0.1", congestion=name) as server:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.1)  # the server has accepted it
+        conns = [c for c in server._connections if c.transport is not None]
+        used = {
+            c.transport.get_extra_info("socket")
+            .getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+            .rstrip(b"\0")
+            .decode()
+            for c in conns
+            if c.transport is not None
+        }
+        writer.close()
+        assert used == {name}

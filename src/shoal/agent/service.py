@@ -86,6 +86,7 @@ class Agent:
                     host=config.p2p.listen,
                     port=config.p2p.p2p_port,
                     throttle_mb=config.p2p.throttle_limit_mb,
+                    congestion=config.p2p.congestion,
                     metrics=self.metrics,
                     audit=self.audit,
                     ssl=None if tls is None else tls.server,

@@ -94,8 +94,11 @@ class PeerServer:
         handshake_timeout: float = 10.0,
         handlers: Mapping[type[WireEvent], Handler] | None = None,
         ssl: SSLContext | None = None,
+        congestion: str = "",
     ) -> None:
         self.store = store
+        #: TCP congestion control for every connection (``P2PConfig.congestion``)
+        self.congestion = congestion
         #: TLS for every connection (``P2PConfig.tls``, ``shoal.peer.tls``); None: clear
         self.ssl = ssl
         #: message types beyond stat/read (the swarm's): ``await handler(event, peer_node)``
@@ -204,6 +207,7 @@ class _ServerConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         _large_send_buffer(transport)
+        _congestion(transport, self.server.congestion)
         peername = transport.get_extra_info("peername")
         self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.server._connections.add(self)
@@ -494,6 +498,28 @@ def _large_send_buffer(transport: asyncio.BaseTransport) -> None:
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
+def _congestion(transport: asyncio.BaseTransport, name: str) -> None:
+    """The connection's congestion control (``P2PConfig.congestion``). BBR, the system
+    default on many machines, kept shallow switch queues full: at N=32 on 20 ms queues a
+    root retransmitted 61,586-68,284 segments in a run against 108-435 with cubic, its
+    control answers were lost behind them and agents fell back to the origin
+    (docs/bench.md). Not allowed to this process (``tcp_allowed_congestion_control``):
+    the system's stays, said once."""
+    sock = transport.get_extra_info("socket")
+    if not name or sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+    except OSError as exc:
+        global _congestion_warned
+        if not _congestion_warned:
+            _congestion_warned = True
+            log.warning("P2PConfig.congestion %s not used: %s", name, exc.strerror or exc)
+
+
+_congestion_warned = False
 
 
 def _stat_response(request_id: int, info: BlobInfo) -> StatResponse:

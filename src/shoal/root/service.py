@@ -84,6 +84,7 @@ class Root:
             port=config.p2p.p2p_port,
             node="root",
             throttle_mb=config.p2p.throttle_limit_mb,
+            congestion=config.p2p.congestion,
             metrics=self.metrics,
             audit=self.audit,
             ssl=_server_tls(config),
