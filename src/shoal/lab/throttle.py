@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
@@ -97,9 +98,18 @@ class Forwarder:
         """The target's answers to the client; as they come by default."""
         await self._pipe(reader, writer)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        before: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        """Copy ``reader`` to ``writer`` until EOF; ``before(n)`` is awaited ahead of
+        each chunk of ``n`` bytes (a throttle's bucket)."""
         try:
             while data := await reader.read(CHUNK):
+                if before is not None:
+                    await before(len(data))
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -119,14 +129,8 @@ class ThrottledForwarder(Forwarder):
         self.bytes_down = 0
 
     async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(CHUNK):
-                await self.bucket.take(len(data))
-                self.bytes_down += len(data)
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write_eof()
+        await self._pipe(reader, writer, self._meter)
+
+    async def _meter(self, n: int) -> None:
+        await self.bucket.take(n)
+        self.bytes_down += n
