@@ -207,7 +207,8 @@ class _ServerConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         _large_send_buffer(transport)
-        _congestion(transport, self.server.congestion)
+        if self.server.congestion and not _congestion(transport, self.server.congestion):
+            self.server.congestion = ""  # not allowed here: said once, the system's stays
         peername = transport.get_extra_info("peername")
         self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.server._connections.add(self)
@@ -500,26 +501,22 @@ def _large_send_buffer(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
-def _congestion(transport: asyncio.BaseTransport, name: str) -> None:
-    """The connection's congestion control (``P2PConfig.congestion``). BBR, the system
-    default on many machines, kept shallow switch queues full: at N=32 on 20 ms queues a
-    root retransmitted 61,586-68,284 segments in a run against 108-435 with cubic, its
-    control answers were lost behind them and agents fell back to the origin
-    (docs/bench.md). Not allowed to this process (``tcp_allowed_congestion_control``):
-    the system's stays, said once."""
+def _congestion(transport: asyncio.BaseTransport, name: str) -> bool:
+    """Set the connection's congestion control (``P2PConfig.congestion``); False, and
+    said, when this process may not use it (``tcp_allowed_congestion_control``). BBR,
+    the system default on many machines, kept shallow switch queues full: at N=32 on
+    20 ms queues a root retransmitted 61,586-68,284 segments in a run against 108-435
+    with cubic, its control answers were lost behind them and agents fell back to the
+    origin (docs/bench.md)."""
     sock = transport.get_extra_info("socket")
-    if not name or sock is None:
-        return
+    if sock is None:
+        return True
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
     except OSError as exc:
-        global _congestion_warned
-        if not _congestion_warned:
-            _congestion_warned = True
-            log.warning("P2PConfig.congestion %s not used: %s", name, exc.strerror or exc)
-
-
-_congestion_warned = False
+        log.warning("P2PConfig.congestion %s not used: %s", name, exc.strerror or exc)
+        return False
+    return True
 
 
 def _stat_response(request_id: int, info: BlobInfo) -> StatResponse:
