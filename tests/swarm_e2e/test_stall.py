@@ -9,6 +9,7 @@ bounds are ratios taken in one run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import signal
 import time
 from pathlib import Path
@@ -48,16 +49,6 @@ async def images(tmp_path: Path, origin: OriginRegistry, n: int) -> list[BuiltIm
 async def pull_all(nodes: list[Node], img: BuiltImage) -> dict[str, float]:
     times = await asyncio.gather(*(pull(n, img) for n in nodes))
     return {n.name: t for n, t in zip(nodes, times, strict=True)}
-
-
-def origin_copies(origin: OriginRegistry, img: BuiltImage) -> float:
-    digests = {b.digest for b in img.blobs()}
-    sent = sum(
-        r.written
-        for r in origin.served()
-        if r.method == "GET" and r.uri.split("?")[0].rsplit("/", 1)[-1] in digests
-    )
-    return sent / img.total_size
 
 
 async def test_a_stopped_agent_costs_the_others_seconds_and_finishes_itself(
@@ -102,8 +93,14 @@ async def test_a_root_that_dies_hands_its_blobs_to_the_next_root(
     tmp_path: Path, origin: OriginRegistry
 ) -> None:
     """Two roots; the one that owns the most layers is killed at 40 % of its origin
-    fetch. Its blobs move to the other root in rendezvous order: the origin sends at most
-    1.5 copies of the image and the pull takes at most 1.5x its time without the fault."""
+    fetch. Its blobs move to the other root in rendezvous order, which fetches each of
+    them once and whole; no agent goes to the origin: the origin's link carries one copy
+    of the image plus what the dead root had fetched (40 % of its share, a tenth of a
+    copy for slack), and the pull takes at most 1.5x its time without the fault.
+
+    The copies are counted on the origin's link (the throttle), not in the registry's
+    log: the registry logs as written what sat in its socket buffer when the dead root's
+    connection was reset (3 MB a connection here), bytes that never left the host."""
     calm, faulty = await images(tmp_path, origin, 2)
     async with (
         ThrottledForwarder("127.0.0.1", origin.port, ORIGIN_RATE) as slow,
@@ -111,11 +108,14 @@ async def test_a_root_that_dies_hands_its_blobs_to_the_next_root(
     ):
         base = max((await pull_all(cluster.agents, calm)).values())
         roots = [r.control for r in cluster.roots]
+        owner = {b.digest: rank_roots(b.digest, roots)[0] for b in faulty.layers}
         owned = dict.fromkeys(roots, 0)
         for b in faulty.layers:
-            owned[rank_roots(b.digest, roots)[0]] += b.size
+            owned[owner[b.digest]] += b.size
         doomed = next(r for r in cluster.roots if r.control == max(owned, key=owned.__getitem__))
         share = owned[doomed.control]
+        served0 = len(origin.served())
+        sent0 = slow.bytes_down
         start = time.monotonic()
         pulls = asyncio.ensure_future(pull_all(cluster.agents, faulty))
         # 40 % of its own origin fetch: its share of the image at the origin's rate
@@ -123,10 +123,18 @@ async def test_a_root_that_dies_hands_its_blobs_to_the_next_root(
         await doomed.kill()
         await asyncio.wait_for(pulls, 60)
         took = time.monotonic() - start
-    copies = origin_copies(origin, faulty)
+        copies = (slow.bytes_down - sent0) / faulty.total_size
+    gets = collections.Counter(
+        r.uri.split("?")[0].rsplit("/", 1)[-1]
+        for r in origin.served()[served0:]
+        if r.method == "GET" and "/blobs/" in r.uri and r.written
+    )
     print(f"\nno fault {base:.2f} s; root killed: {took:.2f} s ({took / base:.2f}x), "
-          f"origin {copies:.2f} copies")  # fmt: skip
-    assert copies <= 1.5
+          f"origin link {copies:.2f} copies; blob GETs {sorted(gets.values())}")  # fmt: skip
+    for b in faulty.layers:
+        # the dead root's cut GET and the next root's whole one; the others' one
+        assert gets[b.digest] <= (2 if owner[b.digest] == doomed.control else 1), b.digest
+    assert copies <= 1 + 0.4 * share / faulty.total_size + 0.1
     assert took <= 1.5 * base
 
 
