@@ -20,7 +20,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from shoal.webhook.bootstrap import ca_patch, execute
+from shoal.webhook.bootstrap import ca_patch, execute, parser
 from shoal.webhook.kube import KubeClient
 from tests.cluster.apiserver import ApiServer
 
@@ -56,6 +56,7 @@ def args(command: str, **kw: Any) -> argparse.Namespace:
         "command": command,
         "namespace": NS,
         "p2p_secret": None,
+        "preheat_secret": None,
         "tls_secret": None,
         "service": None,
         "cluster_domain": "cluster.local",
@@ -93,6 +94,28 @@ async def test_secrets_are_made_once_and_never_changed(api: tuple[ApiServer, Kub
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert f"shoal-webhook.{NS}.svc" in sans.get_values_for_type(x509.DNSName)
     assert {who for who, _, _ in server.calls} == {"shoal-system:shoal-bootstrap"}
+
+
+async def test_the_preheat_operator_credential_is_a_secret_of_its_own(
+    api: tuple[ApiServer, KubeClient],
+) -> None:
+    """Made once, like the cluster secret, but apart from it: the nodes mount the cluster
+    secret, and the operator credential must not be on them (docs/preheat.md)."""
+    server, client = api
+    made = args("secrets", p2p_secret="shoal-p2p", preheat_secret="shoal-preheat")
+    assert await execute(client, made) == [
+        f"secret {NS}/shoal-p2p: created",
+        f"secret {NS}/shoal-preheat: created",
+    ]
+    operator = server.secrets[(NS, "shoal-preheat")]["data"]
+    assert len(base64.b64decode(operator["secret"])) == 48  # PreheatConfig wants 16 at least
+    assert operator != server.secrets[(NS, "shoal-p2p")]["data"]
+    assert (await execute(client, made))[1] == f"secret {NS}/shoal-preheat: exists, left as it is"
+    assert server.secrets[(NS, "shoal-preheat")]["data"] == operator
+    assert (
+        parser().parse_args(["secrets", "--namespace", NS, "--preheat-secret", "x"]).preheat_secret
+        == "x"
+    )
 
 
 async def handshake(secret: dict[str, str], name: str, tmp_path: Path) -> None:

@@ -10,7 +10,10 @@ never changes what exists:
   ``secret``, 48 random characters); in ``hook`` TLS mode, the webhook's CA and
   serving certificate (a ``kubernetes.io/tls`` Secret with ``ca.crt``); and, with
   ``--control-secret``, the control API's own CA and the roots' certificate, in the
-  same layout (agents mount only ``ca.crt``, roots the certificate and key).
+  same layout (agents mount only ``ca.crt``, roots the certificate and key); with
+  ``--preheat-secret``, the preheat job API's operator credential (key ``secret``, like
+  the cluster secret, but a Secret of its own: only the roots and the webhook mount it,
+  never the nodes).
 
 The roots' certificate names every StatefulSet member by a wildcard
 (``*.<root>.<ns>.svc[.<domain>]``), not one name per replica: the Secret is made once
@@ -181,6 +184,9 @@ async def ensure_secrets(client: KubeClient, args: argparse.Namespace) -> list[s
                 client, args.namespace, p2p_secret(args.p2p_secret, args.namespace)
             )
         )
+    if args.preheat_secret:
+        body = p2p_secret(args.preheat_secret, args.namespace)
+        out.append(await create_if_missing(client, args.namespace, body))
     if args.tls_secret:
         if not args.service:
             raise ShoalError("--tls-secret needs --service (the webhook Service's name)")
@@ -248,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("secrets", help="create the cluster secret and the TLS secrets")
     s.add_argument("--namespace", required=True)
     s.add_argument("--p2p-secret", metavar="NAME", help="the cluster secret to create")
+    s.add_argument(
+        "--preheat-secret", metavar="NAME", help="the preheat operator credential to create"
+    )
     s.add_argument("--tls-secret", metavar="NAME", help="the webhook TLS secret to create")
     s.add_argument("--service", metavar="NAME", help="the webhook Service (certificate names)")
     s.add_argument("--cluster-domain", default="cluster.local")
