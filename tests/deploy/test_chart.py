@@ -575,3 +575,234 @@ def test_the_webhook_may_write_only_its_clones() -> None:
     assert allowed("CREATE", taken, None)  # shaped like a clone, made as one: fine
     assert not allowed("UPDATE", taken, fake)  # but not by relabelling someone's Secret
     assert not allowed("DELETE", None, foreign)
+
+
+# --- preheat (docs/preheat.md, "Kubernetes") -------------------------------------------
+
+PREHEAT_ON = ("--set", "preheat.enabled=true")
+PREHEAT_RENDERS = {
+    "on": PREHEAT_ON,
+    "on-full": (
+        "-f", str(FULL), "--set-json",
+        'preheat={"enabled": true, "resyncPeriod": 30, "ttl": 7200, "rate": 12.5}',
+    ),
+    "on-full-cert-manager": (
+        "-f", str(FULL), *PREHEAT_ON, "--api-versions", "cert-manager.io/v1",
+        "--api-versions", "monitoring.coreos.com/v1",
+    ),
+    "on-existing-secret": (*PREHEAT_ON, "--set", "preheat.existingSecret=ops-preheat"),
+    "on-plain": (*PREHEAT_ON, "--set", "control.tls.enabled=false"),
+    "on-no-clones": (*PREHEAT_ON, "--set", "webhook.secrets.enable=false"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=sorted(PREHEAT_RENDERS))
+def preheat_rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    name: str = request.param
+    return name, render(*PREHEAT_RENDERS[name])
+
+
+def mount(pod: dict[str, Any], volume: str) -> tuple[str, dict[str, Any]] | None:
+    """(mountPath, the volume's secret source) of ``volume`` in the first container."""
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume]
+    if not mounts:
+        assert not [v for v in pod["volumes"] if v["name"] == volume]
+        return None
+    (m,) = mounts
+    (vol,) = [v for v in pod["volumes"] if v["name"] == volume]
+    assert m["readOnly"] is True
+    return m["mountPath"], vol["secret"]
+
+
+def readable_by(pod: dict[str, Any], secret: dict[str, Any]) -> bool:
+    """Can the container's user read the Secret's files? The kubelet makes them owned by
+    root, with the group ``fsGroup`` when the Pod sets one."""
+    mode = int(secret.get("defaultMode", 0o644))
+    uid = pod["containers"][0]["securityContext"]["runAsUser"]
+    if uid == 0 or mode & 0o004:
+        return True
+    return bool(mode & 0o040) and "fsGroup" in (pod.get("securityContext") or {})
+
+
+def test_preheat_is_off_by_default_and_leaves_no_trace() -> None:
+    """Off (the default): not a key, mount, rule or argument of it in the render."""
+    text = render_text()
+    assert "preheat" not in text.lower()
+    webhook = parse_webhook_config(
+        yaml.safe_load(one(render(), "ConfigMap", "-webhook")["data"]["webhook.yaml"])
+    )
+    assert webhook.preheat.enable is False
+
+
+@pytest.mark.parametrize("name", sorted(PREHEAT_RENDERS))
+def test_preheat_renders_are_byte_identical_and_valid(name: str) -> None:
+    """The operator credential comes from the hook Job, never from the template."""
+    text = render_text(*PREHEAT_RENDERS[name])
+    assert text == render_text(*PREHEAT_RENDERS[name])
+    for doc in (d for d in yaml.safe_load_all(text) if d):
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert not [d for d in yaml.safe_load_all(text) if d and d["kind"] == "Secret"]
+
+
+def test_helm_lint_with_preheat() -> None:
+    for extra in (PREHEAT_ON, ("-f", str(FULL), *PREHEAT_ON)):
+        done = subprocess.run(
+            [helm(), "lint", "--strict", str(CHART), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_preheat_wires_the_roots_and_the_webhook_with_the_keys_the_code_reads(
+    preheat_rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Each config parsed by shoal's own loader; each file it names is a mount of the
+    Secret that holds it, readable by the container's user."""
+    name, docs = preheat_rendered
+    secret_name = "ops-preheat" if name == "on-existing-secret" else "shoal-preheat"
+    agent_cfg = parse_config(
+        yaml.safe_load(one(docs, "ConfigMap", "-agent")["data"]["p2p-config.yaml"])
+    )
+    root_cfg = parse_config(
+        yaml.safe_load(one(docs, "ConfigMap", "-root")["data"]["p2p-config.yaml"])
+    )
+    webhook_cfg = parse_webhook_config(
+        yaml.safe_load(one(docs, "ConfigMap", "-webhook")["data"]["webhook.yaml"])
+    )
+
+    # the roots: the job API on, signed with the mounted operator credential
+    root = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    found = mount(root, "preheat-secret")
+    assert found is not None
+    path, secret = found
+    assert secret["secretName"] == secret_name
+    assert secret["items"] == [{"key": "secret", "path": "secret"}]
+    assert root_cfg.preheat.secret_file == f"{path}/secret"
+    assert readable_by(root, secret)
+
+    # the webhook: the same credential, the agents' root list, the roots' CA
+    pcfg = webhook_cfg.preheat
+    assert pcfg.enable is True
+    assert pcfg.roots == agent_cfg.p2p.roots == root_cfg.p2p.roots
+    hook = one(docs, "Deployment", "-webhook")["spec"]["template"]["spec"]
+    found = mount(hook, "preheat-secret")
+    assert found is not None
+    path, secret = found
+    assert secret["secretName"] == secret_name
+    assert secret["items"] == [{"key": "secret", "path": "secret"}]
+    assert pcfg.secret_file == f"{path}/secret"
+    assert readable_by(hook, secret)
+    ca = mount(hook, "control-ca")
+    if name == "on-plain":
+        assert pcfg.tls is False and ca is None and not root_cfg.control.tls
+    else:
+        assert ca is not None
+        assert pcfg.tls is True and pcfg.tls == root_cfg.control.tls
+        assert pcfg.ca_file == f"{ca[0]}/ca.crt" and ca[1]["secretName"] == "shoal-control-tls"
+        assert ca[1]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # no key
+        assert readable_by(hook, ca[1])
+    if name == "on-full":
+        assert (pcfg.resync_period, pcfg.ttl, pcfg.rate) == (30, 7200, 12.5)
+    else:
+        assert (pcfg.resync_period, pcfg.ttl, pcfg.rate) == (15, 0, 0)
+
+    # the nodes never hold it: no mount, no mention in their config
+    agent = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert mount(agent, "preheat-secret") is None
+    assert not agent_cfg.preheat.secret_file and not agent_cfg.preheat.secret
+    assert secret_name not in yaml.safe_dump(one(docs, "DaemonSet"))
+
+    # made once by the hook Jobs unless it was brought
+    jobs = [j["spec"]["template"]["spec"]["containers"][0]["args"] for j in by_kind(docs, "Job")]
+    local = {r["metadata"]["name"]: r["rules"] for r in by_kind(docs, "Role")}
+    if name == "on-existing-secret":
+        assert not [a for args in jobs for a in args if a.startswith("--preheat-secret")]
+    else:
+        assert len(jobs) == 2
+        for args in jobs:
+            assert f"--preheat-secret={secret_name}" in args
+        for role in ("shoal-bootstrap", "shoal-bootstrap-post"):
+            assert secret_name in local[role][0]["resourceNames"]
+
+
+def test_preheat_rbac_is_exactly_what_the_preheater_calls(
+    preheat_rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """The resources come from the code's own table (``workloads.KINDS``) and the paths
+    ``preheater.py`` lists: nodes and namespaces; one workload kind per KINDS entry; a
+    workload's pull secrets by name; core/v1 Events (``kube.create_event``)."""
+    from shoal.webhook.workloads import KINDS
+
+    name, docs = preheat_rendered
+    roles = {r["metadata"]["name"]: r["rules"] for r in by_kind(docs, "ClusterRole")}
+    kinds = [path.rsplit("/", 1)[1] for path in KINDS.values()]
+    assert all(path.startswith("/apis/apps/v1/") for path in KINDS.values())
+    assert roles["shoal-webhook-preheat"] == [
+        {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list"]},
+        {"apiGroups": ["apps"], "resources": kinds, "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+    if name == "on-no-clones":
+        assert "shoal-webhook" not in roles  # the clone controller's role is not needed
+    else:
+        assert roles["shoal-webhook"][0]["resources"] == ["secrets"]
+    (binding,) = [
+        b
+        for b in by_kind(docs, "ClusterRoleBinding")
+        if b["metadata"]["name"] == "shoal-webhook-preheat"
+    ]
+    assert binding["roleRef"]["name"] == "shoal-webhook-preheat"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "shoal-webhook", "namespace": NS}
+    ]
+    sa = one(docs, "ServiceAccount", "-webhook")
+    assert sa["automountServiceAccountToken"] is True  # the preheater calls the API
+    # the roots' token stays unmounted: they call no API
+    assert (
+        one(docs, "StatefulSet")["spec"]["template"]["spec"]["automountServiceAccountToken"]
+        is False
+    )
+
+
+def test_preheat_through_network_policies() -> None:
+    """With the roots open only to the nodes' CIDRs, the webhook's Pods may still reach
+    their control port (the job API), and nothing more."""
+    docs = render("-f", str(FULL), *PREHEAT_ON)
+    ingress = one(docs, "NetworkPolicy", "-root")["spec"]["ingress"]
+    assert ingress[0]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    assert ingress[1] == {
+        "ports": [{"port": 65001, "protocol": "TCP"}],
+        "from": [
+            {
+                "podSelector": {
+                    "matchLabels": {
+                        "app.kubernetes.io/name": "shoal",
+                        "app.kubernetes.io/instance": "shoal",
+                        "app.kubernetes.io/component": "webhook",
+                    }
+                }
+            }
+        ],
+    }
+    assert len(one(render("-f", str(FULL)), "NetworkPolicy", "-root")["spec"]["ingress"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("preheat.enable=true", "additional properties 'enable' not allowed"),
+        ("preheat.resyncPeriod=0", "/preheat/resyncPeriod"),
+        ("preheat.ttl=-1", "/preheat/ttl"),
+        ("preheat.rate=-1", "/preheat/rate"),
+    ],
+)
+def test_bad_preheat_values_are_refused(setting: str, message: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        render("--set", setting)
+    assert message in info.value.stderr

@@ -53,6 +53,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.p2pSecret.existingSecret | default (printf "%s-p2p" (include "shoal.fullname" .)) -}}
 {{- end -}}
 
+{{/* The preheat job API's operator credential (key `secret`): the roots' and the
+     webhook's, never the nodes'. */}}
+{{- define "shoal.preheatSecretName" -}}
+{{- .Values.preheat.existingSecret | default (printf "%s-preheat" (include "shoal.fullname" .)) -}}
+{{- end -}}
+
 {{/* The control API's TLS (ControlConfig): "true" when on. Off is the development mode. */}}
 {{- define "shoal.controlTLS" -}}
 {{- if .Values.control.tls.enabled -}}true{{- end -}}
@@ -149,6 +155,11 @@ UpstreamConfig:
   accessCheckTtl: {{ .root.Values.upstream.accessCheckTTL }}
 AcceleratorConfig:
   enable: true
+{{- if and (eq .mode "root") .root.Values.preheat.enabled }}
+PreheatConfig:
+  # the preheat job API's operator credential (preheat.enabled)
+  secretFile: /etc/shoal/preheat/secret
+{{- end }}
 {{- end -}}
 
 {{/* Which TLS source the webhook uses: certManager, hook or secret. */}}
@@ -170,11 +181,12 @@ AcceleratorConfig:
 {{- end -}}
 
 {{/* True when a hook Job must make a Secret: the p2p secret, the webhook's certificate,
-     the control API's CA and the roots' certificate. */}}
+     the control API's CA and the roots' certificate, the preheat operator credential. */}}
 {{- define "shoal.bootstrapNeeded" -}}
 {{- $webhook := and .Values.webhook.enabled (eq (include "shoal.tlsMode" .) "hook") -}}
 {{- $control := and (include "shoal.controlTLS" .) (eq (include "shoal.controlTLSMode" .) "hook") -}}
-{{- if or (not .Values.p2pSecret.existingSecret) $webhook $control -}}true{{- end -}}
+{{- $preheat := and .Values.preheat.enabled (not .Values.preheat.existingSecret) -}}
+{{- if or (not .Values.p2pSecret.existingSecret) $webhook $control $preheat -}}true{{- end -}}
 {{- end -}}
 
 {{/* The webhook's config file (shoal.webhook.config). */}}
@@ -201,6 +213,23 @@ SecretConfig:
   enable: {{ .Values.webhook.secrets.enable }}
   syncTimeout: {{ .Values.webhook.secrets.syncTimeout }}
   resyncPeriod: {{ .Values.webhook.secrets.resyncPeriod }}
+{{- if .Values.preheat.enabled }}
+PreheatConfig:
+  enable: true
+  roots:
+{{- include "shoal.roots" . | trim | nindent 4 }}
+  secretFile: /etc/shoal/preheat/secret
+  {{- if include "shoal.controlTLS" . }}
+  tls: true
+  caFile: /etc/shoal/control/ca.crt
+  {{- else }}
+  # the development mode (control.tls.enabled): job credentials cross in clear
+  tls: false
+  {{- end }}
+  resyncPeriod: {{ .Values.preheat.resyncPeriod }}
+  ttl: {{ .Values.preheat.ttl }}
+  rate: {{ .Values.preheat.rate }}
+{{- end }}
 {{- end -}}
 
 {{/* An httpGet probe on a named port, with the timings from values. */}}
