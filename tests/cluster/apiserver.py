@@ -1,14 +1,18 @@
-"""The stand-in API server of the chart cluster: Secrets and webhook configurations.
+"""The stand-in API server of the chart cluster: Secrets, webhook configurations, and
+what the workload preheater reads and writes.
 
 No kube-apiserver can be installed here. The cluster needs what shoal's own programs
 call through it: Secrets (the webhook's pull-secret clones, the bootstrap Job's
-secrets) and one ``MutatingWebhookConfiguration`` (the bootstrap Job writes its
-``caBundle``). ``tests/webhook/fakeapi.py`` models Secrets with the API's URL layout,
-JSON shapes and conflict semantics; this adds HTTPS with a CA the Pods are given (as
-the API server's ``ca.crt`` in every service-account volume), bearer tokens (each Pod
-gets its own, and the API records who called), and webhook configurations patched
-with RFC 6902 JSON Patch as the API server applies them. Rendered objects of other
-kinds are kept only so the harness can read them back (``objects``).
+secrets, a workload's pull secrets), one ``MutatingWebhookConfiguration`` (the
+bootstrap Job writes its ``caBundle``), and for the preheater the lists of nodes,
+namespaces, Deployments, StatefulSets and DaemonSets and the Events it creates.
+``tests/webhook/fakeapi.py`` models Secrets with the API's URL layout, JSON shapes and
+conflict semantics, and ``tests/webhook/workloadapi.py`` the preheater's lists and
+Events; this adds HTTPS with a CA the Pods are given (as the API server's ``ca.crt``
+in every service-account volume), bearer tokens (each Pod gets its own, and the API
+records who called), webhook configurations patched with RFC 6902 JSON Patch as the
+API server applies them, and, when given the rendered RBAC (``rbac.py``), a ``403``
+for every call no rule bound to the caller grants (recorded in ``denied``).
 """
 
 from __future__ import annotations
@@ -20,14 +24,21 @@ from typing import Any
 import jsonpatch
 from aiohttp import web
 
-from tests.webhook.fakeapi import FakeApi, status
+from tests.cluster.rbac import Authorizer, request_info
+from tests.webhook.fakeapi import status
+from tests.webhook.workloadapi import LISTS, WorkloadApi
 
 MWC = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
-class ApiServer(FakeApi):
-    def __init__(self, host: str, ssl_context: ssl.SSLContext) -> None:
+class ApiServer(WorkloadApi):
+    def __init__(
+        self, host: str, ssl_context: ssl.SSLContext, authorizer: Authorizer | None = None
+    ) -> None:
         super().__init__()
+        self.authorizer = authorizer
+        #: (service account, method, path) of every call RBAC refused
+        self.denied: list[tuple[str, str, str]] = []
         self.host = host
         self._ssl_context = ssl_context
         self.webhooks: dict[str, dict[str, Any]] = {}
@@ -46,6 +57,9 @@ class ApiServer(FakeApi):
         app.router.add_delete("/api/v1/namespaces/{ns}/secrets/{name}", self._delete)
         app.router.add_get(MWC + "/{name}", self._get_mwc)
         app.router.add_patch(MWC + "/{name}", self._patch_mwc)
+        for path in LISTS:
+            app.router.add_get(path, self._list_of)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0, ssl_context=self._ssl_context)
@@ -64,6 +78,16 @@ class ApiServer(FakeApi):
         if who is None:
             return status(401, "Unauthorized", "no valid bearer token")
         self.calls.append((who, request.method, request.path))
+        if self.authorizer is not None:
+            req = request_info(request.method, request.path, request.query)
+            if not self.authorizer.allows(who, req):
+                self.denied.append((who, request.method, request.path))
+                sa_ns, _, sa = who.partition(":")
+                return status(
+                    403, "Forbidden",
+                    f'{req.resource} is forbidden: User "system:serviceaccount:{sa_ns}:{sa}" '
+                    f'cannot {req.verb} resource "{req.resource}" in API group "{req.group}"',
+                )  # fmt: skip
         resp: web.StreamResponse = await handler(request)
         return resp
 

@@ -8,7 +8,9 @@ with the render:
    registries outside the cluster, ``public.registry.test`` (anonymous) and
    ``private.registry.test`` (htpasswd), both Debian's ``docker-registry`` on port 80;
 2. the API server (``apiserver.py``) holding the rendered objects, the pull secret of
-   the workloads' namespace and every Secret the hook Jobs make;
+   the workloads' namespace, every Secret the hook Jobs make, the namespaces and the
+   nodes' Node objects (their ``InternalIP``, the kubelet's labels and ``node_labels``),
+   and with ``rbac=True`` refusing what the rendered RBAC does not grant;
 3. the ``pre-install`` hooks, run as Pods: the bootstrap Job makes the cluster secret
    and the webhook's certificate;
 4. every root of the StatefulSet, each in its own namespace at its stable DNS name;
@@ -34,7 +36,7 @@ import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +52,10 @@ from tests.cluster.apiserver import ApiServer
 from tests.cluster.kubelet import Cluster, Node, Pod, PodFailedError
 from tests.cluster.manifests import Doc, Rendered, container_port, matches, render
 from tests.cluster.network import Host, Network, cleanup_leftovers
+from tests.cluster.rbac import Authorizer
 from tests.webhook.pods import admission_review, container, deployment_pod
+from tests.webhook.workload_objects import namespace as namespace_object
+from tests.webhook.workload_objects import node as node_object
 
 PUBLIC = "public.registry.test"
 PRIVATE = "private.registry.test"
@@ -148,10 +153,14 @@ class ChartCluster:
         webhook: bool = True,
         hold: Sequence[int] = (),
         agents_ready: bool = True,
+        node_labels: Mapping[int, dict[str, str]] | None = None,
+        rbac: bool = False,
     ) -> None:
         """``hold``: nodes whose agent container is not started (only its init container
         ran) until ``start_agent``; ``agents_ready``: wait for the agents' readiness
-        (else only for their startup probe: a misconfigured agent is never ready)."""
+        (else only for their startup probe: a misconfigured agent is never ready);
+        ``node_labels``: labels of node N's Node object beyond the kubelet's own;
+        ``rbac``: the API server refuses what the rendered RBAC does not grant."""
         self.workdir = workdir
         self.nodes_n = nodes
         self.values = list(values)
@@ -168,6 +177,8 @@ class ChartCluster:
         self.with_webhook = webhook
         self.hold = set(hold)
         self.agents_ready = agents_ready
+        self.node_labels = dict(node_labels or {})
+        self.rbac = rbac
         self.net = Network()
         self.rendered: Rendered | None = None
         self.api: ApiServer | None = None
@@ -261,9 +272,12 @@ class ChartCluster:
         ca = trustme.CA()
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert(self.net.gateway).configure_cert(server_ctx)
-        self.api = ApiServer(self.net.gateway, server_ctx)
-        await self.api.__aenter__()
         assert self.rendered is not None
+        authorizer = Authorizer(self.rendered.docs) if self.rbac else None
+        self.api = ApiServer(self.net.gateway, server_ctx, authorizer)
+        await self.api.__aenter__()
+        for ns in (self.namespace, APPS):
+            self.api.set("/api/v1/namespaces", namespace_object(ns))
         configmaps = {
             (d["metadata"].get("namespace", self.namespace), d["metadata"]["name"]): d
             for d in self.rendered.by_kind("ConfigMap")
@@ -401,7 +415,11 @@ class ChartCluster:
     async def _start_nodes(self) -> None:
         assert self.rendered is not None and self.cluster is not None
         hosts = [await asyncio.to_thread(self.net.add, f"n{i}") for i in range(self.nodes_n)]
-        for host in hosts:
+        for i, host in enumerate(hosts):
+            # the Node object the kubelet registers: its name, labels and InternalIP
+            assert self.api is not None
+            labels = self.node_labels.get(i, {})
+            self.api.set("/api/v1/nodes", node_object(host.name, host.ip, labels=labels))
             root = self.workdir / "nodes" / host.name
             external = "".join(f"{reg.host.ip} {reg.name}\n" for reg in self.registries.values())
             hosts_file = self.net.write_hosts(

@@ -6,7 +6,8 @@ an image is real: Debian's ``docker-registry`` (one public, one htpasswd), shoal
 processes started with the rendered command, args, env, files and security context,
 one containerd per node reading the hosts.toml the rendered init container wrote, and
 ``ctr`` pulling with the pull-secret clone's credentials. The stand-in for the API
-server is ``apiserver.py`` (Secrets and the webhook configuration only).
+server is ``apiserver.py`` (Secrets, the webhook configuration, and the preheater's
+lists and Events: ``test_chart_preheat.py``).
 
 Three runs: the chart with its defaults (3 roots) and a negative control on the same
 cluster, the roots' old port, which the checks must catch; and the chart with a
