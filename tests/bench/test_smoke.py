@@ -62,6 +62,13 @@ async def test_every_mode_pulls_the_right_bytes_and_leaves_nothing(tmp_path: Pat
     assert by_mode["direct"].origin_blob_bytes >= 3 * result.layer_bytes
     assert by_mode["proxy"].run.extra["via_mirror"] == 1.0
     assert by_mode["shoal"].run.extra["via_mirror"] == 1.0
+    # the links' own counters: every layer left the root at least once; the direct mode
+    # lets the nodes upload only their requests and ACKs
+    links = {m: {k: int(v) for k, v in by_mode[m].run.extra.items() if k.startswith("link_")}
+             for m in ("direct", "shoal")}  # fmt: skip
+    assert links["shoal"]["link_roots_tx_bytes"] >= 0.9 * result.layer_bytes
+    assert links["direct"]["link_nodes_tx_bytes"] < 0.5 * result.layer_bytes
+    assert all(int(m.run.extra["link_origin_retransmits"]) >= 0 for m in result.modes)
 
     write_json(result, tmp_path / "bench.json")
     plot(result, tmp_path / "bench.png")

@@ -9,9 +9,10 @@ import pytest
 
 from shoal.bench.bencode import decode, info_hash, scrape_complete
 from shoal.bench.cpu import CpuUse
+from shoal.bench.errors import BenchError
 from shoal.bench.main import options_from_args
 from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
-from shoal.bench.netns import raise_neighbour_limits, restore_neighbour_limits
+from shoal.bench.netns import raise_neighbour_limits, restore_neighbour_limits, retrans_segs
 from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
 from shoal.cli import build_parser
@@ -112,3 +113,14 @@ def test_neighbour_limits_are_raised_for_the_run_and_put_back(tmp_path: Path) ->
     assert (tmp_path / "gc_thresh3").read_text() == "4096\n"
     restore_neighbour_limits(found, where=tmp_path)
     assert int((tmp_path / "gc_thresh2").read_text()) == 512
+
+
+def test_retransmits_are_read_from_the_tcp_lines_of_proc_net_snmp() -> None:
+    snmp = (
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm RtoMin ActiveOpens RetransSegs InErrs\n"
+        "Tcp: 1 200 17 4242 0\n"
+    )
+    assert retrans_segs(snmp) == 4242
+    with pytest.raises(BenchError, match="RetransSegs"):
+        retrans_segs("Tcp: RtoAlgorithm RtoMin\nTcp: 1 200\n", "shb1-n00")

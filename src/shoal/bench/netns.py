@@ -196,6 +196,10 @@ class Cluster:
         """Bytes the host's ``eth0`` has sent, Ethernet headers included."""
         return _link_bytes(host.netns, "eth0", "tx")
 
+    def retransmits(self, host: Host) -> int:
+        """TCP segments the host has retransmitted (``RetransSegs`` of its namespace)."""
+        return tcp_retransmits(host.netns)
+
     def down(self) -> None:
         teardown(
             self.prefix, self._made_ns, self._route, None if self.keep_workdir else self.workdir
@@ -246,6 +250,20 @@ def _link_bytes(netns: str, dev: str, direction: str) -> int:
     out = run(in_netns(netns, ["ip", "-j", "-s", "link", "show", "dev", dev]))
     stats = json.loads(out)[0]["stats64"][direction]
     return int(stats["bytes"])
+
+
+def tcp_retransmits(netns: str) -> int:
+    """``Tcp: RetransSegs`` of ``/proc/net/snmp`` read inside ``netns``."""
+    return retrans_segs(run(in_netns(netns, ["cat", "/proc/net/snmp"])), netns)
+
+
+def retrans_segs(snmp: str, where: str = "") -> int:
+    """``RetransSegs`` out of the text of ``/proc/net/snmp`` (a header line of names and
+    a line of values, both starting ``Tcp:``)."""
+    tcp = [ln.split() for ln in snmp.splitlines() if ln.startswith("Tcp:")]
+    if len(tcp) < 2 or "RetransSegs" not in tcp[0] or len(tcp[1]) != len(tcp[0]):
+        raise BenchError(f"no Tcp RetransSegs in {where or 'the'} /proc/net/snmp")
+    return int(tcp[1][tcp[0].index("RetransSegs")])
 
 
 def kill_netns_processes(netns: str) -> None:

@@ -22,7 +22,7 @@ from shoal.bench.cpu import CpuUse
 from shoal.bench.errors import BenchError
 from shoal.bench.modes import MODES, required_tools
 from shoal.bench.modes.base import BenchContext, ModeRun, NodeDone
-from shoal.bench.netns import Cluster, cleanup_leftovers
+from shoal.bench.netns import Cluster, Host, cleanup_leftovers
 from shoal.bench.proc import require
 from shoal.bench.shaping import BURST_MS, QUEUE_MS
 from shoal.bench.workload import (
@@ -178,8 +178,24 @@ async def run_benchmark(
         cluster.down()
 
 
+def _link_counters(cluster: Cluster) -> dict[str, int]:
+    """What the links carried so far, by role: bytes sent, TCP retransmits."""
+    roles: dict[str, list[Host | None]] = {
+        "origin": [cluster.origin],
+        "roots": list(cluster.roots),
+        "nodes": list(cluster.nodes),
+    }
+    out: dict[str, int] = {}
+    for role, hosts in roles.items():
+        present = [h for h in hosts if h is not None]
+        out[f"{role}_tx_bytes"] = sum(cluster.tx_bytes(h) for h in present)
+        out[f"{role}_retransmits"] = sum(cluster.retransmits(h) for h in present)
+    return out
+
+
 async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     assert ctx.cluster.origin is not None
+    links0 = _link_counters(ctx.cluster)
     tx0 = ctx.cluster.tx_bytes(ctx.cluster.origin)
     served0 = len(ctx.origin.served())
     t0 = time.monotonic()
@@ -194,6 +210,15 @@ async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     tx = ctx.cluster.tx_bytes(ctx.cluster.origin) - tx0
+    links = {k: v - links0[k] for k, v in _link_counters(ctx.cluster).items()}
+    run.extra.update({f"link_{k}": v for k, v in links.items()})
+    if ctx.cluster.roots:
+        run.notes.append(
+            f"links: the roots sent {links['roots_tx_bytes'] / ctx.workload.image.total_size:.2f}"
+            f" copies, the nodes {links['nodes_tx_bytes'] / ctx.workload.image.total_size:.2f};"
+            f" TCP retransmits: origin {links['origin_retransmits']}, roots "
+            f"{links['roots_retransmits']}, nodes {links['nodes_retransmits']}"
+        )
     blobs = sum(
         r.written for r in ctx.origin.served()[served0:] if r.method == "GET" and "/blobs/" in r.uri
     )
