@@ -76,6 +76,21 @@ def test_cut_through_asks_a_parent_for_a_piece_it_is_still_fetching() -> None:
     assert p.on_timer(5.1) == []
 
 
+def test_a_silent_seed_is_not_pinged_and_sets_no_deadline_the_timer_ignores() -> None:
+    """Reads queued at the root for pieces it has not fetched yet: the seed goes at the
+    origin's pace, so rule 7 leaves it alone, and the next deadline is one the timer acts
+    on (the queue timeout), not the silence that had passed: a deadline in the past that
+    the timer ignores makes the agent's loop wake every 2 ms until the bytes flow."""
+    p = PiecePicker("me", "b", 4, PickerPolicy(per_parent=4, total=4, queue_timeout=30.0))
+    seed = ParentOffer("root", "", 0, full_mask(4), -1, seed=True)
+    p.on_parents([seed], 0.0)
+    assert len(reqs(p.requests(0.0))) == 4
+    assert p.on_timer(5.0) == []
+    deadline = p.next_deadline()
+    assert deadline is not None and deadline > 5.0
+    assert deadline == 30.0  # the queued reads' timeout
+
+
 def test_prefers_what_a_parent_holds_over_what_it_fetches() -> None:
     p = PiecePicker("me", "b", 4, PickerPolicy(window=4, per_parent=1, total=4))
     p.on_parents([offer("a", have=mask_of([3]), fetching=mask_of([0, 1, 2]))], 0.0)

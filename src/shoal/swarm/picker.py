@@ -166,13 +166,8 @@ class PiecePicker:
                 if best is None or t < best:
                     best = t
         quiet = self._silence_limit()
-        flowing = book.flowing()
-        for p in book.parents.values():
-            if p.inflight and not p.probing and p.peer not in flowing:
-                t = p.heard + quiet
-                if best is None or t < best:
-                    best = t
-        return best
+        times = [p.heard + quiet for p in self._may_ping(book.flowing())]
+        return min([best, *times]) if best is not None else min(times, default=None)
 
     # what the shell asks for ------------------------------------------------------------
 
@@ -351,13 +346,16 @@ class PiecePicker:
                 actions += self._fail(i, r, FailReason.REFUSED, now)
                 actions += self._drop_parent(r.parent, now, FailReason.REFUSED, i)
         quiet = self._silence_limit()
-        flowing = book.flowing()  # the stall rule watches these, not rule 7
-        for p in book.parents.values():
-            idle = p.inflight and not p.probing and not p.seed and p.peer not in flowing
-            if idle and now - p.heard > quiet:
+        for p in self._may_ping(book.flowing()):
+            if now - p.heard > quiet:
                 p.probing = True
                 actions.append(ProbePeer(p.peer))
         return actions
+
+    def _may_ping(self, flowing: set[PeerId]) -> list[Parent]:
+        """Rule 7's parents; shared by the timer and ``next_deadline`` (one ignored spins)."""
+        ps = self._book.parents.values()
+        return [p for p in ps if p.inflight and not (p.probing or p.seed or p.peer in flowing)]
 
     # decisions ------------------------------------------------------------------------
 
