@@ -11,6 +11,9 @@ src="$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)"
 rev="$(git -C "$src" rev-parse HEAD)"
 work="${WORKDIR:-$(mktemp -d /var/tmp/shoal-fresh-clones-XXXXXX)}"
 mkdir -p "$work"
+# mktemp makes it 0700; the chart cluster's Pods run as the chart's non-root user and
+# must reach the clone's .venv and src to start shoal
+chmod 755 "$work"
 echo "make test in $n fresh clones of $rev ($(date -u +%FT%TZ)); logs in $work"
 passed=0
 for i in $(seq 1 "$n"); do
