@@ -17,7 +17,6 @@ By hand, with a report: ``python -m tests.cluster``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -30,20 +29,12 @@ from tests.cluster.scenario import (
     pull_with_hung_agent,
     pull_without_agent,
 )
-from tests.conftest import need_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns, pytest.mark.slow]
 HERE = Path(__file__).parent
 #: the issue's bounds
 KILLED_ADDED_S = 2.0
 HUNG_S = 60.0
-
-
-@pytest.fixture(autouse=True)
-def tools() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network and mount namespaces)")
-    need_binary("helm", "docker-registry", "htpasswd", "containerd", "ctr", "ip", "setpriv")
 
 
 def old_roots_port(rendered: Rendered) -> None:

@@ -30,7 +30,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ from shoal.webhook.workloads import PREHEAT_KEY
 from tests.cluster.cluster import APPS, LABEL, PRIVATE, PULL_SECRET, USER, ChartCluster, NodeRuntime
 from tests.cluster.manifests import Rendered
 from tests.cluster.scenario import metric_values, mib
-from tests.conftest import need_binary
 from tests.webhook.workload_objects import container, workload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns, pytest.mark.slow]
@@ -60,13 +58,6 @@ SETS = [
 ]
 #: copies of the image's blobs the registry may send for all nodes together
 MAX_COPIES = 1.05
-
-
-@pytest.fixture(autouse=True)
-def tools() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network and mount namespaces)")
-    need_binary("helm", "docker-registry", "htpasswd", "containerd", "ctr", "ip", "setpriv")
 
 
 def stored(c: ChartCluster, runtime: NodeRuntime, image: BuiltImage) -> list[str]:

@@ -89,6 +89,18 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def mount(pod: dict[str, Any], volume: str) -> tuple[str, dict[str, Any]] | None:
+    """(mountPath, the volume's secret source) of ``volume`` in the first container."""
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume]
+    if not mounts:
+        assert not [v for v in pod["volumes"] if v["name"] == volume]
+        return None
+    (m,) = mounts
+    (vol,) = [v for v in pod["volumes"] if v["name"] == volume]
+    assert m["readOnly"] is True
+    return m["mountPath"], vol["secret"]
+
+
 def one(docs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:
     found = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)]
     assert len(found) == 1, (kind, suffix, [d["metadata"]["name"] for d in found])
@@ -298,10 +310,9 @@ def test_the_control_api_runs_over_tls_with_the_clusters_ca(
     assert agent_cfg.control.tls and root_cfg.control.tls
 
     def mounted(pod: dict[str, Any], volume: str) -> tuple[str, dict[str, Any]]:
-        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume]
-        (vol,) = [v for v in pod["volumes"] if v["name"] == volume]
-        assert mount["readOnly"] is True
-        return mount["mountPath"], vol["secret"]
+        found = mount(pod, volume)
+        assert found is not None, volume
+        return found
 
     agent = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     path, secret = mounted(agent, "control-ca")
@@ -497,6 +508,10 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
         ("p2p.v2.p2pPort=70000", "/p2p/v2/p2pPort"),
         ("imagePullPolicy=Always", "additional properties 'imagePullPolicy' not allowed"),
         ("image.digest=latest", "/image/digest"),
+        ("preheat.enable=true", "additional properties 'enable' not allowed"),
+        ("preheat.resyncPeriod=0", "/preheat/resyncPeriod"),
+        ("preheat.ttl=-1", "/preheat/ttl"),
+        ("preheat.rate=-1", "/preheat/rate"),
     ],
 )
 def test_bad_values_are_refused(setting: str, message: str) -> None:
@@ -602,18 +617,6 @@ def preheat_rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str
     return name, render(*PREHEAT_RENDERS[name])
 
 
-def mount(pod: dict[str, Any], volume: str) -> tuple[str, dict[str, Any]] | None:
-    """(mountPath, the volume's secret source) of ``volume`` in the first container."""
-    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume]
-    if not mounts:
-        assert not [v for v in pod["volumes"] if v["name"] == volume]
-        return None
-    (m,) = mounts
-    (vol,) = [v for v in pod["volumes"] if v["name"] == volume]
-    assert m["readOnly"] is True
-    return m["mountPath"], vol["secret"]
-
-
 def readable_by(pod: dict[str, Any], secret: dict[str, Any]) -> bool:
     """Can the container's user read the Secret's files? The kubelet makes them owned by
     root, with the group ``fsGroup`` when the Pod sets one."""
@@ -675,28 +678,23 @@ def test_preheat_wires_the_roots_and_the_webhook_with_the_keys_the_code_reads(
         yaml.safe_load(one(docs, "ConfigMap", "-webhook")["data"]["webhook.yaml"])
     )
 
-    # the roots: the job API on, signed with the mounted operator credential
-    root = one(docs, "StatefulSet")["spec"]["template"]["spec"]
-    found = mount(root, "preheat-secret")
-    assert found is not None
-    path, secret = found
-    assert secret["secretName"] == secret_name
-    assert secret["items"] == [{"key": "secret", "path": "secret"}]
-    assert root_cfg.preheat.secret_file == f"{path}/secret"
-    assert readable_by(root, secret)
-
-    # the webhook: the same credential, the agents' root list, the roots' CA
+    # the roots (the job API, signed with it) and the webhook (an operator) mount the
+    # operator credential where their configs look for it
     pcfg = webhook_cfg.preheat
+    root = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    hook = one(docs, "Deployment", "-webhook")["spec"]["template"]["spec"]
+    for pod, secret_file in ((root, root_cfg.preheat.secret_file), (hook, pcfg.secret_file)):
+        found = mount(pod, "preheat-secret")
+        assert found is not None
+        path, secret = found
+        assert secret["secretName"] == secret_name
+        assert secret["items"] == [{"key": "secret", "path": "secret"}]
+        assert secret_file == f"{path}/secret"
+        assert readable_by(pod, secret)
+
+    # the webhook: the agents' root list, the roots' CA
     assert pcfg.enable is True
     assert pcfg.roots == agent_cfg.p2p.roots == root_cfg.p2p.roots
-    hook = one(docs, "Deployment", "-webhook")["spec"]["template"]["spec"]
-    found = mount(hook, "preheat-secret")
-    assert found is not None
-    path, secret = found
-    assert secret["secretName"] == secret_name
-    assert secret["items"] == [{"key": "secret", "path": "secret"}]
-    assert pcfg.secret_file == f"{path}/secret"
-    assert readable_by(hook, secret)
     ca = mount(hook, "control-ca")
     if name == "on-plain":
         assert pcfg.tls is False and ca is None and not root_cfg.control.tls
@@ -791,18 +789,3 @@ def test_preheat_through_network_policies() -> None:
         ],
     }
     assert len(one(render("-f", str(FULL)), "NetworkPolicy", "-root")["spec"]["ingress"]) == 1
-
-
-@pytest.mark.parametrize(
-    ("setting", "message"),
-    [
-        ("preheat.enable=true", "additional properties 'enable' not allowed"),
-        ("preheat.resyncPeriod=0", "/preheat/resyncPeriod"),
-        ("preheat.ttl=-1", "/preheat/ttl"),
-        ("preheat.rate=-1", "/preheat/rate"),
-    ],
-)
-def test_bad_preheat_values_are_refused(setting: str, message: str) -> None:
-    with pytest.raises(subprocess.CalledProcessError) as info:
-        render("--set", setting)
-    assert message in info.value.stderr

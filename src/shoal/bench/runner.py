@@ -196,7 +196,6 @@ def _link_counters(cluster: Cluster) -> dict[str, int]:
 async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     assert ctx.cluster.origin is not None
     links0 = _link_counters(ctx.cluster)
-    tx0 = ctx.cluster.tx_bytes(ctx.cluster.origin)
     served0 = len(ctx.origin.served())
     t0 = time.monotonic()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -209,13 +208,14 @@ async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    tx = ctx.cluster.tx_bytes(ctx.cluster.origin) - tx0
     links = {k: v - links0[k] for k, v in _link_counters(ctx.cluster).items()}
+    tx = links["origin_tx_bytes"]
     run.extra.update({f"link_{k}": v for k, v in links.items()})
     if ctx.cluster.roots:
+        size = ctx.workload.image.total_size
         run.notes.append(
-            f"links: the roots sent {links['roots_tx_bytes'] / ctx.workload.image.total_size:.2f}"
-            f" copies, the nodes {links['nodes_tx_bytes'] / ctx.workload.image.total_size:.2f};"
+            f"links: the roots sent {links['roots_tx_bytes'] / size:.2f}"
+            f" copies, the nodes {links['nodes_tx_bytes'] / size:.2f};"
             f" TCP retransmits: origin {links['origin_retransmits']}, roots "
             f"{links['roots_retransmits']}, nodes {links['nodes_retransmits']}"
         )

@@ -167,7 +167,7 @@ class PiecePicker:
                     best = t
         quiet = self._silence_limit()
         times = [p.heard + quiet for p in self._may_ping(book.flowing())]
-        return min([best, *times]) if best is not None else min(times, default=None)
+        return min((t for t in (best, *times) if t is not None), default=None)
 
     # what the shell asks for ------------------------------------------------------------
 
