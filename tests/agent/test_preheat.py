@@ -9,6 +9,7 @@ a cancel stops the work; only the operator credential starts jobs.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.agent.preheat import LOOKAHEAD
 from shoal.agent.service import Agent
 from shoal.control.auth import HEADER, sign
 from shoal.control.preheat import BlobRef, Credentials, JobSpec, Work
@@ -121,6 +123,35 @@ async def test_all_agents_get_the_image_once_from_the_origin_and_pull_it_from_th
                     assert await r.read() == b.path.read_bytes()
         assert blob_gets(origin, big_image) == len(big_image.blobs())
         assert metric(agent, "shoal_blob_bytes_total", source="store") == done.bytes_total
+
+
+@pytest.mark.timeout(60)
+async def test_a_jobs_blobs_go_in_order_each_after_a_quarter_of_the_one_before(
+    tmp_path: Path, origin: OriginRegistry, big_image: BuiltImage
+) -> None:
+    """All at once, every blob's trees would share every link and each piece would
+    cross each hop at a fraction of the rate; in order, overlapping, the origin's link
+    stays busy and the pieces move at a quarter of the link (docs/preheat.md)."""
+    # the root's upload is the link (4 MB/s): the blobs take long enough to overlap
+    slow = {"P2PConfig": {"throttleLimitMB": 4}}
+    async with preheat_cluster(tmp_path, origin.address, agents=2, root_extra=slow) as c:
+        landed: dict[int, list[str]] = {}  # agent -> digests of its pieces, in store order
+        for n, agent in enumerate(c.agents):
+            assert agent.store is not None
+            landed[n] = []
+            agent.store.add_listener(lambda digest, _i, n=n: landed[n].append(digest))
+        job = await c.start(JobSpec(ref(origin, big_image), ttl=600))
+        done = await c.wait(job.id)
+        assert done.state == "done", done
+        order = [b.digest for b in job.blobs]
+        for n, agent in enumerate(c.agents):
+            assert agent.store is not None
+            counts = {d: agent.store.lookup(d).piece_count for d in order}  # type: ignore[union-attr]
+            for before, after in itertools.pairwise(order):
+                first = landed[n].index(after)
+                held = landed[n][:first].count(before)
+                assert held >= LOOKAHEAD * counts[before], (n, before, after, landed[n])
+        assert blob_gets(origin, big_image) == len(big_image.blobs())
 
 
 @pytest.mark.timeout(60)
