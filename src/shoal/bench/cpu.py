@@ -27,6 +27,7 @@ class CpuUse:
     cores: int
     mean: float  # fraction of all cores, 0..1
     busy_share: float  # fraction of samples with >= 90 % of all cores busy
+    busy_s: float = 0.0  # CPU seconds all cores spent busy meanwhile (anyone's)
 
     @property
     def saturated(self) -> bool:
@@ -70,4 +71,5 @@ class CpuMeter:
         mean = (end[0] - first[0]) / total if total > 0 else 0.0
         busy = sum(1 for s in self._samples if s >= 0.9)
         share = busy / len(self._samples) if self._samples else 0.0
-        return CpuUse(cores=os.cpu_count() or 1, mean=mean, busy_share=share)
+        busy_s = (end[0] - first[0]) / os.sysconf("SC_CLK_TCK")
+        return CpuUse(cores=os.cpu_count() or 1, mean=mean, busy_share=share, busy_s=busy_s)

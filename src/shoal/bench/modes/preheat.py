@@ -11,7 +11,12 @@ Three things timed in one run, side by side:
 2. **The rollout**: every node's skopeo pulls at once through its own agent, now warm
    (``extra.pull_p95_s``).
 3. **One node alone** pulling from its own warm store, three times
-   (``extra.warm_single_s``, the median): what ``pull_p95_s`` is compared with.
+   (``extra.warm_single_s``, the median): what ``pull_p95_s`` is compared with; and
+   the machine's CPU seconds of that one pull, which times the node count over the
+   cores is the least the rollout can take here (``extra.rollout_cpu_floor_s``): on
+   one machine every node's copy shares the same cores, on real hosts it does not.
+
+The mode's CPU column is the preheat's (job created to done), not the rollout's.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from shoal.bench.cpu import CpuMeter
 from shoal.bench.errors import BenchError
 from shoal.bench.modes.base import BenchContext, ModeRun, NodeResult, mirror_share, run_skopeo
 from shoal.bench.modes.shoal import (
@@ -92,7 +98,12 @@ async def run_preheat(ctx: BenchContext) -> ModeRun:
             lambda node, cache: _config(ctx, node, "agent", roots, cache, secret, certs, operator),
         )
         await asyncio.sleep(5.0)  # every agent has beaten at the root (the job is for all)
-        state, wall = await _preheat(ctx, roots, certs, base)
+        meter = CpuMeter()
+        meter.start()
+        try:
+            state, wall = await _preheat(ctx, roots, certs, base)
+        finally:
+            cpu = await meter.stop()
         created = state.created
         by_ip = {n.peer.rpartition(":")[0]: n for n in state.nodes}
         nodes: list[NodeResult] = []
@@ -109,34 +120,45 @@ async def run_preheat(ctx: BenchContext) -> ModeRun:
             "preheat_cli_s": round(wall, 3),
             "preheat_handout_max_s": round(max(handed, default=0.0), 3),
         }
-        pulls, cpu = await run_skopeo(
+        pulls, rollout_cpu = await run_skopeo(
             ctx, "preheat-rollout", lambda node: f"127.0.0.1:{AGENT_PORT}"
         )
         done = sorted(n.seconds for n in pulls if n.seconds is not None)
         via = mirror_share(pulls, lambda node: f"127.0.0.1:{AGENT_PORT}")
-        singles = []
+        singles: list[tuple[float, float]] = []  # (seconds, the machine's CPU seconds)
         one = copy.copy(ctx)
         one.cluster = copy.copy(ctx.cluster)
         one.cluster.nodes = ctx.cluster.nodes[:1]
         for i in range(SINGLE_RUNS):
-            res, _ = await run_skopeo(
+            res, used = await run_skopeo(
                 one, f"preheat-single{i}", lambda node: f"127.0.0.1:{AGENT_PORT}"
             )
             if res[0].seconds is not None:
-                singles.append(res[0].seconds)
+                singles.append((res[0].seconds, used.busy_s))
         if len(done) == len(pulls) and singles:
             p95 = done[min(len(done) - 1, max(0, round(0.95 * len(done)) - 1))]
-            single = statistics.median(singles)
+            single = statistics.median(s for s, _ in singles)
+            single_cpu = statistics.median(c for _, c in singles)
+            # every pull's CPU on this machine's cores: the rollout cannot beat it here
+            floor = len(pulls) * single_cpu / rollout_cpu.cores
             extra |= {
                 "pull_p95_s": round(p95, 3),
                 "warm_single_s": round(single, 3),
+                "warm_single_cpu_s": round(single_cpu, 3),
                 "pull_p95_over_single": round(p95 / single, 3),
-                "rollout_cpu_busy_share": round(cpu.busy_share, 3),
+                "rollout_cpu_floor_s": round(floor, 3),
+                "pull_p95_over_floor": round(p95 / floor, 3) if floor > 0 else 0.0,
+                "rollout_cpu_busy_share": round(rollout_cpu.busy_share, 3),
             }
             notes.append(
                 f"rollout after the preheat: {len(done)} pulls at once, p95 {p95:.2f} s; one node "
                 f"alone from its warm store {single:.2f} s (median of {len(singles)}): "
-                f"{p95 / single:.2f}x; CPU busy {cpu.busy_share:.0%} during the rollout"
+                f"{p95 / single:.2f}x; CPU busy {rollout_cpu.busy_share:.0%} during the rollout"
+            )
+            notes.append(
+                f"one warm pull takes {single_cpu:.2f} CPU s of this machine (skopeo, agent, "
+                f"kernel), so {len(pulls)} need {floor:.2f} s of its {rollout_cpu.cores} cores "
+                f"at least: the rollout's p95 is {p95 / floor:.2f}x that floor"
             )
         else:
             failed = [n for n in pulls if n.seconds is None]
