@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,21 @@ def test_fifty_nodes_finish_near_the_bound_with_one_origin_copy() -> None:
 
 def test_runs_are_reproducible() -> None:
     assert p95(SMALL) == p95(SMALL)
+
+
+def test_with_a_lookahead_each_layer_starts_after_that_share_of_the_one_before() -> None:
+    # all of the one before (1.0): a layer starts when the one before is done, so it
+    # ends at least its own link time later (at once, they end within a piece time)
+    p = replace(SMALL, nodes=12, lookahead=1.0)
+    own = p.layers[0] / p.link_bps
+    for done in SwarmSim(p).run().layer_done:
+        assert all(b - a >= 0.9 * own for a, b in itertools.pairwise(done)), done
+    assert all(
+        max(done) - min(done) < own for done in SwarmSim(replace(p, lookahead=0.0)).run().layer_done
+    )
+    # a quarter: overlapping, still one origin copy and everyone done
+    _, origin, unfinished = p95(replace(SMALL, nodes=12, lookahead=0.25))
+    assert unfinished == 0 and origin == SMALL.image_bytes
 
 
 def test_stragglers_and_deaths_do_not_stop_the_others() -> None:

@@ -206,7 +206,8 @@ class SwarmSim:
         p = self.p
         limit = p.max_time or 50 * p.bound()
         for a in self.agents:
-            for _ in range(p.concurrent_layers or len(self.sizes)):
+            at_once = 1 if p.lookahead > 0 else p.concurrent_layers or len(self.sizes)
+            for _ in range(at_once):
                 self._start_layer(a)
         if p.die > 0:
             victims = self.rng.sample(self.agents, round(p.die * len(self.agents)))
@@ -447,6 +448,12 @@ class SwarmSim:
         self._act(a, b, m.on_stored(parent, i, ok, self.now))
         if was or not pk.have >> i & 1:
             return
+        if (
+            self.p.lookahead > 0
+            and b == self.next_layer[a] - 1
+            and pk.have.bit_count() >= self.p.lookahead * self.counts[b]
+        ):
+            self._start_layer(a)
         waiters = self.waiting.pop((a, b, i), None)
         if waiters:
             for w in waiters:
@@ -455,7 +462,8 @@ class SwarmSim:
         if pk.done:
             self.active.pop((a, b), None)
             self.layer_done[a - self.first_agent][b] = self.now
-            self._start_layer(a)
+            if not self.p.lookahead:  # with one, the share above started the next
+                self._start_layer(a)
             if self._finished(a):
                 self.remaining_agents -= 1
 

@@ -63,6 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disk-mbs", type=float, default=0.0, help="disk write MB/s (0: no limit)")
     p.add_argument("--piece-mib", type=float, default=4.0, help="piece size, MiB")
     p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument(
+        "--lookahead",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="an agent starts each next layer once this share of the one before is stored "
+        "(0: all layers at once)",
+    )
     p.add_argument("--stragglers", type=float, default=0.0, help="fraction of slow nodes")
     p.add_argument("--slowdown", type=float, default=4.0, help="a straggler's link is N x slower")
     p.add_argument("--die", type=float, default=0.0, help="fraction of nodes dying mid-pull")
@@ -376,6 +384,7 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         host_cores=cores,
         cpu=cpu_from(args, float(o["rate_mbit"])),
+        lookahead=args.lookahead or 0.0,
     )
     at, _ = measured_costs(float(o["rate_mbit"]))
     print(f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s (docs/sim.md)")

@@ -86,6 +86,9 @@ class SimParams:
     #: layers an agent fetches at once; 0 = every layer of the manifest (the agent
     #: joins all its swarms when it serves the manifest; see docs/swarm.md)
     concurrent_layers: int = 0
+    #: > 0: an agent starts its first layer, then each next one once this share of the
+    #: one before it is stored (the agent's ``agent.sequence.LOOKAHEAD``); 0 = not used
+    lookahead: float = 0.0
     stragglers: float = 0.0  #: fraction of nodes whose links run slower
     slowdown: float = 4.0  #: a straggler's link is this many times slower
     die: float = 0.0  #: fraction of nodes that die mid-pull
