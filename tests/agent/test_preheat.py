@@ -12,13 +12,14 @@ import asyncio
 import itertools
 import ssl
 import time
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shoal.agent.preheat import LOOKAHEAD
+from shoal.agent.sequence import LOOKAHEAD
 from shoal.agent.service import Agent
 from shoal.control.auth import HEADER, sign
 from shoal.control.preheat import BlobRef, Credentials, JobSpec, Work
@@ -125,6 +126,10 @@ async def test_all_agents_get_the_image_once_from_the_origin_and_pull_it_from_th
         assert metric(agent, "shoal_blob_bytes_total", source="store") == done.bytes_total
 
 
+def _note(into: list[str], digest: str, _index: int) -> None:
+    into.append(digest)
+
+
 @pytest.mark.timeout(60)
 async def test_a_jobs_blobs_go_in_order_each_after_a_quarter_of_the_one_before(
     tmp_path: Path, origin: OriginRegistry, big_image: BuiltImage
@@ -135,22 +140,22 @@ async def test_a_jobs_blobs_go_in_order_each_after_a_quarter_of_the_one_before(
     # the root's upload is the link (4 MB/s): the blobs take long enough to overlap
     slow = {"P2PConfig": {"throttleLimitMB": 4}}
     async with preheat_cluster(tmp_path, origin.address, agents=2, root_extra=slow) as c:
-        landed: dict[int, list[str]] = {}  # agent -> digests of its pieces, in store order
-        for n, agent in enumerate(c.agents):
+        landed: list[list[str]] = []  # per agent: the digest of each piece, in store order
+        for agent in c.agents:
             assert agent.store is not None
-            landed[n] = []
-            agent.store.add_listener(lambda digest, _i, n=n: landed[n].append(digest))
+            landed.append([])
+            agent.store.add_listener(partial(_note, landed[-1]))
         job = await c.start(JobSpec(ref(origin, big_image), ttl=600))
         done = await c.wait(job.id)
         assert done.state == "done", done
         order = [b.digest for b in job.blobs]
         for n, agent in enumerate(c.agents):
             assert agent.store is not None
-            counts = {d: agent.store.lookup(d).piece_count for d in order}  # type: ignore[union-attr]
             for before, after in itertools.pairwise(order):
-                first = landed[n].index(after)
-                held = landed[n][:first].count(before)
-                assert held >= LOOKAHEAD * counts[before], (n, before, after, landed[n])
+                info = agent.store.lookup(before)
+                assert info is not None
+                held = landed[n][: landed[n].index(after)].count(before)
+                assert held >= LOOKAHEAD * info.piece_count, (n, before, after, landed[n])
         assert blob_gets(origin, big_image) == len(big_image.blobs())
 
 

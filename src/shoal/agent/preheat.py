@@ -15,7 +15,8 @@ For each job, in order:
 2. **The swarm's own download** (``SwarmProvider.preheat``): the blob's root in
    rendezvous order, parents from it, every piece checked against the root's hash
    before it is stored, the origin once per blob (by the root). Reads are paced
-   (``agent.pacing``) while no pull wants the blob.
+   (``agent.pacing``) while no pull wants the blob. The job's blobs go in order, each
+   once a quarter of the one before is stored (``agent.sequence``).
 3. **Kept until the TTL ends** (``PieceStore.keep``): other blobs are evicted first;
    when the cache needs the room anyway the store says so and
    ``shoal_preheat_evicted_total`` counts it.
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shoal.agent.pacing import PreheatGate
+from shoal.agent.sequence import StoreProgress
 from shoal.agent.swarm import SwarmProvider
 from shoal.config import Config
 from shoal.control.client import RootUnavailableError
@@ -56,9 +58,6 @@ log = logging.getLogger(__name__)
 
 #: heartbeats between polls when nothing changed (the root forgets an agent after 60 s)
 IDLE_POLLS = 5
-#: a job's next blob starts once this share of the one before it is stored (or it ended)
-LOOKAHEAD = 0.25
-
 BLOBS_METRIC = "shoal_preheat_blobs_total"
 BLOBS_HELP = "Blobs of preheat jobs by result: fetched, present (already here), failed, denied"
 KEPT_METRIC = "shoal_preheat_kept_bytes"
@@ -112,9 +111,7 @@ class PreheatRunner:
         metrics.inc(EVICTED_METRIC, EVICTED_HELP, 0.0)
         metrics.set_gauge(KEPT_METRIC, KEPT_HELP, 0.0)
         swarm.store.on_kept_evicted = self._evicted
-        #: blobs a job waits on before it starts its next (``_started_enough``)
-        self._watch: dict[str, list[asyncio.Event]] = {}
-        swarm.store.add_listener(self._stored)
+        self.progress = StoreProgress(swarm.store)  # a job's blobs go in order
 
     def __repr__(self) -> str:
         return f"<PreheatRunner {self.node} {list(self.jobs.values())!r} {self.gate!r}>"
@@ -217,7 +214,7 @@ class PreheatRunner:
                 for blob in work.blobs:
                     fetch = asyncio.create_task(self._fetch(job, blob, source))
                     fetches.append(fetch)
-                    await self._started_enough(blob, fetch)
+                    await self.progress.until_share(blob.digest, fetch)
                     if fetch.done():
                         fetch.result()  # a failed blob fails the job before the next starts
                 await asyncio.gather(*fetches)
@@ -229,41 +226,6 @@ class PreheatRunner:
             self._end(job, "failed", exc.message, started)
             return
         self._end(job, "done", "", started)
-
-    async def _started_enough(self, blob: BlobRef, fetch: asyncio.Task[None]) -> None:
-        """Until ``LOOKAHEAD`` of the blob is stored here or its fetch ended.
-
-        A job's blobs go in order, each overlapping the one before, not all at once:
-        the root then fetches them from the origin nearly one after another, so a
-        blob's stripe trees share the links with one or two other blobs instead of
-        every other, and a piece crosses each hop of a tree at a quarter of the link
-        rather than a sixteenth (4 layers). The last pieces' trip down the trees is
-        what a preheat waits for at its end (docs/preheat.md). The overlap keeps the
-        origin's link busy: the first agent to reach a quarter of a blob is a piece or
-        two behind the root; at half, the root had finished it and its link idled for
-        0.1-1.3 s before each next blob (1 MiB pieces at 25 Mbit/s)."""
-        key = blob.digest
-        wake = asyncio.Event()
-        self._watch.setdefault(key, []).append(wake)
-        try:
-            while not fetch.done():
-                info = self.swarm.store.lookup(key)
-                if info is not None and info.present_count >= LOOKAHEAD * info.piece_count:
-                    return
-                wake.clear()
-                waiter = asyncio.ensure_future(wake.wait())
-                try:
-                    await asyncio.wait((waiter, fetch), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-        finally:
-            self._watch[key].remove(wake)
-            if not self._watch[key]:
-                del self._watch[key]
-
-    def _stored(self, digest: str, _index: int) -> None:
-        for wake in self._watch.get(digest, ()):
-            wake.set()
 
     async def _check_access(self, work: Work) -> None:
         """Rule 1: every blob readable with the job's credentials, before any byte."""
