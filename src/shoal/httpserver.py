@@ -67,6 +67,8 @@ class LogLimiter:
     def log(
         self, level: int, msg: str, *args: object, exc_info: BaseException | None = None
     ) -> bool:
+        if not self.logger.isEnabledFor(level):
+            return False  # a line nobody sees takes no room from one they would
         now = time.monotonic()
         if now - self._window >= self.interval:
             self._window, self._used = now, 0
@@ -225,6 +227,8 @@ class _Handler(RequestHandler):
         self.admitted = False
         self.started = False
         self._header_timer: asyncio.TimerHandle | None = None
+        #: the connection opened with a TLS record (a client trying HTTPS first)
+        self.tls_hello: bool | None = None
 
     def admit(self, transport: asyncio.BaseTransport, *, answer: bool) -> bool:
         """Count this connection at the gate; refused ones are closed (with a canned
@@ -266,6 +270,8 @@ class _Handler(RequestHandler):
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.tls_hello is None and data:
+            self.tls_hello = data.startswith(b"\x16\x03")
         if data and not self.in_request and self._header_timer is None:
             loop = asyncio.get_running_loop()
             self._header_timer = loop.call_later(
@@ -328,8 +334,10 @@ class _Handler(RequestHandler):
             )
             code, text = ("UNAVAILABLE", "timed out") if status == 504 else ("UNKNOWN", "internal")
         else:
+            # a client that tries HTTPS first on a plain-HTTP mirror (skopeo and podman
+            # with an insecure mirror do, on every pull) is not worth a warning
             self.gate.log.log(
-                logging.WARNING,
+                logging.DEBUG if self.tls_hello else logging.WARNING,
                 "bad request from %s (HTTP %d): %s",
                 self.client,
                 status,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -269,3 +271,23 @@ def test_error_bodies_are_json(tmp_path: Path) -> None:
         "message": "gone",
         "detail": None,
     }
+
+
+async def test_a_client_trying_https_first_gets_no_warning_and_then_plain_http(
+    origin: OriginRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """skopeo and podman try TLS first on an insecure mirror, on every pull: the agent
+    refuses the handshake and serves the plain request that follows, without a warning
+    in its log for each pull."""
+    caplog.set_level(logging.DEBUG)
+    async with Agent(agent_config(origin.address)) as agent:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection("127.0.0.1", agent.proxy_port, ssl=ctx)
+        url = f"http://127.0.0.1:{agent.proxy_port}/v2/"
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            assert r.status == 200
+    refused = [r for r in caplog.records if "bad request from" in r.getMessage()]
+    assert refused and all(r.levelno == logging.DEBUG for r in refused)
