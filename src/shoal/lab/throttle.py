@@ -82,17 +82,25 @@ class Forwarder:
             writer.close()
             self._tasks.discard(task)
             return
+        except asyncio.CancelledError:  # ``__aexit__`` while connecting
+            writer.close()
+            self._tasks.discard(task)
+            raise
         try:
             await asyncio.gather(self._pipe(reader, up_writer), self._down(up_reader, writer))
         except ConnectionAbortedError:
             for w in (writer, up_writer):
                 w.transport.abort()
         finally:
+            # both closed before either is waited on: a cancel during the first wait
+            # (``__aexit__``) left the second open, a socket the garbage collector
+            # then found after the loop had closed
             for w in (writer, up_writer):
                 w.close()
-                with contextlib.suppress(OSError):
-                    await w.wait_closed()
             self._tasks.discard(task)
+            await asyncio.gather(
+                *(w.wait_closed() for w in (writer, up_writer)), return_exceptions=True
+            )
 
     async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The target's answers to the client; as they come by default."""
