@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cli import main
+from shoal.cli import build_parser, main
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
-from shoal.sim.main import parse_image
+from shoal.sim.main import params_from, parse_image
 from shoal.sim.params import GBIT, MIB, NS, CpuCosts, SimParams
 from shoal.sim.report import quantile, stats, unpacked
 from shoal.swarm import rank_roots
@@ -111,6 +111,15 @@ def test_cli_runs_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFix
 def test_cli_rejects_a_bad_image(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "--image", "lots"]) == 2
     assert "bad --image" in capsys.readouterr().err
+
+
+def test_cli_takes_a_lookahead_share_and_refuses_one_past_a_layer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["sim", "--nodes", "4", "--lookahead", "0.25"])
+    assert params_from(args).lookahead == 0.25
+    assert main(["sim", "--nodes", "4", "--lookahead", "1.5"]) == 2
+    assert "--lookahead" in capsys.readouterr().err
 
 
 def test_bench_replay_hook_says_when_there_is_nothing_to_compare(

@@ -78,14 +78,12 @@ class Forwarder:
         self._tasks.add(task)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
+        except (OSError, asyncio.CancelledError) as exc:
             writer.close()
             self._tasks.discard(task)
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # ``__aexit__`` while connecting
             return
-        except asyncio.CancelledError:  # ``__aexit__`` while connecting
-            writer.close()
-            self._tasks.discard(task)
-            raise
         try:
             await asyncio.gather(self._pipe(reader, up_writer), self._down(up_reader, writer))
         except ConnectionAbortedError:

@@ -205,8 +205,8 @@ class SwarmSim:
     def _run(self) -> Outcome:
         p = self.p
         limit = p.max_time or 50 * p.bound()
+        at_once = 1 if p.lookahead > 0 else p.concurrent_layers or len(self.sizes)
         for a in self.agents:
-            at_once = 1 if p.lookahead > 0 else p.concurrent_layers or len(self.sizes)
             for _ in range(at_once):
                 self._start_layer(a)
         if p.die > 0:

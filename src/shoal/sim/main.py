@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lookahead",
         type=float,
-        default=None,
+        default=0.0,
         metavar="SHARE",
         help="an agent starts each next layer once this share of the one before is stored "
         "(0: all layers at once)",
@@ -143,6 +143,13 @@ def cpu_from(args: argparse.Namespace, rate_mbit: float) -> CpuCosts:
     return replace(base, **given)
 
 
+def lookahead_from(args: argparse.Namespace) -> float:
+    """``--lookahead`` in [0, 1]: past 1 no layer after the first would ever start."""
+    if not 0 <= args.lookahead <= 1:
+        raise ConfigInvalidError("--lookahead is a share of a layer in [0, 1]")
+    return float(args.lookahead)
+
+
 def params_from(args: argparse.Namespace) -> SimParams:
     if args.nodes < 1 or args.roots < 1:
         raise ConfigInvalidError("--nodes and --roots must be at least 1")
@@ -165,6 +172,7 @@ def params_from(args: argparse.Namespace) -> SimParams:
         unpack_bps=args.unpack_mbs * MB,
         host_cores=args.host_cores or 0.0,
         cpu=cpu_from(args, args.link_gbit * 1000),
+        lookahead=lookahead_from(args),
     )
 
 
@@ -384,7 +392,7 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         host_cores=cores,
         cpu=cpu_from(args, float(o["rate_mbit"])),
-        lookahead=args.lookahead or 0.0,
+        lookahead=lookahead_from(args),
     )
     at, _ = measured_costs(float(o["rate_mbit"]))
     print(f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s (docs/sim.md)")
