@@ -261,6 +261,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--piece-kib", type=int, default=0, help="swarm piece size for the shoal mode (0: auto)"
     )
     p.add_argument(
+        "--stripes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="shoal and preheat modes: the roots' stripe trees per blob "
+        "(SwarmConfig.scheduler.stripes; 0: the default)",
+    )
+    p.add_argument(
         "--modes", default="direct,proxy,bittorrent,shoal", help="comma-separated modes to run"
     )
     p.add_argument(

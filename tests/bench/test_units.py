@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+import yaml
 
 from shoal.bench.bencode import decode, info_hash, scrape_complete
 from shoal.bench.cpu import CpuUse
 from shoal.bench.errors import BenchError
 from shoal.bench.main import options_from_args
-from shoal.bench.modes.base import ModeRun, NodeResult, blob_hosts, registries_conf
-from shoal.bench.netns import raise_neighbour_limits, restore_neighbour_limits, retrans_segs
+from shoal.bench.modes.base import (
+    BenchContext,
+    ModeRun,
+    NodeResult,
+    blob_hosts,
+    registries_conf,
+)
+from shoal.bench.modes.shoal import node_config
+from shoal.bench.netns import Host, raise_neighbour_limits, restore_neighbour_limits, retrans_segs
 from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
 from shoal.cli import build_parser
 from shoal.cli import main as cli_main
+from shoal.config import Config, SchedulerPolicy, parse_config
 
 
 def test_quantile_interpolates_like_numpy() -> None:
@@ -124,3 +135,26 @@ def test_retransmits_are_read_from_the_tcp_lines_of_proc_net_snmp() -> None:
     assert retrans_segs(snmp) == 4242
     with pytest.raises(BenchError, match="RetransSegs"):
         retrans_segs("Tcp: RtoAlgorithm RtoMin\nTcp: 1 200\n", "shb1-n00")
+
+
+def test_stripes_option_reaches_the_roots_config_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["bench", "--stripes", "-1"]) == 2
+    assert "--stripes must not be negative" in capsys.readouterr().err
+    opts = options_from_args(build_parser().parse_args(["bench", "--stripes", "2"]))
+    assert opts.stripes == 2
+    image = SimpleNamespace(total_size=64 << 20)
+    workload = SimpleNamespace(registry_host="10.77.0.2:5000", image=image)
+
+    def config(mode: str, stripes: int) -> Config:
+        ctx = SimpleNamespace(
+            workload=workload, exporter=False, capacity=0, piece_size=0, stripes=stripes
+        )
+        host = Host(role="r", netns="x", ip="10.77.0.3", rate_bit=25_000_000, port="p")
+        text = node_config(cast(BenchContext, ctx), host, mode, [], tmp_path, "s")
+        return parse_config(yaml.safe_load(text))
+
+    assert config("root", 2).swarm.scheduler.stripes == 2
+    assert config("agent", 2).swarm.scheduler == SchedulerPolicy()  # the root decides
+    assert config("root", 0).swarm.scheduler == SchedulerPolicy()

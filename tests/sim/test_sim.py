@@ -122,6 +122,29 @@ def test_cli_takes_a_lookahead_share_and_refuses_one_past_a_layer(
     assert "--lookahead" in capsys.readouterr().err
 
 
+def test_stripes_come_from_the_cli_or_the_bench_being_replayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(["sim", "--nodes", "4", "--stripes", "2"])
+    assert params_from(args).scheduler.stripes == 2
+    assert params_from(build_parser().parse_args(["sim", "--nodes", "4"])).scheduler.stripes == 4
+    assert main(["sim", "--nodes", "4", "--stripes", "-2"]) == 2
+    assert "--stripes" in capsys.readouterr().err
+    options = {"nodes": 8, "roots": 1, "rate_mbit": 100, "origin_rate_mbit": 100}
+    bench = {
+        "options": {**options, "layers": 2, "layer_mib": 4, "stripes": 2},
+        "layer_bytes": 8 * MIB,
+        "tcp_goodput": 0.95,
+        "modes": [{"mode": "shoal", "p95_s": 3.0}],
+    }
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps(bench))
+    assert main(["sim", "--from-bench", str(f), "--piece-mib", "1"]) == 0
+    assert ", 2 stripes," in capsys.readouterr().out
+    assert main(["sim", "--from-bench", str(f), "--piece-mib", "1", "--stripes", "8"]) == 0
+    assert ", 8 stripes," in capsys.readouterr().out
+
+
 def test_bench_replay_hook_says_when_there_is_nothing_to_compare(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -37,8 +37,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise BenchError("--nodes and --layers must be at least 1, --roots at least 0")
     if args.rate <= 0 or args.origin_rate <= 0 or args.layer_mib <= 0:
         raise BenchError("--rate, --origin-rate and --layer-mib must be positive")
-    if args.piece_kib < 0:
-        raise BenchError("--piece-kib must not be negative")
+    if args.piece_kib < 0 or args.stripes < 0:
+        raise BenchError("--piece-kib and --stripes must not be negative")
     try:
         depths = tuple(float(x) for x in str(args.queue_ms).split(",") if x.strip())
     except ValueError:
@@ -53,6 +53,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         layers=args.layers,
         layer_mib=args.layer_mib,
         piece_kib=args.piece_kib,
+        stripes=args.stripes,
         modes=modes,
         timeout_s=args.timeout,
         keep_workdir=args.keep,

@@ -197,6 +197,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "layers": o.layers,
             "layer_mib": o.layer_mib,
             "piece_kib": o.piece_kib,
+            "stripes": o.stripes,
             "modes": list(o.modes),
             "queue_ms": list(o.queue_ms),
             "burst_ms": o.burst_ms,

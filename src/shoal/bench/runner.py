@@ -47,6 +47,8 @@ class BenchOptions:
     layer_mib: float = 16.0
     #: the swarm's piece size in KiB for the shoal mode; 0: shoal's own choice
     piece_kib: int = 0
+    #: the roots' stripe trees per blob (``SwarmConfig.scheduler.stripes``); 0: the default
+    stripes: int = 0
     modes: tuple[str, ...] = ("direct", "proxy", "bittorrent", "shoal")
     timeout_s: float = 600.0
     seed: int = 1
@@ -159,6 +161,7 @@ async def run_benchmark(
             workdir=workdir,
             timeout_s=opts.timeout_s,
             piece_size=opts.piece_kib * 1024,
+            stripes=opts.stripes,
             on_node_done=on_node_done,
             by_address=opts.by_address,
             exporter=opts.exporter,

@@ -27,6 +27,7 @@ from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
 from shoal.sim.params import GBIT, GIB, MB, MEASURED, MIB, NS, CpuCosts, SimParams, measured_costs
 from shoal.sim.report import PullStats, plot, stats
+from shoal.swarm import SchedulerPolicy
 
 #: ``gzip -d`` of a 282,560,111-byte layer (the first 600,000,000 bytes of
 #: ``tar cf - /usr/lib /usr/share``, ``gzip -6``) on one core of this machine:
@@ -70,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SHARE",
         help="an agent starts each next layer once this share of the one before is stored "
         "(0: all layers at once)",
+    )
+    p.add_argument(
+        "--stripes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the root's stripe trees per blob (SwarmConfig.scheduler.stripes; "
+        "0: the default; --from-bench: the bench's when it set one)",
     )
     p.add_argument("--stragglers", type=float, default=0.0, help="fraction of slow nodes")
     p.add_argument("--slowdown", type=float, default=4.0, help="a straggler's link is N x slower")
@@ -150,6 +159,14 @@ def lookahead_from(args: argparse.Namespace) -> float:
     return float(args.lookahead)
 
 
+def scheduler_from(args: argparse.Namespace, bench_stripes: int = 0) -> SchedulerPolicy:
+    """The default scheduler policy with ``--stripes`` (or the bench's) when one is set."""
+    stripes = int(args.stripes) or bench_stripes
+    if stripes < 0:
+        raise ConfigInvalidError("--stripes must not be negative")
+    return SchedulerPolicy(stripes=stripes) if stripes else SchedulerPolicy()
+
+
 def params_from(args: argparse.Namespace) -> SimParams:
     if args.nodes < 1 or args.roots < 1:
         raise ConfigInvalidError("--nodes and --roots must be at least 1")
@@ -173,6 +190,7 @@ def params_from(args: argparse.Namespace) -> SimParams:
         host_cores=args.host_cores or 0.0,
         cpu=cpu_from(args, args.link_gbit * 1000),
         lookahead=lookahead_from(args),
+        scheduler=scheduler_from(args),
     )
 
 
@@ -216,6 +234,7 @@ def _params_json(p: SimParams) -> dict[str, Any]:
         "origin_gbit": p.origin_bps / GBIT,
         "disk_mbs": None if math.isinf(p.disk_bps) else p.disk_bps / MB,
         "piece_mib": p.piece_size / MIB,
+        "stripes": p.scheduler.stripes,
         "seed": p.seed,
         "stragglers": p.stragglers,
         "slowdown": p.slowdown,
@@ -250,7 +269,8 @@ def print_run(p: SimParams, res: dict[str, Any]) -> None:
     print(
         f"shoal sim: {p.nodes} nodes, {p.roots} root(s), image {shape} = "
         f"{_size(p.image_bytes)}, link {_gbit(p.link_bps)}, origin {_gbit(p.origin_bps)}, "
-        f"disk {disk}, piece {p.piece_size / MIB:g} MiB, seed {p.seed}"
+        f"disk {disk}, piece {p.piece_size / MIB:g} MiB, {p.scheduler.stripes} stripes, "
+        f"seed {p.seed}"
     )
     extra = []
     if p.stragglers:
@@ -393,6 +413,7 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
         host_cores=cores,
         cpu=cpu_from(args, float(o["rate_mbit"])),
         lookahead=lookahead_from(args),
+        scheduler=scheduler_from(args, int(o.get("stripes", 0))),
     )
     at, _ = measured_costs(float(o["rate_mbit"]))
     print(f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s (docs/sim.md)")

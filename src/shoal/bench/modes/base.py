@@ -53,6 +53,8 @@ class BenchContext:
     timeout_s: float
     #: bytes per swarm piece (the roots' CacheConfig.pieceSize); 0: shoal's own choice
     piece_size: int = 0
+    #: the roots' stripe trees per blob (``SwarmConfig.scheduler.stripes``); 0: the default
+    stripes: int = 0
     on_node_done: NodeDone = lambda node, seconds: None
     #: shoal mode: pull from the agent by address, not through a configured mirror
     by_address: bool = False

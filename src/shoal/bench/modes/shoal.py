@@ -66,6 +66,8 @@ def node_config(
         },
         "ControlConfig": certs.config() if certs is not None else {"tls": False},
     }
+    if ctx.stripes and mode == "root":
+        doc["SwarmConfig"] = {"scheduler": {"stripes": ctx.stripes}}
     return yaml.safe_dump(doc, sort_keys=False)
 
 
