@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.agent import heartbeat
 from shoal.agent.sequence import LOOKAHEAD
 from shoal.agent.service import Agent
 from shoal.control.auth import HEADER, sign
@@ -124,6 +125,37 @@ async def test_all_agents_get_the_image_once_from_the_origin_and_pull_it_from_th
                     assert await r.read() == b.path.read_bytes()
         assert blob_gets(origin, big_image) == len(big_image.blobs())
         assert metric(agent, "shoal_blob_bytes_total", source="store") == done.bytes_total
+
+
+@pytest.mark.timeout(60)
+async def test_work_reaches_idle_agents_at_once_not_at_their_next_heartbeat(
+    tmp_path: Path,
+    origin: OriginRegistry,
+    big_image: BuiltImage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no heartbeat in the test's time: the agents hear of the job through their watch
+    monkeypatch.setattr(heartbeat, "INTERVAL", 600.0)
+    async with preheat_cluster(tmp_path, origin.address, agents=2) as c:
+        await c.settled(limit=5.0)  # the watches' first calls: the root knows both
+        runners = [a.preheat for a in c.agents if a.preheat is not None]
+        assert len(runners) == 2 and not any(r.jobs for r in runners)
+        # a slow job (0.2 MB/s) reaches both, and so does its cancel
+        slow = await c.start(JobSpec(ref(origin, big_image), rate=0.2, key="slow"))
+        async with asyncio.timeout(10):
+            while not all(slow.id in r.jobs for r in runners):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await c.client.cancel(slow.id)
+        async with asyncio.timeout(10):
+            while any(slow.id in r.jobs for r in runners):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        job = await c.start(JobSpec(ref(origin, big_image), count=2))
+        done = await c.wait(job.id, limit=20.0)
+        assert done.state == "done" and len(done.nodes) == 2, done
+        assert all(complete_on(a, big_image) for a in c.agents)
+        stopping = time.monotonic()
+    # the root let its held watches go at once when it stopped
+    assert time.monotonic() - stopping < 5.0
 
 
 def _note(into: list[str], digest: str, _index: int) -> None:

@@ -229,6 +229,7 @@ def test_every_preheat_job_body_round_trips(spec: JobSpec, state: JobState) -> N
             max_size=4,
         ),
         held=st.lists(names, min_size=1, max_size=4),
+        wait=st.floats(min_value=0.1, max_value=25),
     ),
     st.builds(
         PollAnswer,
@@ -247,6 +248,7 @@ def test_every_preheat_job_body_round_trips(spec: JobSpec, state: JobState) -> N
             max_size=3,
         ),
         cancelled=st.lists(names, min_size=1, max_size=3),
+        generation=st.integers(min_value=1, max_value=1 << 40),
     ),
     st.builds(
         Health, peer=names, incarnation=names, preheat=st.integers(min_value=1, max_value=1 << 40)

@@ -22,6 +22,10 @@ For each job, in order:
    ``shoal_preheat_evicted_total`` counts it.
 4. **Progress to the root**: in the next poll, and at once when the job ends here.
 
+Besides the heartbeat's polls, the agent keeps one *watch* open at each root (a poll
+with ``wait``): the root answers it the moment a job for this agent is created or
+cancelled, so work starts within a round trip of the job, not at the next heartbeat.
+
 A cancelled job stops its reads of blobs no pull wants and gives up its hold. Jobs are
 soft state on both sides: an agent restarted mid-job is sent the work again (it lists
 the jobs it holds; the store still has what landed); a root that restarted forgets its
@@ -44,7 +48,7 @@ from shoal.agent.sequence import StoreProgress
 from shoal.agent.swarm import SwarmProvider
 from shoal.config import Config
 from shoal.control.client import RootUnavailableError
-from shoal.control.preheat import BlobRef, NodePhase, PollRequest, Progress, Work
+from shoal.control.preheat import BlobRef, NodePhase, PollAnswer, PollRequest, Progress, Work
 from shoal.control.schema import Health
 from shoal.errors import ShoalError
 from shoal.observability import AuditLog, Metrics
@@ -58,6 +62,12 @@ log = logging.getLogger(__name__)
 
 #: heartbeats between polls when nothing changed (the root forgets an agent after 60 s)
 IDLE_POLLS = 5
+#: seconds a watch asks the root to hold it (``PollRequest.wait``)
+WATCH = 20.0
+#: seconds before watching a root again that failed or answered a watch at once with
+#: nothing (an older root that does not hold watches); doubled up to ``WATCH_BACKOFF``
+WATCH_PAUSE = 2.0
+WATCH_BACKOFF = 60.0
 BLOBS_METRIC = "shoal_preheat_blobs_total"
 BLOBS_HELP = "Blobs of preheat jobs by result: fetched, present (already here), failed, denied"
 KEPT_METRIC = "shoal_preheat_kept_bytes"
@@ -116,6 +126,11 @@ class PreheatRunner:
     def __repr__(self) -> str:
         return f"<PreheatRunner {self.node} {list(self.jobs.values())!r} {self.gate!r}>"
 
+    def start(self) -> None:
+        """Watch every configured root for work (in a running loop)."""
+        for root in self.config.p2p.roots:
+            self._spawn(self._watch(root))
+
     async def close(self) -> None:
         tasks = [*self._tasks, *self._polling.values()]
         tasks += [j.task for j in self.jobs.values() if j.task is not None]
@@ -149,27 +164,50 @@ class PreheatRunner:
             return
         self._polling[root] = asyncio.create_task(self._poll(root, generation))
 
+    def _request(self, root: str, wait: float = 0.0) -> PollRequest:
+        mine = [j for j in self.jobs.values() if j.root == root]
+        progress = [self._progress(j) for j in mine]
+        return PollRequest(
+            self.swarm.peer_id, self.node, progress, held=[j.work.job for j in mine], wait=wait
+        )
+
     async def _poll(self, root: str, generation: int | None) -> None:
         self._dirty.discard(root)
-        mine = [j for j in self.jobs.values() if j.root == root]
-        req = PollRequest(
-            self.swarm.peer_id,
-            self.node,
-            [self._progress(j) for j in mine],
-            held=[j.work.job for j in mine],
-        )
         try:
-            answer = await self.swarm.control.preheat_poll(root, req)
+            answer = await self.swarm.control.preheat_poll(root, self._request(root))
         except RootUnavailableError as exc:
             log.debug("preheat poll of %s: %s", root, exc.message)
             self._dirty.add(root)
             return
         if generation is not None:
             self._seen[root] = generation
+        self._take(root, answer)
+
+    def _take(self, root: str, answer: PollAnswer) -> None:
         for job_id in answer.cancelled:
             self._cancel(job_id)
         for work in answer.work:
             self._start(root, work)
+
+    async def _watch(self, root: str) -> None:
+        """One watch at a time at ``root``, for as long as the agent runs."""
+        loop = asyncio.get_running_loop()
+        pause = WATCH_PAUSE
+        while True:
+            asked = loop.time()
+            try:
+                answer = await self.swarm.control.preheat_poll(root, self._request(root, WATCH))
+            except RootUnavailableError as exc:
+                log.debug("preheat watch of %s: %s", root, exc.message)
+                answer = None
+            if answer is not None:
+                self._seen[root] = answer.generation
+                self._take(root, answer)
+                if answer.work or answer.cancelled or loop.time() - asked >= WATCH / 2:
+                    pause = WATCH_PAUSE
+                    continue
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, WATCH_BACKOFF)
 
     def _progress(self, job: NodeJob) -> Progress:
         done_bytes = 0

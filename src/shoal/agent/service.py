@@ -144,6 +144,8 @@ class Agent:
                 self.peer_id = f"{host}:{self.peer_server.port}"
                 self.peer_server.node = self.peer_id
                 self.swarm.start(self.peer_id)
+                if self.preheat is not None:
+                    self.preheat.start()
             if self.roots is not None:
                 await self.roots.__aenter__()
             app = self.mirror.app()

@@ -67,9 +67,11 @@ class ControlClient:
     async def close(self) -> None:
         await self._signed.close()
 
-    async def _call(self, root: str, method: str, path: str, body: bytes, kind: type[T]) -> T:
+    async def _call(
+        self, root: str, method: str, path: str, body: bytes, kind: type[T], held: float = 0.0
+    ) -> T:
         try:
-            status, payload = await self._signed.call(root, method, path, body)
+            status, payload = await self._signed.call(root, method, path, body, held=held)
             if status != 200:
                 said = f"root {root} answered HTTP {status}: {payload[:200]!r}"
                 error = RootUnavailableError(said)
@@ -104,7 +106,8 @@ class ControlClient:
     async def preheat_poll(self, root: str, req: PollRequest) -> PollAnswer:
         """This agent's preheat progress in, its preheat work out (``shoal.root.preheat``)."""
         body = msgspec.json.encode(req)
-        return await self._call(root, "POST", "/preheat/v1/poll", body, PollAnswer)
+        # a watch is held up to its wait at the root: the call may take that much longer
+        return await self._call(root, "POST", "/preheat/v1/poll", body, PollAnswer, req.wait)
 
     async def health(self, root: str) -> Health:
         return await self._call(root, "GET", "/healthz", b"", Health)

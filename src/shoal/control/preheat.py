@@ -125,6 +125,10 @@ class PollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     progress: list[Progress] = msgspec.field(default_factory=list)
     #: jobs this agent has (working on or keeping): their work is not sent again
     held: list[str] = msgspec.field(default_factory=list)
+    #: > 0: a watch. With no work or cancellation for this agent yet, the root holds the
+    #: answer until there is (a job is created or ends early) or this many seconds pass
+    #: (at most ``root.preheat_api.MAX_WATCH``), so new work needs no heartbeat to arrive
+    wait: float = 0.0
 
 
 class Work(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -148,3 +152,5 @@ class PollAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     work: list[Work] = msgspec.field(default_factory=list)
     #: held jobs that ended early (cancelled): stop, and keep their blobs no longer
     cancelled: list[str] = msgspec.field(default_factory=list)
+    #: the root's job counter when it answered (the heartbeat's ``Health.preheat``)
+    generation: int = 0

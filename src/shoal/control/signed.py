@@ -45,15 +45,21 @@ class SignedSession:
         return f"<SignedSession {self.scheme}>"
 
     async def call(
-        self, root: str, method: str, path: str, body: bytes | None
+        self, root: str, method: str, path: str, body: bytes | None, *, held: float = 0.0
     ) -> tuple[int, bytes]:
-        """``method path`` at ``root``, signed; (status, body). ``body`` None: none sent."""
+        """``method path`` at ``root``, signed; (status, body). ``body`` None: none sent.
+        ``held``: seconds the root may hold this call (a watch) on top of the timeout."""
         headers = {
             HEADER: sign(self._secret, method, path, body or b"", time.time()),
             "Content-Type": "application/json",
         }
+        timeout = self.session.timeout
+        if held > 0 and timeout.total is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=timeout.total + held, sock_connect=timeout.sock_connect
+            )
         async with self.session.request(
-            method, f"{self.scheme}://{root}{path}", data=body, headers=headers
+            method, f"{self.scheme}://{root}{path}", data=body, headers=headers, timeout=timeout
         ) as resp:
             return resp.status, await resp.read()
 

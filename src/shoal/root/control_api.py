@@ -138,6 +138,7 @@ class ControlAPI:
         app.cleanup_ctx.append(self._background)
         if self.preheat is not None:
             app.cleanup_ctx.append(self.preheat.background)
+            app.on_shutdown.append(self.preheat.shutdown)
             app.add_routes(self.preheat.routes())
         app.add_routes(
             [

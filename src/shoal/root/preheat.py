@@ -279,7 +279,7 @@ class PreheatBook:
         cancelled = [
             j for j in sorted(held) if j in self.jobs and self.jobs[j].state == "cancelled"
         ]
-        return PollAnswer(work, cancelled)
+        return PollAnswer(work, cancelled, self.generation)
 
     def _settle(self, job: Job, now: float) -> None:
         """Rule 3: done or failed, once every wanted node is final."""

@@ -26,7 +26,7 @@ import msgspec
 from aiohttp import web
 
 from shoal.config import PreheatConfig
-from shoal.control.preheat import JobList, JobSpec, JobState, PollRequest
+from shoal.control.preheat import JobList, JobSpec, JobState, PollAnswer, PollRequest
 from shoal.control.preheat_client import operator_secret
 from shoal.errors import AccessDeniedError, NameInvalidError, ShoalError
 from shoal.lifecycle import supervised
@@ -45,6 +45,8 @@ POLL = "/preheat/v1/poll"
 BODY_LIMITS = {JOBS: 64 << 10, POLL: 256 << 10}
 #: seconds between sweeps of expired jobs and silent agents
 SWEEP = 5.0
+#: seconds a watching poll (``PollRequest.wait``) is held at most
+MAX_WATCH = 25.0
 JOBS_METRIC = "shoal_preheat_jobs_total"
 JOBS_HELP = "Preheat jobs at this root by what became of them (created, done, failed, ...)"
 RUNNING_METRIC = "shoal_preheat_jobs_running"
@@ -69,6 +71,10 @@ class PreheatAPI:
         self.metrics = metrics
         self.audit = audit
         self.operator = operator_secret(config)
+        #: set (and replaced) whenever the book's generation moves: wakes the watches
+        self._moved: asyncio.Event | None = None
+        self._seen_generation = self.book.generation
+        self._closing = False
         for result in ("created", "done", "failed", "cancelled", "expired"):
             metrics.inc(JOBS_METRIC, JOBS_HELP, 0.0, result=result)
         metrics.set_gauge(RUNNING_METRIC, RUNNING_HELP, 0.0)
@@ -108,6 +114,13 @@ class PreheatAPI:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def shutdown(self, _: web.Application) -> None:
+        """The server stops: held watches answer now, not when their wait ends."""
+        self._closing = True
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(SWEEP)
@@ -115,6 +128,11 @@ class PreheatAPI:
             self._account()
 
     def _account(self) -> None:
+        if self.book.generation != self._seen_generation:
+            self._seen_generation = self.book.generation
+            if self._moved is not None:
+                self._moved.set()
+                self._moved = None
         for event, job in self.book.take_events():
             self.metrics.inc(JOBS_METRIC, JOBS_HELP, result=event)
             if event != "created":
@@ -182,6 +200,24 @@ class PreheatAPI:
 
     # --- agents ----------------------------------------------------------------------
 
+    async def _watch(self, req: PollRequest, answer: PollAnswer) -> PollAnswer:
+        """Hold a watching poll until the book moves with something for this agent, or
+        its wait ends; asked again on every move (its progress was taken at once)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(req.wait, MAX_WATCH)
+        while not answer.work and not answer.cancelled and not self._closing:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            moved = self._moved
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await moved.wait()
+            answer = self.book.poll(req, time.time())
+        return answer
+
     async def poll(self, request: web.Request) -> web.Response:
         req = msgspec.json.decode(await request.read(), type=PollRequest)
         if self.config.check_source and peer_host(req.peer) != (request.remote or ""):
@@ -190,6 +226,8 @@ class PreheatAPI:
                 "agent's own address (PreheatConfig.checkSource)"
             )
         answer = self.book.poll(req, time.time())
+        if req.wait > 0 and not answer.work and not answer.cancelled:
+            answer = await self._watch(msgspec.structs.replace(req, progress=[]), answer)
         if answer.work:
             log.info("preheat: %s gets %s", req.peer, ", ".join(w.job for w in answer.work))
         self._account()
