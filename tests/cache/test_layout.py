@@ -8,9 +8,11 @@ from shoal.cache.layout import MAX_PIECE_SIZE, MAX_PIECES, MiB, choose_piece_siz
 @pytest.mark.parametrize(
     ("size", "piece"),
     [
-        (0, 1 * MiB),
-        (586, 1 * MiB),  # an image config: one small piece
-        (16 * MiB, 1 * MiB),  # a small layer: 16 pieces, short hops down the trees
+        (0, 512 << 10),
+        (586, 512 << 10),  # an image config: one small piece
+        (16 * MiB, 512 << 10),  # a small layer: 32 pieces, short hops down the trees
+        (32 * MiB, 512 << 10),
+        (32 * MiB + 1, 1 * MiB),
         (64 * MiB, 1 * MiB),
         (64 * MiB + 1, 2 * MiB),
         (512 * MiB, 8 * MiB),

@@ -20,7 +20,8 @@ MiB = 1 << 20
 MIN_PIECE_SIZE = 16 * 1024
 MAX_PIECE_SIZE = 16 * MiB
 #: the automatic choice: pieces of at least this size, at most TARGET_PIECES of them
-AUTO_MIN_PIECE = 1 * MiB
+#: (512 KiB: see ``choose_piece_size`` for the runs that chose it over 1 MiB and 256 KiB)
+AUTO_MIN_PIECE = 512 * 1024
 TARGET_PIECES = 64
 MAX_PIECES = 1 << 16
 HASH_SIZE = 32
@@ -45,6 +46,14 @@ def choose_piece_size(size: int, configured: int = 0) -> int:
     the hops in whole seconds (the 16-node bench, 16 MiB layers: p95 20.1 s in 4 MiB
     pieces, 10.3 s in 1 MiB, 10.35 s in 512 KiB); a big blob in small pieces pays the
     per-piece cost (requests, reports, hashing hops) tens of thousands of times.
+
+    The floor, 512 KiB, from ``shoal bench`` on one 2-core machine, 2026-12-02, 4 x 16 MiB
+    (p95 s, 1 MiB / 512 KiB / 256 KiB): 16 nodes at 25 Mbit/s, 5-50 ms queues,
+    31.4-34.4 / 28.9-29.3 / 27.3-27.8; 32 nodes at 25 Mbit/s 35.0-39.2 / 33.1-34.0 /
+    34.2-47.0; 16 nodes at 100 Mbit/s 9.15-9.27 / 9.09-9.41; 32 nodes at 100 Mbit/s
+    21.8-24.7 / 22.2-23.2 / 53.0-55.9. Half-size pieces shorten every hop on slow links
+    and cost nothing measurable at 100 Mbit/s; quarter-size ones cost the CPU that 32
+    nodes on two cores do not have.
     """
     if configured:
         piece = configured
