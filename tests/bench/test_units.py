@@ -25,6 +25,7 @@ from shoal.bench.modes.shoal import node_config
 from shoal.bench.netns import Host, raise_neighbour_limits, restore_neighbour_limits, retrans_segs
 from shoal.bench.report import markdown, mode_bound, node_bound, quantile, stats, to_json
 from shoal.bench.runner import BenchOptions, BenchResult, ModeResult
+from shoal.cache import choose_piece_size
 from shoal.cli import build_parser
 from shoal.cli import main as cli_main
 from shoal.config import Config, SchedulerPolicy, parse_config
@@ -97,6 +98,8 @@ def test_markdown_table_from_the_json() -> None:
     text = markdown(to_json(result))
     assert "| shoal | 20 | 4/4 | 1.00 | 1.00 | 1.00 |" in text
     assert "| 75.0% | 1.00 (0.96) | 1.00 (0.96) | 95% ⚠ busy |" in text
+    # the piece size the roots chose is on record, so a replay need not guess it
+    assert to_json(result)["options"]["piece_bytes"] == choose_piece_size(9_999_000 // 4)
 
 
 def test_queue_depths_are_a_list_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,7 +113,8 @@ def test_queue_depths_are_a_list_and_checked(capsys: pytest.CaptureFixture[str])
 
 def test_piece_size_option_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["bench", "--piece-kib", "-1"]) == 2
-    assert capsys.readouterr().err.strip() == "shoal bench: --piece-kib must not be negative"
+    err = capsys.readouterr().err.strip()
+    assert err == "shoal bench: --piece-kib and --stripes must not be negative"
     args = build_parser().parse_args(["bench", "--piece-kib", "512"])
     assert options_from_args(args).piece_kib == 512
 

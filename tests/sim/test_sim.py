@@ -12,8 +12,8 @@ import pytest
 from shoal.cli import build_parser, main
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
-from shoal.sim.main import params_from, parse_image
-from shoal.sim.params import GBIT, MIB, NS, CpuCosts, SimParams
+from shoal.sim.main import cpu_from, params_from, parse_image
+from shoal.sim.params import GBIT, MEASURED, MIB, NS, CpuCosts, SimParams, measured_costs
 from shoal.sim.report import quantile, stats, unpacked
 from shoal.swarm import rank_roots
 
@@ -198,7 +198,22 @@ def test_a_shared_host_cpu_slows_the_swarm_and_the_replay_says_both(
     out = capsys.readouterr().out
     assert "one host of 0.5 cores" in out and "(links alone:" in out
     assert "piece 4 MiB" in out  # a bench from before --piece-kib: the old default
-    options["piece_kib"] = 0  # shoal chose the piece size by blob size: 1 MiB here
+    options["piece_kib"] = 0  # shoal chose the piece size by blob size: 1 MiB then
     f.write_text(json.dumps(bench))
     assert main(["sim", "--from-bench", str(f)]) == 0
     assert "piece 1 MiB" in capsys.readouterr().out
+    options["piece_bytes"] = 512 << 10  # a bench that says what its roots chose
+    f.write_text(json.dumps(bench))
+    assert main(["sim", "--from-bench", str(f)]) == 0
+    assert "piece 0.5 MiB" in capsys.readouterr().out
+
+
+def test_cpu_costs_come_from_the_nearest_rate_then_the_nearest_piece_size() -> None:
+    assert measured_costs(25, 512 << 10) == ((25.0, 512), MEASURED[(25.0, 512)])
+    assert measured_costs(20, 1 << 20)[0] == (25.0, 1024)
+    assert measured_costs(30, 300 << 10)[0] == (25.0, 512)
+    # the rate decides first: at 100 Mbit/s only 1 MiB pieces were measured
+    assert measured_costs(90, 512 << 10)[0] == (100.0, 1024)
+    args = build_parser().parse_args(["sim", "--cpu-send-ns", "3"])
+    costs = cpu_from(args, 25, 512 << 10)
+    assert costs.send == 3 * NS and costs.recv == MEASURED[(25.0, 512)].recv

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from shoal.bench.runner import BenchResult, ModeResult
 from shoal.bench.shaping import TCP_GOODPUT
+from shoal.cache import choose_piece_size
 
 MIB = 1 << 20
 
@@ -197,6 +198,10 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "layers": o.layers,
             "layer_mib": o.layer_mib,
             "piece_kib": o.piece_kib,
+            # what the roots cut each layer into (the automatic size changes with shoal)
+            "piece_bytes": choose_piece_size(
+                result.layer_bytes // max(o.layers, 1), o.piece_kib * 1024
+            ),
             "stripes": o.stripes,
             "modes": list(o.modes),
             "queue_ms": list(o.queue_ms),

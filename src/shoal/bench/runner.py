@@ -198,6 +198,9 @@ def _link_counters(cluster: Cluster) -> dict[str, int]:
 
 async def _run_mode(ctx: BenchContext, mode: str) -> ModeResult:
     assert ctx.cluster.origin is not None
+    # every mode starts with nothing dirty in the page cache: the image just built and
+    # pushed, or the last mode's writes, are not flushed on this mode's CPU and disk
+    await asyncio.to_thread(os.sync)
     links0 = _link_counters(ctx.cluster)
     served0 = len(ctx.origin.served())
     t0 = time.monotonic()

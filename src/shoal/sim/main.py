@@ -110,10 +110,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             f"--cpu-{name}-ns",
             type=float,
             help=f"with --host-cores: CPU ns per byte of {what} "
-            "(default: bench/cpu_cost.py's figure here at the nearest link rate measured, "
+            "(default: bench/cpu_cost.py's figure here at the nearest link rate and piece "
+            "size measured, "
             + ", ".join(
-                f"{rate:g} Mbit/s {getattr(c, name.replace('-', '_')) / NS:.2f}"
-                for rate, c in MEASURED.items()
+                f"{rate:g} Mbit/s {kib} KiB {getattr(c, name.replace('-', '_')) / NS:.2f}"
+                for (rate, kib), c in MEASURED.items()
             )
             + ")",
         )
@@ -141,9 +142,10 @@ def parse_image(spec: str) -> tuple[int, ...]:
     return tuple(layers)
 
 
-def cpu_from(args: argparse.Namespace, rate_mbit: float) -> CpuCosts:
-    """The costs measured at the nearest link rate, with any ``--cpu-*-ns`` given."""
-    _, base = measured_costs(rate_mbit)
+def cpu_from(args: argparse.Namespace, rate_mbit: float, piece: int) -> CpuCosts:
+    """The costs measured at the nearest link rate and piece size, with any
+    ``--cpu-*-ns`` given."""
+    _, base = measured_costs(rate_mbit, piece)
     given = {
         f: getattr(args, f"cpu_{f}_ns") * NS
         for f in ("recv", "recv_cut", "send", "serve", "client", "fetch", "registry")
@@ -188,7 +190,7 @@ def params_from(args: argparse.Namespace) -> SimParams:
         zones=args.zones,
         unpack_bps=args.unpack_mbs * MB,
         host_cores=args.host_cores or 0.0,
-        cpu=cpu_from(args, args.link_gbit * 1000),
+        cpu=cpu_from(args, args.link_gbit * 1000, int(args.piece_mib * MIB)),
         lookahead=lookahead_from(args),
         scheduler=scheduler_from(args),
     )
@@ -398,10 +400,14 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
     cores = args.host_cores if args.host_cores is not None else float(os.cpu_count() or 1)
     # the bench's ``layer_bytes`` is all layers together (tar+gzip framing included)
     layer = _per_layer(data, o)
-    if "piece_kib" not in o:  # a bench from before --piece-kib: the agents' 4 MiB default
+    if "piece_bytes" in o:  # what the bench's roots cut the layers into
+        piece = int(o["piece_bytes"])
+    elif "piece_kib" not in o:  # a bench from before --piece-kib: the agents' 4 MiB default
         piece = int(args.piece_mib * MIB)
-    else:  # the size it set, or the one shoal chooses by blob size (0)
+    elif int(o["piece_kib"]):  # the size it set
         piece = choose_piece_size(layer, int(o["piece_kib"]) * 1024)
+    else:  # shoal's choice by blob size then: at least 1 MiB before 2026-12-02
+        piece = max(choose_piece_size(layer), MIB)
     p = SimParams(
         nodes=int(o["nodes"]),
         roots=int(o.get("roots", 1)),
@@ -411,18 +417,22 @@ def from_bench(args: argparse.Namespace) -> dict[str, Any]:
         piece_size=piece,
         seed=args.seed,
         host_cores=cores,
-        cpu=cpu_from(args, float(o["rate_mbit"])),
+        cpu=cpu_from(args, float(o["rate_mbit"]), piece),
         lookahead=lookahead_from(args),
         scheduler=scheduler_from(args, int(o.get("stripes", 0))),
     )
-    at, _ = measured_costs(float(o["rate_mbit"]))
-    print(f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s (docs/sim.md)")
+    (at, kib), _ = measured_costs(float(o["rate_mbit"]), piece)
+    print(
+        f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s in {kib} KiB pieces "
+        "(docs/sim.md)"
+    )
     res = simulate(p)
     print_run(p, res)
     links = simulate(replace(p, host_cores=0.0)) if cores else res
     out: dict[str, Any] = {
         "bench": args.from_bench,
         "cpu_costs_measured_at_mbit": at,
+        "cpu_costs_measured_at_piece_kib": kib,
         "sim": _jsonable(res),
         "links_only": _jsonable(links),
         "compared": [],

@@ -54,23 +54,34 @@ def _ns(**figures: float) -> CpuCosts:
     return CpuCosts(**{k: v * NS for k, v in figures.items()})
 
 
-#: link Mbit/s -> the costs measured there by ``bench/cpu_cost.py --rate-mbit R
-#: --layers 4 --layer-mib 16 --piece-kib 1024 --repeat 3`` (medians), 2026-12-01, the
-#: agent with the peer client's receive low-water mark (commit 9f24b90)
-MEASURED: dict[float, CpuCosts] = {
-    25.0: _ns(
-        recv=10.95, recv_cut=12.31, send=2.22, serve=0.73, client=9.52, fetch=16.27, registry=1.94
+#: (link Mbit/s, piece KiB) -> the costs measured there by ``bench/cpu_cost.py
+#: --rate-mbit R --layers 4 --layer-mib 16 --piece-kib K --repeat 3`` (medians):
+#: 100 Mbit/s on 2026-12-01 (commit 9f24b90), 25 Mbit/s on 2026-12-02 (commit 54b960a,
+#: both piece sizes in one sitting) when the automatic size of these layers went from
+#: 1 MiB to 512 KiB
+MEASURED: dict[tuple[float, int], CpuCosts] = {
+    (25.0, 1024): _ns(
+        recv=9.55, recv_cut=9.98, send=4.54, serve=1.92, client=5.86, fetch=11.32, registry=2.09
     ),
-    100.0: _ns(
+    (25.0, 512): _ns(
+        recv=11.10, recv_cut=13.88, send=6.18, serve=2.07, client=5.81, fetch=13.35, registry=1.79
+    ),
+    (100.0, 1024): _ns(
         recv=9.11, recv_cut=10.13, send=2.23, serve=0.74, client=9.21, fetch=10.56, registry=1.94
     ),
 }
 
 
-def measured_costs(rate_mbit: float) -> tuple[float, CpuCosts]:
-    """The costs measured at the rate nearest ``rate_mbit`` (by ratio), and that rate."""
-    rate = min(MEASURED, key=lambda r: abs(math.log(r / max(rate_mbit, 1e-9))))
-    return rate, MEASURED[rate]
+def measured_costs(rate_mbit: float, piece: int = 1 << 20) -> tuple[tuple[float, int], CpuCosts]:
+    """The costs measured nearest ``rate_mbit``, then nearest the piece size (bytes),
+    both by ratio; and where they were measured (Mbit/s, KiB)."""
+
+    def off(a: float, b: float) -> float:
+        return abs(math.log(a / max(b, 1e-9)))
+
+    rate = min({r for r, _ in MEASURED}, key=lambda r: off(r, rate_mbit))
+    kib = min((k for r, k in MEASURED if r == rate), key=lambda k: off(k * 1024, piece))
+    return (rate, kib), MEASURED[(rate, kib)]
 
 
 @dataclass(frozen=True, slots=True)
