@@ -20,6 +20,7 @@ from shoal.bench.modes.base import (
     NodeResult,
     blob_hosts,
     registries_conf,
+    run_again,
 )
 from shoal.bench.modes.shoal import node_config
 from shoal.bench.netns import Host, raise_neighbour_limits, restore_neighbour_limits, retrans_segs
@@ -162,3 +163,13 @@ def test_stripes_option_reaches_the_roots_config_only(
     assert config("root", 2).swarm.scheduler.stripes == 2
     assert config("agent", 2).swarm.scheduler == SchedulerPolicy()  # the root decides
     assert config("root", 0).swarm.scheduler == SchedulerPolicy()
+
+
+async def test_a_failed_pull_runs_again_until_it_passes_or_the_tries_end(tmp_path: Path) -> None:
+    count, log = tmp_path / "count", tmp_path / "node.log"
+    # fails on its first two runs, passes on the third
+    script = f'echo run >> {count}; echo "try $(wc -l < {count})"; [ $(wc -l < {count}) -ge 3 ]'
+    assert await run_again(None, ["sh", "-c", script], log, 1) == 1
+    assert await run_again(None, ["sh", "-c", script], log, 5) == 0
+    assert count.read_text().count("run") == 3  # it stopped once it passed
+    assert log.read_text().split() == ["try", "1", "try", "2", "try", "3"]

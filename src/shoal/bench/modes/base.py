@@ -155,23 +155,10 @@ async def run_skopeo(
         async def wait_one(i: int, node: Host) -> None:
             proc = gate.parked[i].proc
             code = await proc.wait()
-            for _ in range(retries if code else 0):
+            if code and retries:
                 retried.add(node.role)
-                with (logs / f"{node.role}.log").open("ab") as log:
-                    again = await asyncio.create_subprocess_exec(
-                        *in_netns(node.netns, argvs[node.role]),
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=asyncio.subprocess.STDOUT,
-                    )
-                try:
-                    code = await again.wait()
-                finally:
-                    if again.returncode is None:
-                        again.kill()
-                        await again.wait()
-                if code == 0:
-                    break
+                log = logs / f"{node.role}.log"
+                code = await run_again(node.netns, argvs[node.role], log, retries)
             seconds = time.time() - start
             ends[node.role] = seconds if code == 0 else None
             ctx.on_node_done(node.role, seconds if code == 0 else None)
@@ -202,6 +189,29 @@ async def run_skopeo(
         again = node.role in retried
         results.append(NodeResult(node.role, None if wrong else seconds, wrong, hosts, again))
     return results, cpu
+
+
+async def run_again(netns: str | None, argv: list[str], log: Path, tries: int) -> int:
+    """Run ``argv`` (in ``netns``) until it exits 0, ``tries`` times at most, its output
+    appended to ``log``; its last exit code. Cancelled, it kills the one running."""
+    code = 1
+    for _ in range(tries):
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *in_netns(netns, argv),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        try:
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if code == 0:
+            break
+    return code
 
 
 _BLOB_GET = re.compile(r'msg="GET https?://([^/"]+)/v2/[^"]*/blobs/sha256:')
