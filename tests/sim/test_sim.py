@@ -122,6 +122,21 @@ def test_cli_takes_a_lookahead_share_and_refuses_one_past_a_layer(
     assert "--lookahead" in capsys.readouterr().err
 
 
+def bench_file(tmp_path: Path, modes: list[dict[str, object]], layer_bytes: int,
+               **options: object) -> Path:  # fmt: skip
+    """A ``shoal bench`` JSON of 8 nodes, 1 root, 100 Mbit/s, 2 x 4 MiB, with ``options``."""
+    base = {"nodes": 8, "roots": 1, "rate_mbit": 100, "origin_rate_mbit": 100}
+    bench = {
+        "options": {**base, "layers": 2, "layer_mib": 4, **options},
+        "layer_bytes": layer_bytes,
+        "tcp_goodput": 0.95,
+        "modes": modes,
+    }
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps(bench))
+    return f
+
+
 def test_stripes_come_from_the_cli_or_the_bench_being_replayed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -130,15 +145,7 @@ def test_stripes_come_from_the_cli_or_the_bench_being_replayed(
     assert params_from(build_parser().parse_args(["sim", "--nodes", "4"])).scheduler.stripes == 4
     assert main(["sim", "--nodes", "4", "--stripes", "-2"]) == 2
     assert "--stripes" in capsys.readouterr().err
-    options = {"nodes": 8, "roots": 1, "rate_mbit": 100, "origin_rate_mbit": 100}
-    bench = {
-        "options": {**options, "layers": 2, "layer_mib": 4, "stripes": 2},
-        "layer_bytes": 8 * MIB,
-        "tcp_goodput": 0.95,
-        "modes": [{"mode": "shoal", "p95_s": 3.0}],
-    }
-    f = tmp_path / "bench.json"
-    f.write_text(json.dumps(bench))
+    f = bench_file(tmp_path, [{"mode": "shoal", "p95_s": 3.0}], 8 * MIB, stripes=2)
     assert main(["sim", "--from-bench", str(f), "--piece-mib", "1"]) == 0
     assert ", 2 stripes," in capsys.readouterr().out
     assert main(["sim", "--from-bench", str(f), "--piece-mib", "1", "--stripes", "8"]) == 0
@@ -148,21 +155,7 @@ def test_stripes_come_from_the_cli_or_the_bench_being_replayed(
 def test_bench_replay_hook_says_when_there_is_nothing_to_compare(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = {
-        "options": {
-            "nodes": 8,
-            "roots": 1,
-            "rate_mbit": 100,
-            "origin_rate_mbit": 100,
-            "layers": 2,
-            "layer_mib": 4,
-        },
-        "layer_bytes": 4 * MIB,
-        "tcp_goodput": 0.95,
-        "modes": [{"mode": "direct", "p95_s": 7.0}],
-    }
-    f = tmp_path / "bench.json"
-    f.write_text(json.dumps(bench))
+    f = bench_file(tmp_path, [{"mode": "direct", "p95_s": 7.0}], 4 * MIB)
     assert main(["sim", "--from-bench", str(f), "--piece-mib", "1"]) == 0
     out = capsys.readouterr().out
     assert "no shoal result" in out and "direct: simulated p95" in out
@@ -178,32 +171,18 @@ def test_a_shared_host_cpu_slows_the_swarm_and_the_replay_says_both(
     slow, origin, unfinished = p95(busy)
     assert unfinished == 0 and origin == p.image_bytes
     assert slow > 1.5 * free
-    options = {
-        "nodes": 8,
-        "roots": 1,
-        "rate_mbit": 100,
-        "origin_rate_mbit": 100,
-        "layers": 2,
-        "layer_mib": 4,
-    }
-    bench: dict[str, object] = {
-        "options": options,
-        "layer_bytes": 8 * MIB,
-        "tcp_goodput": 0.95,
-        "modes": [{"mode": "shoal", "p95_s": 3.0}],
-    }
-    f = tmp_path / "bench.json"
-    f.write_text(json.dumps(bench))
+    shoal = [{"mode": "shoal", "p95_s": 3.0}]
+    f = bench_file(tmp_path, shoal, 8 * MIB)
     assert main(["sim", "--from-bench", str(f), "--host-cores", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "one host of 0.5 cores" in out and "(links alone:" in out
     assert "piece 4 MiB" in out  # a bench from before --piece-kib: the old default
-    options["piece_kib"] = 0  # shoal chose the piece size by blob size: 1 MiB then
-    f.write_text(json.dumps(bench))
+    # shoal chose the piece size by blob size: 1 MiB then
+    f = bench_file(tmp_path, shoal, 8 * MIB, piece_kib=0)
     assert main(["sim", "--from-bench", str(f)]) == 0
     assert "piece 1 MiB" in capsys.readouterr().out
-    options["piece_bytes"] = 512 << 10  # a bench that says what its roots chose
-    f.write_text(json.dumps(bench))
+    # a bench that says what its roots chose
+    f = bench_file(tmp_path, shoal, 8 * MIB, piece_kib=0, piece_bytes=512 << 10)
     assert main(["sim", "--from-bench", str(f)]) == 0
     assert "piece 0.5 MiB" in capsys.readouterr().out
 

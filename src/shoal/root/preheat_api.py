@@ -117,6 +117,10 @@ class PreheatAPI:
     async def shutdown(self, _: web.Application) -> None:
         """The server stops: held watches answer now, not when their wait ends."""
         self._closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Every held watch asks the book again."""
         if self._moved is not None:
             self._moved.set()
             self._moved = None
@@ -130,9 +134,7 @@ class PreheatAPI:
     def _account(self) -> None:
         if self.book.generation != self._seen_generation:
             self._seen_generation = self.book.generation
-            if self._moved is not None:
-                self._moved.set()
-                self._moved = None
+            self._wake()
         for event, job in self.book.take_events():
             self.metrics.inc(JOBS_METRIC, JOBS_HELP, result=event)
             if event != "created":

@@ -72,7 +72,7 @@ MEASURED: dict[tuple[float, int], CpuCosts] = {
 }
 
 
-def measured_costs(rate_mbit: float, piece: int = 1 << 20) -> tuple[tuple[float, int], CpuCosts]:
+def measured_costs(rate_mbit: float, piece: int) -> tuple[tuple[float, int], CpuCosts]:
     """The costs measured nearest ``rate_mbit``, then nearest the piece size (bytes),
     both by ratio; and where they were measured (Mbit/s, KiB)."""
 
