@@ -51,7 +51,7 @@ async def test_concurrent_requests_collapse_into_one_origin_fetch(
         up,
         Metrics("n:1", "root"),
         AuditLog(None),
-        on_piece=lambda d, i, h: published.append((d, i, h)),
+        on_piece=lambda d, i, h, _c: published.append((d, i, h)),
     )
     digest = parse_digest(layer.digest)
     source = Source(origin.address, img.repo)

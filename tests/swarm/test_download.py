@@ -263,3 +263,22 @@ def test_a_root_that_forgot_the_agent_gets_a_new_join() -> None:
     joined(m)
     m.on_stored("p1", 1, True, 0.1)
     assert m.on_forgotten(0.2) == [JoinRoot("r1", mask_of([1]))]
+
+
+def test_a_piece_arriving_asks_for_its_chunk_hashes_once_and_learns_them() -> None:
+    """Bytes that start before their chunk hashes are known ask the root for them (from
+    the first such piece, though its piece hash is known), so the piece can be checked
+    and passed on while it arrives; an answer with none (``b""``) ends the want."""
+    m = machine()
+    m.start(0.0)
+    m.on_joined("r1", view(hashes=2, parents=[parent("p1")]), 0.0)  # no chunks in a join
+    assert m.book.chunks_of(0) is None
+    started = m.on_started("p1", 0, 0.1)
+    assert of(RequestHashes, started) == [RequestHashes("r1", 0, 2.0)]
+    assert of(RequestHashes, m.on_started("p1", 1, 0.1)) == []  # one ask at a time
+    c0, c1 = b"\x01" * 64, b""
+    answer = BlobView(BLOB, 4 * PIECE, PIECE, hashes_from=0, hashes=(H, H), chunks=(c0, c1))
+    assert m.on_hashes(answer, 0.2) == []
+    assert (m.book.chunks_of(0), m.book.chunks_of(1)) == (c0, b"")
+    assert not m.book.waiting  # nothing left to ask for
+    assert m.on_received("p1", 0, 0.3) == [Store("p1", 0, H)]

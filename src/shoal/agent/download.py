@@ -14,8 +14,10 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Protocol
 
+from shoal.agent.passon import PassOn, store_piece
 from shoal.cache.blob import BlobInfo
 from shoal.cache.errors import PieceCorruptError
 from shoal.cache.store import PieceStore
@@ -141,6 +143,8 @@ class DownloadDriver:
         self._wake = asyncio.Event()
         self._fetches: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._received: dict[tuple[str, int], memoryview] = {}
+        self._passing: dict[tuple[str, int], PassOn] = {}  # fetches that pass pieces on
+        self._news = 0  # the hash book's answers seen by ``_event``
         self._asked: dict[tuple[str, int], float] = {}  # for the piece fetch histogram
         self._seed = ""  # the root's peer id (piece source "root" in the metrics)
         self._helpers: set[asyncio.Task[None]] = set()
@@ -175,6 +179,8 @@ class DownloadDriver:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for key in [*self._passing]:
+                self._let_go(key, None)
             for data in self._received.values():
                 self._give(data)
             self._received.clear()
@@ -197,6 +203,11 @@ class DownloadDriver:
 
     def _event(self, actions: list[Action]) -> None:
         self._apply(actions)
+        book = self.machine.book
+        if book.news != self._news:  # chunk hashes for pieces arriving now, perhaps
+            self._news = book.news
+            for po in self._passing.values():
+                po.know(book.chunks_of(po.index))
         self._wake.set()
 
     def _now(self) -> float:
@@ -215,8 +226,7 @@ class DownloadDriver:
                     task.cancel()
                 data = self._received.pop((a.parent, a.index), None)
                 self._asked.pop((a.parent, a.index), None)
-                if data is not None:
-                    self._give(data)
+                self._let_go((a.parent, a.index), data)
             elif isinstance(a, Have | Fetching | Abandoned | ParentFailed):
                 self.p.report(m.root, a)
             elif isinstance(a, Store):
@@ -288,7 +298,9 @@ class DownloadDriver:
 
     async def _ask(self, root: str, what: str, known: int, wait: float) -> None:
         async def call() -> BlobView:
-            return codec.view(await self.p.control.blob(root, self.key, known, wait=wait))
+            view = codec.view(await self.p.control.blob(root, self.key, known, wait=wait))
+            # from an older root no chunk hashes: those pieces are checked whole
+            return view if view.chunks else replace(view, chunks=(b"",) * len(view.hashes))
 
         view = await self._call(root, call)
         if view is None:
@@ -337,10 +349,12 @@ class DownloadDriver:
             self._fetches.pop((parent, index), None)
             return
         asked = first = loop.time()
+        po = self._passing[(parent, index)] = PassOn(self.p.store, self.p.buffers, self.key, index)
 
         def started() -> None:
             nonlocal first
             first = loop.time()
+            po.know(self.machine.book.chunks_of(index))
             self._event(self.machine.on_started(parent, index, first))
 
         error: FetchError | None = None
@@ -352,7 +366,11 @@ class DownloadDriver:
                 info.piece_length(index),
                 pool=self.p.buffers,
                 on_start=started,
+                check=po.check,
             )
+        except asyncio.CancelledError:
+            self._let_go((parent, index), None)
+            raise
         except PeerRequestError as exc:
             error = _FETCH_ERROR.get(exc.code, FetchError.UNREACHABLE)
             log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc.message)
@@ -363,12 +381,11 @@ class DownloadDriver:
             if self._fetches.get((parent, index)) is asyncio.current_task():
                 del self._fetches[(parent, index)]
         if error is not None:
+            self._let_go((parent, index), None)
             self._event(self.machine.on_fetch_failed(parent, index, error, loop.time()))
             return
-        log.debug(
-            "piece %d of %s from %s: waited %.3f s, took %.3f s",
-            index, self.key[7:19], parent, first - asked, loop.time() - first,
-        )  # fmt: skip
+        log.debug("piece %d of %s from %s: waited %.3f s, took %.3f s", index, self.key[7:19],
+                  parent, first - asked, loop.time() - first)  # fmt: skip
         self._received[(parent, index)] = data
         self._asked[(parent, index)] = asked
         self._event(self.machine.on_received(parent, index, loop.time()))
@@ -378,13 +395,9 @@ class DownloadDriver:
         asked = self._asked.pop((a.parent, a.index), None)
         if data is None:
             return  # cancelled meanwhile
-        # the store takes the buffer: it serves readers from it while it is hot and gives
-        # it back to the pool itself, whatever happens (a failure, a cancellation)
-        release = self._releaser(data)
+        po = self._passing.pop((a.parent, a.index), None)
         try:
-            await self.p.store.write_piece(
-                self.key, a.index, data, expect=a.sha256, release=release
-            )
+            await store_piece(self.p.store, self.key, a.index, data, a.sha256, po, self._releaser)
             ok = True
         except PieceCorruptError:
             log.warning("parent %s sent a bad piece %d of %s: banned", a.parent, a.index, self.key)
@@ -406,6 +419,16 @@ class DownloadDriver:
         if not alive:
             log.warning("parent %s of %s does not answer a ping: dropped", parent, self.key)
         self._event(self.machine.on_probe_peer(parent, alive, self._now()))
+
+    def _let_go(self, key: tuple[str, int], data: memoryview | None) -> None:
+        """A fetch's buffer is not to be stored: back to the pool once nobody sends from
+        it (a staged one leaves the store first)."""
+        po = self._passing.pop(key, None)
+        if po is not None:
+            po.unstage()
+            po.let_go()
+        elif data is not None:
+            self._give(data)
 
     def _give(self, data: memoryview) -> None:
         if isinstance(data.obj, bytearray):

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from shoal.cache.chunks import ChunkCheck
 from shoal.observability import Metrics
 from shoal.peer.buffers import BufferPool
 from shoal.peer.client import Address, PeerClient
@@ -164,13 +165,22 @@ class PacedPeerClient(PeerClient):
         pool: BufferPool | None = None,
         sha256: bytes | None = None,
         on_start: Callable[[], None] | None = None,
+        check: ChunkCheck | None = None,
     ) -> memoryview:
         gate = self.gate
         paced = gate is not None and gate.paced(digest)
         if gate is not None and paced:
             await gate.admit(digest, length)
         data = await super().read(
-            peer, digest, offset, length, into=into, pool=pool, sha256=sha256, on_start=on_start
+            peer,
+            digest,
+            offset,
+            length,
+            into=into,
+            pool=pool,
+            sha256=sha256,
+            on_start=on_start,
+            check=check,
         )
         if gate is not None and paced:
             gate.fetched(length)

@@ -74,25 +74,42 @@ class Following:
         release: Callable[[], None],
         *,
         filled: int = 0,
+        verified: bool = False,
     ) -> None:
-        """Bytes of piece ``index`` the runtime's stream may send before they are stored,
+        """Bytes of piece ``index`` readers may send before they are stored,
         ``data[:filled]`` in so far (``grow_piece`` as more arrive).
 
-        Only an origin fetch stages: its bytes are vouched for by the whole digest, not
-        by a piece hash, and the stream holds the blob's tail back until that digest is
-        checked (``wait_complete``), so staging changes nothing a client can take for
-        whole; it lets the stream send as a relay would, while the piece is still
-        arriving. Peers never see staged bytes: ``wait_piece`` and ``file_range`` still
-        want the piece present. The store calls ``release()`` once it no longer serves
-        them; the caller keeps its own hold while it fills and writes the buffer (then
-        ``write_piece`` without ``release``).
+        An origin fetch stages for the runtime's stream only: its bytes are vouched for
+        by the whole digest, not by a piece hash, and the stream holds the blob's tail
+        back until that digest is checked (``wait_complete``), so staging changes
+        nothing a client can take for whole; it lets the stream send as a relay would,
+        while the piece is still arriving. Peers never see those: ``wait_piece`` and
+        ``file_range`` want the piece present.
+
+        A peer fetch stages ``verified``: every byte of ``data[:filled]`` matched the
+        root's chunk hashes (``cache/chunks.py``), so the peer server may stream them to
+        children waiting for the piece (``wait_streamable``) while the rest arrives.
+
+        The store calls ``release()`` once it no longer serves them; the caller keeps
+        its own hold while it fills and writes the buffer (then ``write_piece`` without
+        ``release``), and ``unstage_piece``s it if the fetch ends without the piece.
         """
         blob = self._get(digest)
         if len(data) != blob.piece_length(index):
             raise PieceCorruptError(f"{digest} piece {index}: {len(data)} bytes staged")
-        self.hot.keep((digest, index), data, release, filled=filled, staged=True)
+        self.hot.keep((digest, index), data, release, filled=filled, staged=True, verified=verified)
         if filled:
             blob.wake_readers(index)
+
+    def unstage_piece(self, digest: str, index: int, data: memoryview) -> None:
+        """The fetch that staged ``data`` ends without storing it (failed, cancelled, a
+        chunk did not match): readers following it go on from whatever comes next."""
+        entry = self.hot.peek((digest, index))
+        if entry is not None and entry.staged and entry.view is data:
+            self.hot.discard((digest, index), data)
+            blob = self._blobs.get(digest)
+            if blob is not None:
+                blob.wake_readers(index)
 
     def grow_piece(self, digest: str, index: int, filled: int) -> None:
         """More bytes of a staged piece are in."""
@@ -108,6 +125,16 @@ class Following:
         while not blob.present[index]:
             staged = self.hot.peek((digest, index))
             if staged is not None and staged.filled:
+                return
+            await blob.reader(index)
+
+    async def wait_streamable(self, digest: str, index: int, after: int = 0) -> None:
+        """Return once piece ``index`` is present, or staged ``verified`` with more than
+        ``after`` bytes in (what a peer may be sent); raises as ``wait_piece`` does."""
+        blob = self._get(digest)
+        while not blob.present[index]:
+            staged = self.hot.peek((digest, index))
+            if staged is not None and staged.verified and staged.filled > after:
                 return
             await blob.reader(index)
 

@@ -39,6 +39,9 @@ class HotPiece:
     filled: int
     #: staged by a fetch that still owns (and fills) it; not counted against the limit
     staged: bool
+    #: staged by a peer fetch that checks it chunk by chunk: ``view[:filled]`` is
+    #: verified, peers may be sent it (an origin fetch's staged bytes are not)
+    verified: bool = False
     readers: int = 0
     gone: bool = False  # out of the set; released when the last reader is done
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -78,11 +81,12 @@ class HotPieces:
         *,
         filled: int | None = None,
         staged: bool = False,
+        verified: bool = False,
     ) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
             self._retire(old)
-        entry = HotPiece(view, release, len(view) if filled is None else filled, staged)
+        entry = HotPiece(view, release, len(view) if filled is None else filled, staged, verified)
         self._entries[key] = entry
         if not staged:
             self._count(entry)
@@ -128,9 +132,12 @@ class HotPieces:
     def peek(self, key: Key) -> HotPiece | None:
         return self._entries.get(key)
 
-    def discard(self, key: Key) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
+    def discard(self, key: Key, view: memoryview | None = None) -> None:
+        """The piece leaves memory; with ``view``, only if it is that buffer's entry (a
+        second fetch of the same piece may have staged its own since)."""
+        entry = self._entries.get(key)
+        if entry is not None and (view is None or entry.view is view):
+            del self._entries[key]
             self._retire(entry)
 
     def __contains__(self, key: Key) -> bool:

@@ -346,7 +346,8 @@ class PieceStore(Following, Integrity, Room):
         ``expect`` is the hash the piece must have (a downloader's hash from the root):
         the bytes are hashed and checked on the disk thread that writes them.
 
-        ``sha256`` is the hash of ``data`` if the caller already computed it; otherwise
+        ``sha256`` is the hash of ``data`` if the caller already computed it (or checked
+        every chunk of it against the root's chunk hashes, ``cache/chunks.py``); otherwise
         the store computes it, on the same disk thread that then writes the piece (one
         thread hop per piece: the cheapest verified path for a downloader that got the
         piece hashes from the root at ``create``). Either way it must match the piece's

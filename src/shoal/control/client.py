@@ -113,9 +113,10 @@ class ControlClient:
         return await self._call(root, "GET", "/healthz", b"", Health)
 
     async def blob(self, root: str, digest: str, known: int, *, wait: float = 0.0) -> BlobState:
-        """The blob's state with hashes from piece ``known`` on; with ``wait``, the root
-        holds the answer up to that many seconds until it has a hash beyond ``known``."""
-        query = f"known={known}" + (f"&wait={wait:g}" if wait > 0 else "")
+        """The blob's state with hashes (and chunk hashes) from piece ``known`` on; with
+        ``wait``, the root holds the answer up to that many seconds until it has a hash
+        beyond ``known``."""
+        query = f"known={known}&chunks=1" + (f"&wait={wait:g}" if wait > 0 else "")
         return await self._call(root, "GET", f"/swarm/v1/blobs/{digest}?{query}", b"", BlobState)
 
 

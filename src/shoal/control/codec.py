@@ -156,6 +156,7 @@ def view_wire(view: BlobView) -> BlobState:
         piece_size=view.piece_size,
         hashes_from=view.hashes_from,
         hashes=[h.hex() for h in view.hashes],
+        chunks=[c.hex() for c in view.chunks],
         complete=view.complete,
         failure="" if view.failure is None else view.failure.value,
         reason=view.reason,
@@ -168,6 +169,7 @@ def view(wire: BlobState) -> BlobView:
     try:
         failure = BlobFailure(wire.failure) if wire.failure else None
         hashes = tuple(bytes.fromhex(h) for h in wire.hashes)
+        chunks = tuple(bytes.fromhex(c) for c in wire.chunks)
     except ValueError as exc:
         raise CodecError(f"blob state of {wire.blob}: {exc}") from exc
     return BlobView(
@@ -176,6 +178,7 @@ def view(wire: BlobState) -> BlobView:
         piece_size=wire.piece_size,
         hashes_from=wire.hashes_from,
         hashes=hashes,
+        chunks=chunks,
         complete=wire.complete,
         failure=failure,
         reason=wire.reason,

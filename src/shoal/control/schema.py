@@ -41,14 +41,19 @@ class JoinRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     known: int = 0
 
 
-class BlobState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What the root knows of a blob; ``hashes`` start at the asker's ``known``."""
+class BlobState(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What the root knows of a blob; ``hashes`` start at the asker's ``known``.
+
+    Fields at their defaults are left out, so an agent that predates a field never sees
+    it: ``chunks`` is sent only to an asker that says ``chunks=1``."""
 
     blob: str
     size: int
     piece_size: int
     hashes_from: int
     hashes: list[str]
+    #: beside each hash, the piece's chunk hashes concatenated, hex ("" = none)
+    chunks: list[str] = msgspec.field(default_factory=list)
     #: the root holds every piece and the whole digest checked out
     complete: bool = False
     #: why the blob cannot be had: a ``swarm.BlobFailure`` value ("" = it can)

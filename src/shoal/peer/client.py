@@ -21,6 +21,9 @@ Design decisions:
 - **Verified before handed on**: with ``sha256=`` the piece is hashed in a worker thread
   (hashlib releases the GIL, so hashing one piece overlaps receiving the next on the
   other core) and a mismatch raises ``PieceCorruptError`` — the caller bans the peer.
+  With ``check=`` (a ``ChunkCheck``) each 64 KiB chunk is checked in line the moment it
+  is in, against the root's chunk hashes, so the caller may pass on what matched while
+  the rest arrives (``agent/passon.py``).
 - **A read given up before its answer started is cancelled on the wire** (``CancelRead``),
   so the parent does not spend its uplink on it; one whose body is arriving is received
   to the end into a scratch buffer (the stream cannot skip it).
@@ -42,6 +45,7 @@ from collections.abc import Callable
 from ssl import SSLContext
 
 from shoal.cache import PieceCorruptError
+from shoal.cache.chunks import ChunkCheck
 from shoal.observability import Metrics, MetricType
 from shoal.peer.buffers import BufferPool
 from shoal.peer.errors import PeerRequestError, PeerUnavailableError
@@ -84,7 +88,7 @@ def parse_address(peer: str | Address) -> Address:
 
 
 class _Pending:
-    __slots__ = ("buffer", "filled", "future", "length", "on_start", "pool")
+    __slots__ = ("buffer", "check", "filled", "future", "length", "on_start", "pool")
 
     def __init__(
         self,
@@ -93,6 +97,7 @@ class _Pending:
         length: int,
         on_start: Callable[[], None] | None = None,
         pool: BufferPool | None = None,
+        check: ChunkCheck | None = None,
     ) -> None:
         self.future = future
         self.buffer = buffer
@@ -101,6 +106,8 @@ class _Pending:
         #: a read without a buffer yet takes one from here when its answer starts
         self.pool = pool
         self.filled = 0
+        #: checks the body chunk by chunk as it lands (``cache/chunks.py``)
+        self.check = check
 
 
 MessageCallback = Callable[[Address, WireEvent], None]
@@ -166,8 +173,11 @@ class PeerConnection(asyncio.BufferedProtocol):
                     waiter.set_result(None)
         if self.conn.body_remaining:
             self.conn.body_received(nbytes)
-            if self._body is not None:
-                self._body.filled += nbytes
+            body = self._body
+            if body is not None:
+                body.filled += nbytes
+                if body.check is not None:
+                    body.check.arrived(body.filled)
             if self.conn.body_remaining < self._lowat:
                 self._set_lowat(self.conn.body_remaining)
             elif self._lowat == 1 and not self._pings:  # a ping ended while bytes came
@@ -234,10 +244,14 @@ class PeerConnection(asyncio.BufferedProtocol):
             if pending is not None and pending.buffer is None and pending.pool is not None:
                 # page-aligned: the store writes it with O_DIRECT as it is, no copy
                 pending.buffer = pending.pool.view(event.length)
+            if pending is not None and pending.check is not None and pending.buffer is not None:
+                pending.check.attach(pending.buffer)
             if pending is not None and pending.on_start is not None:
                 pending.on_start()
             if pending is not None and pending.buffer is not None:
                 pending.filled = self.conn.read_body_into(pending.buffer)
+                if pending.check is not None:
+                    pending.check.arrived(pending.filled)
             else:
                 while self.conn.body_remaining and self.conn.read_body_into(self._rbuf):
                     pass
@@ -487,6 +501,7 @@ class PeerClient:
         pool: BufferPool | None = None,
         sha256: bytes | None = None,
         on_start: Callable[[], None] | None = None,
+        check: ChunkCheck | None = None,
     ) -> memoryview:
         """Bytes ``offset .. offset+length-1`` of ``digest`` from ``peer``.
 
@@ -496,6 +511,8 @@ class PeerClient:
         With ``sha256`` they are verified before this returns (``PieceCorruptError``).
         ``on_start()`` is called when the answer's first bytes arrive (the swarm's
         ``on_started``: a cut-through parent may hold the request until the piece lands).
+        ``check`` is told of the bytes as they land (it checks them chunk by chunk, the
+        caller passes on what it verified; ``cache/chunks.py``).
         """
         buffer: memoryview | None = None
         if into is not None or pool is None:
@@ -508,7 +525,7 @@ class PeerClient:
         async with conn.slots:
             fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
             req = ReadRequest(conn.next_id(), digest, offset, length)
-            pending = _Pending(fut, buffer, length, on_start, pool)
+            pending = _Pending(fut, buffer, length, on_start, pool, check)
             result = await conn.request(req, pending, self.request_timeout)
         assert isinstance(result, memoryview)
         buffer = result

@@ -17,6 +17,13 @@ Design decisions:
   parents that are still receiving a piece). The downloader calls
   ``PieceStore.abandon_piece`` when it gives a piece up; waiting readers are then
   answered ``PIECE_MISSING`` at once.
+- **Passed on while it arrives:** a read of one whole piece that this peer is fetching
+  and checking chunk by chunk (``PieceStore.stage_piece(verified=True)``) starts as soon
+  as the first chunk matched the root's chunk hash, and goes on as more match: a hop
+  then holds a piece for a chunk's time, not the piece's (``cache/chunks.py``). Only
+  verified bytes go out; a piece that stops arriving after its ``Data`` header went out
+  (``piece_wait`` s without a byte, or abandoned with no other fetch of it) can only
+  close the connection, since a body cannot be cut short.
 - **A read the asker cancels (``CancelRead``) is dropped** if its answer has not
   started; one whose ``Data`` header is out is finished (a body cannot be cut short).
   A queued cut-through read would otherwise be served whenever its piece lands, to a
@@ -69,6 +76,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[WireEvent, str], Awaitable[WireEvent | None]]
 
+PASSED_ON = "shoal_peer_pieces_passed_on_total"
+PASSED_ON_HELP = "Pieces sent to a peer while they were still arriving here (chunk by chunk)"
+
 #: bytes per write of a piece from memory or through TLS (``_send_view``, ``_send_body``)
 TLS_STEP = 256 << 10
 #: bytes asked for each connection's socket send buffer (the kernel caps it at
@@ -119,6 +129,7 @@ class PeerServer:
         self._connections: set[_ServerConnection] = set()
         self.reads = 0
         self.reads_cancelled = 0
+        self.passed_on = 0  # reads answered while their piece was still arriving here
         self.bytes_sent = 0
         self.sending = 0  # answers whose body is being sent now
         self.sendfile_native = True
@@ -161,6 +172,11 @@ class PeerServer:
         return bool(conns)
 
     async def close(self) -> None:
+        if self.reads:
+            log.info(
+                "peer server served %d reads (%d passed on while arriving), %d bytes",
+                self.reads, self.passed_on, self.bytes_sent,
+            )  # fmt: skip
         if self._server is not None:
             self._server.close()
         conns = list(self._connections)
@@ -179,7 +195,7 @@ class PeerServer:
         where = ",".join(f"{h}:{p}" for h, p in self.addresses) or "closed"
         return (
             f"<PeerServer {where} [connections: {len(self._connections)} | "
-            f"served {self.reads} reads, {self.bytes_sent} bytes, "
+            f"served {self.reads} reads ({self.passed_on} passed on), {self.bytes_sent} bytes, "
             f"{self.reads_cancelled} cancelled | {self.throttle!r}]>"
         )
 
@@ -348,42 +364,63 @@ class _ServerConnection(asyncio.Protocol):
             try:
                 await self._wait_for_blob(req.digest)
                 with store.lease(req.digest) as info:
-                    await self._wait_for_range(info, req)
-                    src = await store.file_range(req.digest, req.offset, req.length)
-                    copy = None
-                    if not server.sendfile_native and not self.tls:
-                        copy = await store.read_range(req.digest, req.offset, req.length)
-                    await server.throttle.consume(req.length)
-                    async with self._write_lock:
-                        if self._unanswered.pop(req.request_id, None) is None:
-                            return  # cancelled while waiting for the lock
-                        index = req.offset // info.piece_size
-                        with store.piece_buffer(req.digest, index) as hot:
-                            whole = hot is not None and _whole_piece(hot, info, index, req)
-                            if self.tls and not whole:
-                                # encrypted in user space: read it here, one piece per
-                                # connection in memory at a time, not one per queued read
-                                copy = await store.read_range(req.digest, req.offset, req.length)
-                            assert self.transport is not None
-                            data = Data(req.request_id, req.length)
-                            self.transport.write(self.conn.send(data))
-                            # from here on a failure can only close the connection
-                            server.sending += 1
-                            try:
-                                if whole:
-                                    assert hot is not None
-                                    await self._send_view(hot.view)
-                                else:
-                                    await self._send_body(src.file, src.offset, src.length, copy)
-                                await self._writable.wait()
-                            finally:
-                                server.sending -= 1
+                    index = req.offset // info.piece_size
+                    if await self._wait_for_range(info, req):
+                        await server.throttle.consume(req.length)
+                        async with self._write_lock:
+                            if self._unanswered.pop(req.request_id, None) is None:
+                                return  # cancelled while waiting for the lock
+                            await self._stream_piece(info, req, index)
+                        self.server.passed_on += 1
+                        if self.server.metrics is not None:
+                            self.server.metrics.inc(PASSED_ON, PASSED_ON_HELP)
+                    elif not await self._send_present(info, req, index):
+                        return  # cancelled while waiting for the lock
             except ShoalError as exc:
                 rec.size = -1
                 if self._unanswered.pop(req.request_id, None) is not None:
                     await self._send(_error_for(req.request_id, exc))
                 return
             rec.size = req.length
+        self._served(req, start)
+
+    async def _send_present(self, info: BlobInfo, req: ReadRequest, index: int) -> bool:
+        """A range whose every piece is here: from memory if the store holds the piece
+        there, else by ``sendfile`` from the page cache. False if cancelled before the
+        answer started."""
+        server, store = self.server, self.server.store
+        src = await store.file_range(req.digest, req.offset, req.length)
+        copy = None
+        if not server.sendfile_native and not self.tls:
+            copy = await store.read_range(req.digest, req.offset, req.length)
+        await server.throttle.consume(req.length)
+        async with self._write_lock:
+            if self._unanswered.pop(req.request_id, None) is None:
+                return False
+            with store.piece_buffer(req.digest, index) as hot:
+                whole = hot is not None and _whole_piece(hot, info, index, req)
+                if self.tls and not whole:
+                    # encrypted in user space: read it here, one piece per
+                    # connection in memory at a time, not one per queued read
+                    copy = await store.read_range(req.digest, req.offset, req.length)
+                assert self.transport is not None
+                data = Data(req.request_id, req.length)
+                self.transport.write(self.conn.send(data))
+                # from here on a failure can only close the connection
+                server.sending += 1
+                try:
+                    if whole:
+                        assert hot is not None
+                        await self._send_view(hot.view)
+                    else:
+                        await self._send_body(src.file, src.offset, src.length, copy)
+                    await self._writable.wait()
+                finally:
+                    server.sending -= 1
+        return True
+
+    def _served(self, req: ReadRequest, start: float) -> None:
+        server = self.server
         log.debug("%s got %s @%d+%d", self.peer, req.digest[:19], req.offset, req.length)
         server.reads += 1
         server.bytes_sent += req.length
@@ -398,23 +435,77 @@ class _ServerConnection(asyncio.Protocol):
             async with asyncio.timeout(self.server.blob_wait):
                 await self.server.store.wait_blob(digest)
 
-    async def _wait_for_range(self, info: BlobInfo, req: ReadRequest) -> None:
+    async def _wait_for_range(self, info: BlobInfo, req: ReadRequest) -> bool:
+        """Until the range can be sent; True if it is one piece still arriving whose
+        verified head is here (``_stream_piece``), False if every piece is present."""
         if req.offset < 0 or req.length <= 0 or req.offset + req.length > info.size:
             raise PieceMissingError(f"{req.digest}: range {req.offset}+{req.length} outside blob")
         first = req.offset // info.piece_size
         last = (req.offset + req.length - 1) // info.piece_size
         missing = [i for i in range(first, last + 1) if not info.has(i)]
         if not missing:
-            return
+            return False
         log.debug("%s asks %s pieces %s not here yet: waiting", self.peer, req.digest[:19], missing)
+        whole = req.offset == first * info.piece_size and req.length == info.piece_length(first)
         try:
             async with asyncio.timeout(self.server.piece_wait):
+                if whole:
+                    await self.server.store.wait_streamable(req.digest, first)
+                    return not self.server.store.has_piece(req.digest, first)
                 for index in missing:
                     await self.server.store.wait_piece(req.digest, index)
         except TimeoutError as exc:
             raise PieceMissingError(
                 f"{req.digest}: pieces {missing} did not arrive in {self.server.piece_wait}s"
             ) from exc
+        return False
+
+    async def _stream_piece(self, info: BlobInfo, req: ReadRequest, index: int) -> None:
+        """Send a piece while it arrives: its verified bytes as they grow (a fetch here
+        checks it chunk by chunk, ``PieceStore.stage_piece(verified=True)``), the rest
+        from the store once it lands. If another fetch of it takes over, from that one's
+        bytes (the same bytes: the piece is content-addressed). The ``Data`` header is
+        out before the body is: a piece that stops arriving (``piece_wait`` s without a
+        byte, or abandoned) can only close the connection."""
+        store, transport = self.server.store, self.transport
+        assert transport is not None
+        transport.write(self.conn.send(Data(req.request_id, req.length)))
+        self.server.sending += 1
+        sent = 0
+        try:
+            while sent < req.length:
+                with store.piece_buffer(req.digest, index) as hot:
+                    while hot is not None and (hot.verified or not hot.staged):
+                        if hot.filled <= sent and not await hot.more(sent):
+                            break  # it left memory: stored, or another fetch goes on
+                        upto = min(hot.filled, sent + TLS_STEP)
+                        transport.write(hot.view[sent:upto])
+                        await self._writable.wait()
+                        if (sent := upto) == req.length:
+                            return
+                if store.has_piece(req.digest, index):  # ``info`` is a snapshot
+                    await self._send_stored(req, sent)
+                    return
+                try:
+                    async with asyncio.timeout(self.server.piece_wait):
+                        await store.wait_streamable(req.digest, index, after=sent)
+                except (TimeoutError, ShoalError) as exc:
+                    raise _StreamBroken(f"piece {index} of {req.digest} stopped coming") from exc
+        finally:
+            self.server.sending -= 1
+
+    async def _send_stored(self, req: ReadRequest, sent: int) -> None:
+        """The rest of a streamed piece, from the store it landed in."""
+        store = self.server.store
+        try:
+            src = await store.file_range(req.digest, req.offset + sent, req.length - sent)
+            copy = None
+            if not self.server.sendfile_native or self.tls:
+                copy = await store.read_range(req.digest, req.offset + sent, req.length - sent)
+            await self._send_body(src.file, src.offset, src.length, copy)
+            await self._writable.wait()
+        except ShoalError as exc:
+            raise _StreamBroken(f"the rest of {req.digest} @{req.offset}: {exc}") from exc
 
     async def _send_view(self, view: memoryview) -> None:
         """A piece the store still holds in memory (it was written with ``O_DIRECT``,
@@ -478,6 +569,10 @@ class _ServerConnection(asyncio.Protocol):
         for at in range(0, len(view), TLS_STEP):
             self.transport.write(view[at : at + TLS_STEP])
             await self._writable.wait()
+
+
+class _StreamBroken(Exception):
+    """A body under way cannot be finished: the connection closes (``_task_done``)."""
 
 
 def _whole_piece(hot: HotPiece, info: BlobInfo, index: int, req: ReadRequest) -> bool:

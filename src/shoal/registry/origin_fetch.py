@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from shoal.cache.blob import BlobInfo
 from shoal.cache.buffers import BufferPool
+from shoal.cache.chunks import chunk_digests
 from shoal.cache.store import PieceStore
 from shoal.errors import DigestMismatchError, ShoalError, UpstreamUnavailableError
 from shoal.observability import AuditLog, AuditRecord, Metrics, MetricType
@@ -52,8 +53,8 @@ STAGE_SMALL = 16 << 20
 #: bytes per step of a small blob
 SMALL_CHUNK = 256 << 10
 
-#: ``on_piece(digest, index, sha256)`` once a piece is stored
-PieceCallback = Callable[[str, int, bytes], None]
+#: ``on_piece(digest, index, sha256, chunk_hashes)`` once a piece is stored
+PieceCallback = Callable[[str, int, bytes, bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,14 +328,23 @@ class OriginFetcher:
         rec: AuditRecord,
         publish: _InOrder,
     ) -> None:
+        chunks = b""
         try:
             # piece hashes only where someone publishes them (the root, for the swarm);
             # an agent's own fetch is vouched for by the whole digest alone
-            sha = await self.store.write_piece(key, index, view, hashed=self.on_piece is not None)
+            if self.on_piece is None:
+                sha = await self.store.write_piece(key, index, view, hashed=False)
+            else:
+                # and beside each piece hash its chunk hashes (``cache/chunks.py``), on a
+                # second thread while the disk thread hashes and writes the piece
+                sha, chunks = await asyncio.gather(
+                    self.store.write_piece(key, index, view),
+                    asyncio.to_thread(chunk_digests, view),
+                )
         finally:
             lease.drop_mine()
         rec.size += len(view)
-        publish.done(index, sha)
+        publish.done(index, sha, chunks)
 
 
 class _InOrder:
@@ -347,14 +357,14 @@ class _InOrder:
         self.key = key
         self.on_piece = on_piece
         self.next = 0
-        self.done_: dict[int, bytes | None] = {}
+        self.done_: dict[int, tuple[bytes, bytes] | None] = {}
 
-    def done(self, index: int, sha: bytes | None) -> None:
-        self.done_[index] = sha
+    def done(self, index: int, sha: bytes | None, chunks: bytes = b"") -> None:
+        self.done_[index] = None if sha is None else (sha, chunks)
         while self.next in self.done_:
             got = self.done_.pop(self.next)
             if got is not None and self.on_piece is not None:
-                self.on_piece(self.key, self.next, got)
+                self.on_piece(self.key, self.next, *got)
             self.next += 1
 
     def skip(self, index: int) -> None:

@@ -306,7 +306,7 @@ class ControlAPI:
                     async with asyncio.timeout(wait):
                         await self.root.wait_piece(digest, known)
                 failure = self.root.failure(digest)
-        return self._view(digest, known, None, failure)
+        return self._view(digest, known, None, failure, chunks=request.query.get("chunks") == "1")
 
     def _view(
         self,
@@ -314,8 +314,14 @@ class ControlAPI:
         known: int,
         assignment: Assignment | None,
         failure: tuple[BlobFailure, str] | None,
+        *,
+        chunks: bool = False,
     ) -> web.Response:
+        """``chunks``: with the pieces' chunk hashes (only an agent that asks for them
+        can read them; an older one refuses fields it does not know)."""
         view = self.root.view(blob, known, failure)
+        if not chunks and view.chunks:
+            view = dataclasses.replace(view, chunks=())
         if assignment is not None:
             view = dataclasses.replace(view, parents=assignment.parents)
         state = codec.view_wire(view)
@@ -348,7 +354,7 @@ class RootLike(Protocol):
         ...
 
     def view(self, blob: str, known: int, failure: tuple[BlobFailure, str] | None) -> BlobView:
-        """What the root knows of ``blob``, hashes from piece ``known`` on."""
+        """What the root knows of ``blob``, hashes (and chunk hashes) from piece ``known`` on."""
         ...
 
     async def wait_piece(self, blob: str, index: int) -> None:

@@ -34,6 +34,7 @@ from shoal.peer.tls import peer_tls
 from shoal.registry.egress import EgressRefusedError
 from shoal.registry.origin_fetch import Flight, OriginFetcher, Source
 from shoal.registry.upstream import UpstreamClient
+from shoal.root.chunkbook import ChunkBook
 from shoal.root.control_api import ControlAPI
 from shoal.root.preheat_api import PreheatAPI
 from shoal.swarm import (
@@ -69,6 +70,7 @@ class Root:
         )
         self.metrics.set_cache_source(self.store.usage)
         self.scheduler = Scheduler(config.swarm.scheduler)
+        self.chunks = ChunkBook()
         self.fetcher = OriginFetcher(
             self.store,
             self.upstream,
@@ -257,13 +259,16 @@ class Root:
             until = time.monotonic() + FAILURE_MEMORY
             self._failed[key] = (until, BlobFailure.DIGEST_MISMATCH, exc.message)
             self.scheduler.drop_blob(key)
+            self.chunks.drop(key)
         except ShoalError as exc:
             log.error("origin fetch of %s failed: %s", key, exc.message)
             until = time.monotonic() + 5.0
             self._failed[key] = (until, BlobFailure.ORIGIN_UNAVAILABLE, exc.message)
             self.scheduler.drop_blob(key)
+            self.chunks.drop(key)
 
-    def _on_piece(self, digest: str, index: int, _sha: bytes) -> None:
+    def _on_piece(self, digest: str, index: int, _sha: bytes, chunks: bytes) -> None:
+        self.chunks.add(digest, index, chunks)
         try:
             self.schedule(Have(self.peer_id, digest, (index,)))
         except ShoalError:
@@ -289,6 +294,7 @@ class Root:
             info.piece_size,
             known,
             tuple(hashes),
+            chunks=self.chunks.get(blob, max(known, 0), len(hashes)),
             complete=info.complete,
             failure=None if failure is None else failure[0],
             reason="" if failure is None else failure[1],

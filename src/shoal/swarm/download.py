@@ -155,7 +155,7 @@ class BlobDownload:
                 times.append(t)
             if pk.idle:
                 times.append(self._last + IDLE_CHECK)
-        if self.book.held and not self.book.asking:
+        if self.book.waiting and not self.book.asking:
             times.append(self.book.after)
         if self.phase is Phase.FINISHING and not self.book.verdict_out:
             times.append(self.book.verdict_after)
@@ -301,7 +301,7 @@ class BlobDownload:
             return []
         if self.link.answered(alive, refused, now):
             return self._root_lost(now)
-        return self._ask_hashes() if alive and self.book.held else []
+        return self._ask_hashes() if alive and self.book.waiting else []
 
     def on_forgotten(self, now: float) -> list[Action]:
         """The root does not know this agent in the blob's swarm any more (it dropped it
@@ -320,11 +320,14 @@ class BlobDownload:
         if self.picker is None:
             return []
         self.picker.on_started(parent, index, now)
-        return [Fetching(self.peer, self.blob, (index,))]
+        actions: list[Action] = [Fetching(self.peer, self.blob, (index,))]
+        self.book.want(index)  # its chunk hashes, to check and pass it on as it comes
+        return actions + self._ask_hashes() if self.book.may_ask(now) else actions
 
     def on_received(self, parent: PeerId, index: int, now: float) -> list[Action]:
         """All bytes of ``index`` from ``parent`` are here (not yet checked)."""
         self._last = now
+        self.book.wanted.discard(index)
         h = self.book.known(index)
         if h is not None:
             return [Store(parent, index, h)]
@@ -354,6 +357,7 @@ class BlobDownload:
         self, parent: PeerId, index: int, error: FetchError, now: float
     ) -> list[Action]:
         self._last = now
+        self.book.wanted.discard(index)
         if self.picker is None:
             return []
         actions = self._translate(self.picker.on_failed(parent, index, now, REASON[error]))
@@ -406,6 +410,7 @@ class BlobDownload:
         actions = self._join_next()
         if self.phase is Phase.ORIGIN and self.picker is not None:
             self.book.held.clear()
+            self.book.wanted.clear()
             actions = self._translate(self.picker.abandon(), report=False) + actions
         return actions
 
@@ -438,7 +443,7 @@ class BlobDownload:
             return []
         if view.failure is BlobFailure.DIGEST_MISMATCH:
             return self._fail(view.failure, view.reason)
-        if not self.book.held:
+        if not self.book.waiting:
             self.book.take(view, now)
             return []
         ready, again = self.book.take(view, now)

@@ -221,8 +221,9 @@ class BlobView:
     """What a root says of a blob in answer to a join, an ask for parents or hashes.
 
     ``hashes`` are the root's piece hashes from piece ``hashes_from`` on (the root hashes
-    pieces in order as the origin sends them, so they are a prefix); ``complete``: the
-    root holds every piece and the whole digest checked out.
+    pieces in order as the origin sends them, so they are a prefix); ``chunks``, in an
+    answer to a hash ask, each of those pieces' chunk hashes (``b""``: none); ``complete``:
+    the root holds every piece and the whole digest checked out.
     """
 
     blob: str
@@ -230,6 +231,7 @@ class BlobView:
     piece_size: int = 0
     hashes_from: int = 0
     hashes: tuple[bytes, ...] = ()
+    chunks: tuple[bytes, ...] = ()
     complete: bool = False
     failure: BlobFailure | None = None
     reason: str = ""  #: the failure in words, for logs
