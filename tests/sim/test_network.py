@@ -158,3 +158,54 @@ def test_cpu_and_links_both_bind_a_chain() -> None:
     f1 = net.start(a, b, 1000.0, 0.0, (0, 0))
     f2 = net.start(b, c, 1000.0, 0.0, (0, 1))
     assert run(net, [f1, f2]) == {0: pytest.approx(20.0), 1: pytest.approx(20.0)}
+
+
+def test_a_flow_passing_another_on_never_outruns_it_and_leaves_the_rest() -> None:
+    # b passes on to c what a sends it (``up=``): 30 B/s while a's 300 B last, and b's
+    # other child takes the other 70; after 10 s they share b's uplink, then c has it all
+    def three() -> tuple[Network, list[Flow]]:
+        net = Network(depth=2)
+        a = net.add_node(30.0, 100.0)
+        b, c, d = (net.add_node(100.0, 100.0) for _ in range(3))
+        f1 = net.start(a, b, 300.0, 0.0, (0, 0))
+        return net, [
+            f1,
+            net.start(b, c, 1000.0, 0.0, (0, 0), up=f1),
+            net.start(b, d, 1000.0, 0.0, (0, 1)),
+        ]
+
+    net, flows = three()
+    net.settle(0.0, lambda f: None)
+    assert [f.rate for f in flows] == [30.0, 30.0, 70.0]
+    net, flows = three()
+    assert run(net, flows) == {
+        0: pytest.approx(10.0),
+        1: pytest.approx(20.0),
+        2: pytest.approx(16.0),
+    }
+    assert net.capped == 0 and flows[0].kids is None
+
+
+def test_caps_hold_down_a_chain_and_follow_the_head_when_it_slows() -> None:
+    # a -> b -> c -> d, each hop passing the one before on: all at a's 20 B/s until the
+    # head's 200 B are in (10 s), then the next hop is free (200 B left at 100 B/s)
+    net, flows = Network(depth=1), list[Flow]()
+    a = net.add_node(20.0, 100.0)
+    b, c, d = (net.add_node(100.0, 100.0) for _ in range(3))
+    for src, dst, size in ((a, b, 200.0), (b, c, 400.0), (c, d, 600.0)):
+        flows.append(net.start(src, dst, size, 0.0, (0, 0), up=flows[-1] if flows else None))
+    assert run(net, flows) == {
+        0: pytest.approx(10.0),
+        1: pytest.approx(12.0),
+        2: pytest.approx(14.0),
+    }
+    # a flow joining the head's uplink halves the head, and with it the flow it caps
+    net = Network(depth=1)
+    a, b, c, e = (net.add_node(100.0, 100.0) for _ in range(4))
+    f1 = net.start(a, b, 1000.0, 0.0, (0, 0))
+    f2 = net.start(b, c, 1000.0, 0.0, (0, 0), up=f1)
+    net.settle(0.0, lambda f: None)
+    assert f1.rate == f2.rate == 100.0
+    net.start(a, e, 250.0, 5.0, (0, 1))
+    net.settle(5.0, lambda f: None)
+    assert f1.rate == f2.rate == 50.0

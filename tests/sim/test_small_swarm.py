@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from shoal.sim.engine import Outcome, SwarmSim
+from shoal.sim.engine import SwarmSim
 from shoal.sim.params import GBIT, MIB, SimParams
+from shoal.sim.report import Outcome
 from shoal.swarm import BlobSwarm
 
 AGENTS = 12

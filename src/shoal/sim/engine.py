@@ -10,14 +10,15 @@ the drivers' part: it carries out the machines' actions on the network model
 
 * a ``Request`` is sent on the parent->child connection if the parent holds the piece
   (one writer per connection, as the real peer server: pieces on one connection go one
-  after another, connections share links max-min fairly), queues at the parent if the
-  parent is fetching that blob (cut-through: sent when the piece lands), else is
-  refused (``FetchError.NOT_FOUND``);
+  after another, connections share links max-min fairly), waits at the parent if the
+  parent is fetching that blob (``cutthrough.py``: sent when the piece lands, or from
+  an agent once its first chunk is in, passed on as it comes), else is refused
+  (``FetchError.NOT_FOUND``);
 * a flow's first byte is ``on_started``, its last ``on_received``; ``Store`` succeeds at
   once and the piece counts as held from then on (``on_stored``), unless the sender is
   one of the nodes that send bad bytes (``SimParams.bad``): then the hash fails;
 * ``Cancel`` stops the flow; children queued on a piece nobody here fetches any more are
-  refused;
+  refused, children it was passing the piece on to see their connection fail;
 * an agent hears of its parents only what a real agent hears: the offers in the root's
   answers and pushes (no per-piece news from parents);
 * ``ProbePeer`` is answered after a round trip when the parent lives, after the ping
@@ -37,10 +38,11 @@ import itertools
 import random
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from shoal.sim.cutthrough import CutThrough
 from shoal.sim.network import Flow, Network
 from shoal.sim.params import SimParams
+from shoal.sim.report import Outcome
 from shoal.sim.roots import RootTier
 from shoal.swarm import (
     Abandoned,
@@ -69,25 +71,8 @@ from shoal.swarm import (
     rank_roots,
 )
 
-_FLOW, _TICK, _DIE, _CALL = 0, 1, 2, 3
+_FLOW, _TICK, _DIE, _CALL, _CHUNK = 0, 1, 2, 3, 4
 UNREACHABLE, NOT_FOUND = FetchError.UNREACHABLE, FetchError.NOT_FOUND
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What a run measured."""
-
-    layer_done: list[list[float]]  #: per agent, per layer: download finished (s); inf if not
-    dead: list[bool]
-    origin_bytes: float
-    origin_peak_bps: float
-    root_upload_bytes: float
-    peer_bytes: float
-    sim_end: float
-    events: int
-    flows: int
-    pieces: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _parents(m: BlobDownload, *, offers: tuple[ParentOffer, ...], now: float) -> list[Action]:
@@ -148,18 +133,17 @@ class SwarmSim:
         self.owner = [self.root_names.index(r[0]) for r in self.ranked]  # index in roots
         self.root_node = [self.roots[o] for o in self.owner]  # per blob, its root's node
         self.tier = RootTier(self)
-        self.root_next = [0] * len(self.digests)  # the root's next origin piece
         # per agent
         self.dl: list[dict[int, BlobDownload]] = [{} for _ in self.name]
         self.next_layer = [0] * len(self.name)
         self.layer_done = [[float("inf")] * len(self.sizes) for _ in range(n)]
         self.active: dict[tuple[int, int], BlobDownload] = {}
         # transfers
-        self.waiting: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        self.cut = CutThrough(self, params.chunk_bytes)  # reads waiting at parents
         self.flows: dict[tuple[int, int, int, int], Flow] = {}
         self.current: dict[tuple[int, int], Flow] = {}  # per connection, the piece on the wire
         self.conn: dict[tuple[int, int], deque[tuple[int, int]]] = defaultdict(deque)
-        self.cut: set[tuple[int, int, int, int]] = set()  # cut-through sends (host CPU)
+        self._on_rate = self.cut.scheduled if params.chunk_bytes else self.schedule
         # measures
         self.origin_bytes = 0.0
         self.origin_peak = 0.0
@@ -184,8 +168,13 @@ class SwarmSim:
     def _push(self, t: float, kind: int, obj: object, version: int = 0) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), kind, obj, version))
 
-    def _schedule(self, f: Flow) -> None:
+    def schedule(self, f: Flow) -> None:
+        """``f``'s completion time changed: put it on the heap."""
         heapq.heappush(self._heap, (f.finish, next(self._seq), _FLOW, f, f.version))
+
+    def push_chunk(self, t: float, f: Flow) -> None:
+        """``f`` will have brought its first chunk at ``t`` (unless its rate changes)."""
+        heapq.heappush(self._heap, (t, next(self._seq), _CHUNK, f, f.version))
 
     def run(self) -> Outcome:
         # The run makes millions of long-lived objects (flows, heap entries, piece sets)
@@ -232,6 +221,10 @@ class SwarmSim:
                     obj()  # type: ignore[operator]
                 elif kind == _TICK:
                     self._tick()
+                elif kind == _CHUNK:
+                    assert isinstance(obj, Flow)
+                    if obj.version == version:
+                        self.cut.bytes_in(obj)
                 else:
                     assert isinstance(obj, int)
                     self._die(obj)
@@ -247,12 +240,13 @@ class SwarmSim:
             events=self.events,
             flows=self.total_flows,
             pieces=self.pieces_moved,
+            streamed=self.cut.streamed,
             notes=self.notes,
         )
 
     def _settle(self) -> None:
         origin_dirty = self.origin in self.net._dirty_up
-        self.net.settle(self.now, self._schedule)
+        self.net.settle(self.now, self._on_rate)
         if origin_dirty:
             self.origin_peak = max(self.origin_peak, self.net.rate_out(self.origin))
 
@@ -281,6 +275,8 @@ class SwarmSim:
         m = self.dl[a].get(b)
         if m is not None and not self.dead[a] and not m.ended:
             self._act(a, b, event(m))
+            if (a, b) in self.cut.unhashed:  # it may have brought hashes a read waits for
+                self.cut.hashes_in(a, b)
 
     def pushed(self, a: int, mail: dict[int, Assignment]) -> None:
         for b, ans in mail.items():
@@ -332,7 +328,7 @@ class SwarmSim:
             delay, lambda: self.answer(c, b, lambda m: m.on_probe_peer(parent, alive, self.now))
         )
 
-    def _holds(self, x: int, b: int, i: int) -> bool:
+    def holds(self, x: int, b: int, i: int) -> bool:
         if self.is_root[x]:
             return bool(self.tier.have[b] >> i & 1)
         m = self.dl[x].get(b)
@@ -340,17 +336,16 @@ class SwarmSim:
 
     def _request(self, c: int, b: int, parent: int, i: int) -> None:
         if self.dead[parent]:
-            self._failed_later(c, b, parent, i, UNREACHABLE)
-        elif self._holds(parent, b, i):
-            self._send(parent, c, b, i)
+            self.failed_later(c, b, parent, i, UNREACHABLE)
+        elif self.holds(parent, b, i):
+            self.send(parent, c, b, i)
         elif self.is_root[parent] or b in self.dl[parent]:
-            # the peer server holds a read of a piece of a blob it is fetching until the
-            # piece lands (``piece_wait``)
-            self.waiting[(parent, b, i)].append(c)
+            # the peer server holds the read (``piece_wait``): ``cutthrough.py``
+            self.cut.read(c, b, parent, i)
         else:
-            self._failed_later(c, b, parent, i, NOT_FOUND)
+            self.failed_later(c, b, parent, i, NOT_FOUND)
 
-    def _failed_later(self, c: int, b: int, parent: int, i: int, why: FetchError) -> None:
+    def failed_later(self, c: int, b: int, parent: int, i: int, why: FetchError) -> None:
         """A fetch fails: the answer (or the reset) reaches the child a moment later, as
         it does over a real connection; never inside the action that asked."""
         nm = self.name[parent]
@@ -358,7 +353,7 @@ class SwarmSim:
             self.now, lambda: self.answer(c, b, lambda m: m.on_fetch_failed(nm, i, why, self.now))
         )
 
-    def _send(self, src: int, dst: int, b: int, i: int) -> None:
+    def send(self, src: int, dst: int, b: int, i: int) -> None:
         """Queue piece ``i`` on the connection ``src -> dst``: one writer per connection
         (as the real peer server), so pieces on it go one after another."""
         if (src, dst) in self.current:
@@ -366,69 +361,71 @@ class SwarmSim:
         else:
             self._start_flow(src, dst, b, i)
 
-    def _send_waited(self, src: int, dst: int, b: int, i: int) -> None:
-        """Send a piece whose request waited for it at ``src`` (cut-through)."""
-        if self.p.host_cores:
-            self.cut.add((src, dst, b, i))  # its receiver pays ``cpu.recv_cut``
-        self._send(src, dst, b, i)
-
-    def _start_flow(self, src: int, dst: int, b: int, i: int) -> None:
+    def _start_flow(self, src: int, dst: int, b: int, i: int) -> bool:
+        """Start the piece on its connection; ``False``: a streamed one cannot yet."""
+        go, up = self.cut.upstream(src, dst, b, i)
+        if not go:
+            return False
         size = piece_length(self.sizes[b], self.p.piece_size, i)
         cost = None
         if self.p.host_cores:
-            cpu, key = self.p.cpu, (src, dst, b, i)
-            cost = cpu.send + (cpu.agent_in_cut if key in self.cut else cpu.agent_in)
-            self.cut.discard(key)
-        f = self.net.start(src, dst, size, self.now, (b, i), cost)
+            cpu = self.p.cpu
+            cut = self.cut.charged_cut((src, dst, b, i))
+            cost = cpu.send + (cpu.agent_in_cut if cut else cpu.agent_in)
+        f = self.net.start(src, dst, size, self.now, (b, i), cost, up)
         self.total_flows += 1
         self.flows[(src, dst, b, i)] = f
         self.current[(src, dst)] = f
+        self.cut.started(f)
         m = self.dl[dst].get(b)
         if m is not None:
             self._act(dst, b, m.on_started(self.name[src], i, self.now))
+        return True
 
-    def _end_flow(self, f: Flow) -> None:
+    def end_flow(self, f: Flow, done: bool = False) -> None:
+        """``f`` is over: ``done`` (all bytes in), or cut short."""
         b, i = f.payload
         src, dst = f.src, f.dst
         del self.flows[(src, dst, b, i)]
+        kids = None if done or not f.kids else list(f.kids)
         self.net.stop(f, self.now)
+        if src != self.origin:
+            self.cut.ended(f, kids)
         link = (src, dst)
         if self.current.get(link) is f:
             del self.current[link]
             q = self.conn.get(link)
-            if q:
+            while q:
                 nb, ni = q.popleft()
                 if not q:
                     del self.conn[link]
-                if not self.dead[src] and not self.dead[dst]:
-                    self._start_flow(src, dst, nb, ni)
+                if self.dead[src] or self.dead[dst] or self._start_flow(src, dst, nb, ni):
+                    break
 
     def _cancel(self, c: int, b: int, parent: int, i: int) -> None:
         f = self.flows.get((parent, c, b, i))
         q = self.conn.get((parent, c))
         if f is not None:
-            self._end_flow(f)
+            self.end_flow(f)
         elif q and (b, i) in q:
             q.remove((b, i))
-            self.cut.discard((parent, c, b, i))
+            self.cut.charged_cut((parent, c, b, i))
         else:
-            queue = self.waiting.get((parent, b, i))
-            if queue and c in queue:
-                queue.remove(c)
+            self.cut.withdraw(c, b, parent, i)
         m = self.dl[c][b]
         pk = m.picker
         if pk is not None and not (pk.requested >> i & 1) and not (pk.have >> i & 1):
             # nobody here fetches it now: children queued on it are refused
-            for w in self.waiting.pop((c, b, i), []):
-                self._failed_later(w, b, c, i, FetchError.PIECE_MISSING)
+            self.cut.refuse(c, b, i, FetchError.PIECE_MISSING)
 
     def _flow_done(self, f: Flow) -> None:
         b, i = f.payload
         src, dst = f.src, f.dst
-        self._end_flow(f)
+        self.end_flow(f, done=True)
         if src == self.origin:
             self.origin_bytes += f.size
-            self._root_landed(dst, b, i)
+            self.tier.landed(b, i)  # and fetches the next
+            self.cut.landed(dst, b, i)
             return
         self.pieces_moved += 1
         if self.is_root[src]:
@@ -454,11 +451,7 @@ class SwarmSim:
             and pk.have.bit_count() >= self.p.lookahead * self.counts[b]
         ):
             self._start_layer(a)
-        waiters = self.waiting.pop((a, b, i), None)
-        if waiters:
-            for w in waiters:
-                if not self.dead[w]:
-                    self._send_waited(a, w, b, i)
+        self.cut.landed(a, b, i)
         if pk.done:
             self.active.pop((a, b), None)
             self.layer_done[a - self.first_agent][b] = self.now
@@ -467,25 +460,7 @@ class SwarmSim:
             if self._finished(a):
                 self.remaining_agents -= 1
 
-    # ------------------------------------------------------------------ roots, faults
-
-    def origin_fetch(self, b: int) -> None:
-        """The root fetches piece after piece from the origin (one flow at a time)."""
-        i = self.root_next[b]
-        if i < self.counts[b]:
-            self.root_next[b] = i + 1
-            size = piece_length(self.sizes[b], self.p.piece_size, i)
-            root = self.root_node[b]
-            f = self.net.start(self.origin, root, size, self.now, (b, i))
-            self.total_flows += 1
-            self.flows[(self.origin, root, b, i)] = f
-
-    def _root_landed(self, r: int, b: int, i: int) -> None:
-        self.tier.landed(b, i)
-        self.origin_fetch(b)
-        for w in self.waiting.pop((r, b, i), []):
-            if not self.dead[w]:
-                self._send_waited(r, w, b, i)
+    # ------------------------------------------------------------------ timers, faults
 
     def _tick(self) -> None:
         now = self.now
@@ -510,16 +485,15 @@ class SwarmSim:
         for key in [k for k in self.conn if a in k]:
             for b, i in self.conn.pop(key):
                 if key[0] == a:
-                    self._failed_later(key[1], b, a, i, UNREACHABLE)
+                    self.failed_later(key[1], b, a, i, UNREACHABLE)
         for f in list(self.net.ups[a]):
             b, i = f.payload
-            self._end_flow(f)
-            self._failed_later(f.dst, b, a, i, UNREACHABLE)
+            self.end_flow(f)
+            self.failed_later(f.dst, b, a, i, UNREACHABLE)
         for f in list(self.net.downs[a]):
-            self._end_flow(f)
-        for wkey in [k for k in self.waiting if k[0] == a]:
-            for w in self.waiting.pop(wkey):
-                self._failed_later(w, wkey[1], a, wkey[2], UNREACHABLE)
+            self.end_flow(f)
+        for _, wb, wi in [k for k in self.cut.waiting if k[0] == a]:
+            self.cut.refuse(a, wb, wi, UNREACHABLE)
         for b in list(self.dl[a]):
             self.active.pop((a, b), None)
         self.tier.dead(a)

@@ -5,7 +5,8 @@ the unchanged ``shoal.swarm`` classes over ``network.Network``) and through the
 standard pull (``baseline.standard_pull``: every node from the origin), and prints
 p50/p95/max, the origin's bytes and peak egress, p95 over the physical bound, and the
 reduction. ``--scenario reference-table`` runs the matrix of the reference document;
-``--from-bench FILE`` replays a real ``shoal bench`` run's parameters and compares.
+``--from-bench FILE`` replays a real ``shoal bench`` run's parameters and compares
+(``replay.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -21,11 +21,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from shoal.cache import choose_piece_size
 from shoal.errors import ConfigInvalidError
 from shoal.sim.baseline import standard_pull
 from shoal.sim.engine import SwarmSim
-from shoal.sim.params import GBIT, GIB, MB, MEASURED, MIB, NS, CpuCosts, SimParams, measured_costs
+from shoal.sim.params import (
+    CHUNK,
+    GBIT,
+    GIB,
+    MB,
+    MEASURED,
+    MIB,
+    NS,
+    CpuCosts,
+    SimParams,
+    measured_costs,
+)
 from shoal.sim.report import PullStats, plot, stats
 from shoal.swarm import SchedulerPolicy
 
@@ -63,6 +73,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--origin-gbit", type=float, default=10.0, help="origin egress, Gbit/s")
     p.add_argument("--disk-mbs", type=float, default=0.0, help="disk write MB/s (0: no limit)")
     p.add_argument("--piece-mib", type=float, default=4.0, help="piece size, MiB")
+    p.add_argument(
+        "--chunk-kib",
+        type=float,
+        default=None,
+        metavar="KIB",
+        help=f"an agent passes a piece on {CHUNK >> 10} KiB at a time while it still "
+        "receives it (its chunk hashes); 0: only once the piece is whole "
+        f"(store-and-forward; default {CHUNK >> 10}, --from-bench: the bench's, 0 before "
+        "chunk hashes)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument(
         "--lookahead",
@@ -169,6 +189,17 @@ def scheduler_from(args: argparse.Namespace, bench_stripes: int = 0) -> Schedule
     return SchedulerPolicy(stripes=stripes) if stripes else SchedulerPolicy()
 
 
+def chunk_from(args: argparse.Namespace, bench: dict[str, Any] | None = None) -> int:
+    """``--chunk-kib`` in bytes; without it the agents' chunk, or for a bench replay the
+    bench's ``chunk_bytes`` (a bench written before chunk hashes has none: it passed
+    pieces on whole, and replays as it did then)."""
+    if args.chunk_kib is None:
+        return CHUNK if bench is None else int(bench.get("chunk_bytes") or 0)
+    if args.chunk_kib < 0:
+        raise ConfigInvalidError("--chunk-kib must not be negative")
+    return int(args.chunk_kib * 1024)
+
+
 def params_from(args: argparse.Namespace) -> SimParams:
     if args.nodes < 1 or args.roots < 1:
         raise ConfigInvalidError("--nodes and --roots must be at least 1")
@@ -183,6 +214,7 @@ def params_from(args: argparse.Namespace) -> SimParams:
         origin_bps=args.origin_gbit * GBIT,
         disk_bps=args.disk_mbs * MB if args.disk_mbs > 0 else math.inf,
         piece_size=int(args.piece_mib * MIB),
+        chunk_bytes=chunk_from(args),
         seed=args.seed,
         stragglers=args.stragglers,
         slowdown=args.slowdown,
@@ -211,6 +243,7 @@ def simulate(p: SimParams, *, baseline: bool = True) -> dict[str, Any]:
         "dead": sum(out.dead),
         "root_upload_copies": out.root_upload_bytes / p.image_bytes,
         "piece_transfers": out.pieces,
+        "streamed_transfers": out.streamed,
         "events": out.events,
         "sim_wall_s": wall,
         "sim_end_s": out.sim_end,
@@ -236,6 +269,7 @@ def _params_json(p: SimParams) -> dict[str, Any]:
         "origin_gbit": p.origin_bps / GBIT,
         "disk_mbs": None if math.isinf(p.disk_bps) else p.disk_bps / MB,
         "piece_mib": p.piece_size / MIB,
+        "chunk_bytes": p.chunk_bytes,
         "stripes": p.scheduler.stripes,
         "seed": p.seed,
         "stragglers": p.stragglers,
@@ -251,7 +285,7 @@ def _params_json(p: SimParams) -> dict[str, Any]:
     }
 
 
-def _jsonable(res: dict[str, Any]) -> dict[str, Any]:
+def jsonable(res: dict[str, Any]) -> dict[str, Any]:
     return {k: v.as_dict() if isinstance(v, PullStats) else v for k, v in res.items()}
 
 
@@ -274,6 +308,10 @@ def print_run(p: SimParams, res: dict[str, Any]) -> None:
         f"disk {disk}, piece {p.piece_size / MIB:g} MiB, {p.scheduler.stripes} stripes, "
         f"seed {p.seed}"
     )
+    if p.chunk_bytes:
+        print(f"  agents pass a piece on {p.chunk_bytes / 1024:g} KiB at a time as it arrives")
+    else:
+        print("  agents pass a piece on once it is whole (store-and-forward)")
     extra = []
     if p.stragglers:
         extra.append(f"{p.stragglers:.0%} stragglers {p.slowdown:g}x slower")
@@ -312,7 +350,8 @@ def print_run(p: SimParams, res: dict[str, Any]) -> None:
         print(f"\np95 reduction against the standard pull: {res['p95_reduction_pct']:.1f} %")
     print(
         f"root uploaded {res['root_upload_copies']:.2f} copies; "
-        f"{res['piece_transfers']:,} piece transfers, {res['events']:,} events, "
+        f"{res['piece_transfers']:,} piece transfers ({res['streamed_transfers']:,} passed on "
+        f"as they came), {res['events']:,} events, "
         f"simulated in {res['sim_wall_s']:.1f} s"
     )
 
@@ -325,13 +364,15 @@ def reference_table(args: argparse.Namespace) -> dict[str, Any]:
         link_bps=10 * GBIT,
         origin_bps=args.origin_gbit * GBIT,
         disk_bps=PL1_200GB_BPS,
+        chunk_bytes=chunk_from(args),
         seed=args.seed,
     )
     rows = []
     print(
         f"reference matrix: {base.nodes} nodes, 10 Gbit/s, {base.roots} roots, "
         f"origin {_gbit(base.origin_bps)}, disk {PL1_200GB_BPS / MB:.0f} MB/s (PL1, 200 GB), "
-        f"unpack {GUNZIP_BPS / MB:.0f} MB/s (gzip -d, one core, measured here)"
+        f"unpack {GUNZIP_BPS / MB:.0f} MB/s (gzip -d, one core, measured here), "
+        f"chunks {base.chunk_bytes >> 10} KiB"
     )
     print(
         f"{'image':13}{'piece':>7}{'bound':>8}{'ours p95':>10}{'+unpack':>9}{'published':>11}"
@@ -362,6 +403,7 @@ def reference_table(args: argparse.Namespace) -> dict[str, Any]:
             "peak_origin_gbit": out.origin_peak_bps * 8 / 1e9,
             "published_peak_gbit": pub_peak,
             "origin_copies": out.origin_bytes / size,
+            "chunk_bytes": p.chunk_bytes,
             "unfinished": plain.unfinished,
             "sim_wall_s": wall,
             "beats_published": unp.p95 < pub_p95,
@@ -378,105 +420,12 @@ def reference_table(args: argparse.Namespace) -> dict[str, Any]:
     return {"scenario": "reference-table", "gunzip_bps": GUNZIP_BPS, "rows": rows}
 
 
-def _per_layer(data: dict[str, Any], options: dict[str, Any]) -> int:
-    total = data.get("layer_bytes")
-    if total:
-        return int(total) // int(options["layers"])
-    return int(options["layer_mib"] * MIB)
-
-
-def from_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Replay a real benchmark's parameters; compare our p95 with its shoal mode's.
-
-    ``shoal bench`` runs every node, root and client on one machine, so the replay
-    shares one host's cores among all the simulated nodes (``--host-cores``, default
-    this machine's, where the bench ran) at the measured CPU costs per byte; the
-    prediction with the links alone is printed beside it. Nothing here is fitted to the
-    benchmark being predicted.
-    """
-    data = json.loads(Path(args.from_bench).read_text())
-    o = data["options"]
-    goodput = float(data.get("tcp_goodput", 1.0))
-    cores = args.host_cores if args.host_cores is not None else float(os.cpu_count() or 1)
-    # the bench's ``layer_bytes`` is all layers together (tar+gzip framing included)
-    layer = _per_layer(data, o)
-    if "piece_bytes" in o:  # what the bench's roots cut the layers into
-        piece = int(o["piece_bytes"])
-    elif "piece_kib" not in o:  # a bench from before --piece-kib: the agents' 4 MiB default
-        piece = int(args.piece_mib * MIB)
-    elif int(o["piece_kib"]):  # the size it set
-        piece = choose_piece_size(layer, int(o["piece_kib"]) * 1024)
-    else:  # shoal's choice by blob size then: at least 1 MiB before 2026-12-02
-        piece = max(choose_piece_size(layer), MIB)
-    p = SimParams(
-        nodes=int(o["nodes"]),
-        roots=int(o.get("roots", 1)),
-        layers=(layer,) * int(o["layers"]),
-        link_bps=o["rate_mbit"] * 1e6 / 8 * goodput,
-        origin_bps=o["origin_rate_mbit"] * 1e6 / 8 * goodput,
-        piece_size=piece,
-        seed=args.seed,
-        host_cores=cores,
-        cpu=cpu_from(args, float(o["rate_mbit"]), piece),
-        lookahead=lookahead_from(args),
-        scheduler=scheduler_from(args, int(o.get("stripes", 0))),
-    )
-    (at, kib), _ = measured_costs(float(o["rate_mbit"]), piece)
-    print(
-        f"CPU per byte: bench/cpu_cost.py's figures at {at:g} Mbit/s in {kib} KiB pieces "
-        "(docs/sim.md)"
-    )
-    res = simulate(p)
-    print_run(p, res)
-    links = simulate(replace(p, host_cores=0.0)) if cores else res
-    out: dict[str, Any] = {
-        "bench": args.from_bench,
-        "cpu_costs_measured_at_mbit": at,
-        "cpu_costs_measured_at_piece_kib": kib,
-        "sim": _jsonable(res),
-        "links_only": _jsonable(links),
-        "compared": [],
-    }
-    print()
-    keys = {"shoal": "shoal", "direct": "standard"}
-    rows = [m for m in data.get("modes", []) if m.get("mode") in keys]
-    for mode in keys:
-        if not any(m["mode"] == mode for m in rows):
-            pred = res[keys[mode]].p95
-            print(f"{mode}: simulated p95 {pred:.2f} s; the bench JSON has no {mode} result")
-    for m in rows:
-        mode, real = m["mode"], m.get("p95_s")
-        pred, bare = res[keys[mode]].p95, links[keys[mode]].p95
-        depth = m.get("queue_ms")
-        where = f"{mode}" + (f" at {depth:g} ms queues" if depth is not None else "")
-        what = f"simulated p95 {pred:.2f} s"
-        if cores:
-            what += f" (links alone: {bare:.2f} s)"
-        if not real:
-            print(f"{where}: {what}; the bench did not finish")
-            continue
-        err = (pred - real) / real
-        print(f"{where}: {what}, measured {real:.2f} s ({err:+.0%})")
-        out["compared"].append(
-            {
-                "mode": mode,
-                "queue_ms": depth,
-                "measured_p95_s": real,
-                "simulated_p95_s": pred,
-                "links_only_p95_s": bare,
-                "error": err,
-                "error_links_only": (bare - real) / real,
-            }
-        )
-        out.setdefault(f"{mode}_error", err)
-        out.setdefault(f"{mode}_error_links_only", (bare - real) / real)
-    return out
-
-
 def run_sim(args: argparse.Namespace) -> int:
     if args.scenario == "reference-table":
         result = reference_table(args)
     elif args.from_bench:
+        from shoal.sim.replay import from_bench  # it runs and prints with this module
+
         result = from_bench(args)
     else:
         p = params_from(args)
@@ -488,7 +437,7 @@ def run_sim(args: argparse.Namespace) -> int:
                 series["standard pull"] = res["standard"].times
             plot(args.plot, f"{p.nodes} nodes, {_size(p.image_bytes)}", series, p.bound())
             print(f"plot: {args.plot}")
-        result = _jsonable(res)
+        result = jsonable(res)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(f"json: {args.json}", file=sys.stderr)

@@ -37,6 +37,15 @@ more CPU than the host has, ``D = sum(k x link_rate) > cores``, every flow runs 
 which is what a saturated scheduler does to processes doing the same work. Under the
 cap, rates are the links' alone. The costs are measured, not fitted
 (``bench/cpu_cost.py``; docs/sim.md).
+
+**Upstream caps** (an agent passing a piece on as it arrives, ``cutthrough.py``): a
+flow started with ``up=`` sends the bytes of another flow as they come, so it never
+runs faster than that flow: its demand in its sender's water-filling is capped at the
+upstream's link rate (``link``; with the host CPU both are then slowed alike), and what
+it leaves goes to the sender's other flows. A change of an upstream's rate re-fills the
+links of the flows it caps where the cap binds, round after round down a chain (at
+most ``ROUNDS`` per ``settle``; what is left is picked up at the next one). With no
+capped flow a settle is the one it was before, float for float.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 EPS = 1e-9
+#: passes of an upstream cap's change down chains of capped flows per ``settle``
+ROUNDS = 32
+INF = float("inf")
 
 
 class Flow:
@@ -52,12 +64,15 @@ class Flow:
         "dshare",
         "dst",
         "finish",
+        "kids",
+        "link",
         "payload",
         "rate",
         "remaining",
         "size",
         "src",
         "t0",
+        "up",
         "ushare",
         "version",
         "want",
@@ -79,6 +94,9 @@ class Flow:
         self.payload = payload
         self.want = 0.0  #: the rate the links allow (before any CPU limit), bytes/s
         self.cost = 0.0  #: CPU seconds per byte, both ends together (host CPU model)
+        self.up: Flow | None = None  #: the flow whose bytes this one passes on (a cap)
+        self.kids: list[Flow] | None = None  #: the flows this one caps
+        self.link = 0.0  #: with kids: the rate the links allow it, their cap (bytes/s)
 
     def __repr__(self) -> str:
         return (
@@ -113,6 +131,16 @@ def waterfill(capacity: float, caps: list[float]) -> list[float]:
     return out
 
 
+#: the upstream of a flow that waits for bytes no flow brings now (rate 0)
+PAUSED = Flow(-1, -1, 0.0, 0.0, (-1, -1))
+
+
+def _allowed(f: Flow) -> float:
+    """The rate the links (and the upstream, if any) allow ``f``, bytes/s."""
+    rate = min(f.ushare, f.dshare)
+    return rate if f.up is None else min(rate, f.up.link)
+
+
 class Network:
     """Nodes with up/down capacities and the flows between them."""
 
@@ -132,6 +160,9 @@ class Network:
         self.depth = depth
         self._dirty_up: set[int] = set()
         self._dirty_down: set[int] = set()
+        self._recheck: dict[Flow, None] = {}  # capped flows whose cap went
+        self.capped = 0  #: flows with an upstream cap
+        self._capped: list[int] = []  # per node, its flows out with an upstream cap
         self.flows = 0
 
     def __repr__(self) -> str:
@@ -148,6 +179,7 @@ class Network:
         self.recv_cost.append(recv_cost)
         self.ups.append({})
         self.downs.append({})
+        self._capped.append(0)
         return len(self.up) - 1
 
     def start(
@@ -158,9 +190,13 @@ class Network:
         now: float,
         payload: tuple[int, int],
         cost: float | None = None,
+        up: Flow | None = None,
     ) -> Flow:
-        """A transfer; ``cost`` (CPU s/byte) overrides the two nodes' send + receive costs."""
+        """A transfer; ``cost`` (CPU s/byte) overrides the two nodes' send + receive costs;
+        ``up``: the flow whose bytes it passes on, which it never outruns."""
         f = Flow(src, dst, size, now, payload)
+        if up is not None:
+            self._attach(f, up)
         self.ups[src][f] = None
         self.downs[dst][f] = None
         self.flows += 1
@@ -175,6 +211,16 @@ class Network:
         del self.ups[f.src][f]
         del self.downs[f.dst][f]
         self.flows -= 1
+        if self._recheck:
+            self._recheck.pop(f, None)
+        if f.up is not None:
+            self._detach(f)
+        if f.kids is not None:  # it ended: the flows it capped run free
+            for k in list(f.kids):
+                self._detach(k)
+                self._dirty_up.add(k.src)
+                self._recheck[k] = None
+            f.kids = None
         f.version += 1  # any heap entry for it is now stale
         f.remaining = max(0.0, f.remaining - f.rate * (now - f.t0))
         f.t0 = now
@@ -184,6 +230,35 @@ class Network:
             self.demand = self.demand - f.cost * f.want if self._live else 0.0
             f.want = 0.0
         self._touch(f.src, f.dst)
+
+    def reattach(self, f: Flow, up: Flow | None) -> None:
+        """``f`` passes on ``up``'s bytes from now (``None``: runs free; ``PAUSED``: waits
+        for bytes with no flow bringing them)."""
+        if f.up is not None:
+            self._detach(f)
+        if up is not None:
+            self._attach(f, up)
+        self._dirty_up.add(f.src)
+        self._recheck[f] = None
+
+    def _attach(self, f: Flow, up: Flow) -> None:
+        f.up = up
+        if up is not PAUSED:
+            if up.kids is None:
+                up.kids = []
+                up.link = _allowed(up)
+            up.kids.append(f)
+        self.capped += 1
+        self._capped[f.src] += 1
+
+    def _detach(self, f: Flow) -> None:
+        up = f.up
+        assert up is not None
+        if up.kids is not None:
+            up.kids.remove(f)
+        f.up = None
+        self.capped -= 1
+        self._capped[f.src] -= 1
 
     def _touch(self, src: int, dst: int) -> None:
         self._dirty_up.add(src)
@@ -200,32 +275,49 @@ class Network:
         """
         up, down, ups, downs = self.up, self.down, self.ups, self.downs
         changed: dict[Flow, None] = {}  # ordered: runs are reproducible
-        dirty_down = self._dirty_down
-        for n in self._dirty_up:
-            fl = ups[n]
-            if not fl:
-                continue
-            caps = [down[f.dst] / len(downs[f.dst]) for f in fl]
-            for f, s in zip(fl, waterfill(up[n], caps), strict=True):
-                if s != f.ushare:
-                    f.ushare = s
-                    changed[f] = None
-                    dirty_down.add(f.dst)
-        for n in dirty_down:
-            fl = downs[n]
-            if not fl:
-                continue
-            for f, s in zip(fl, waterfill(down[n], [f.ushare for f in fl]), strict=True):
-                if s != f.dshare:
-                    f.dshare = s
-                    changed[f] = None
-        self._dirty_up.clear()
-        self._dirty_down.clear()
+        if self._recheck:
+            changed.update(self._recheck)
+            self._recheck.clear()
+        capped = self._capped
+        for _ in range(ROUNDS):
+            dirty_up, dirty_down = self._dirty_up, self._dirty_down
+            self._dirty_up, self._dirty_down = set(), set()
+            moved: list[Flow] = []  # flows with kids whose shares changed
+            for n in dirty_up:
+                fl = ups[n]
+                if not fl:
+                    continue
+                if capped[n]:
+                    caps = [
+                        min(down[f.dst] / len(downs[f.dst]), INF if f.up is None else f.up.link)
+                        for f in fl
+                    ]
+                else:
+                    caps = [down[f.dst] / len(downs[f.dst]) for f in fl]
+                for f, s in zip(fl, waterfill(up[n], caps), strict=True):
+                    if s != f.ushare:
+                        f.ushare = s
+                        changed[f] = None
+                        dirty_down.add(f.dst)
+                        if f.kids is not None:
+                            moved.append(f)
+            for n in dirty_down:
+                fl = downs[n]
+                if not fl:
+                    continue
+                for f, s in zip(fl, waterfill(down[n], [f.ushare for f in fl]), strict=True):
+                    if s != f.dshare:
+                        f.dshare = s
+                        changed[f] = None
+                        if f.kids is not None:
+                            moved.append(f)
+            if not moved or not self._pass_caps(moved, changed):
+                break
         factor = 1.0
         todo = changed
         if self.cores:
             for f in changed:
-                want = min(f.ushare, f.dshare)
+                want = min(f.ushare, f.dshare) if f.up is None else _allowed(f)
                 self.demand += f.cost * (want - f.want)
                 f.want = want
             factor = min(1.0, self.cores / self.demand) if self.demand > 0 else 1.0
@@ -233,7 +325,7 @@ class Network:
                 self.cpu_factor = factor
                 todo = self._live  # the host's share changed for every flow
         for f in todo:
-            rate = min(f.ushare, f.dshare) * factor
+            rate = (min(f.ushare, f.dshare) if f.up is None else _allowed(f)) * factor
             if rate == f.rate:
                 continue
             f.remaining -= f.rate * (now - f.t0)
@@ -242,6 +334,30 @@ class Network:
             f.version += 1
             f.finish = now + f.remaining / rate if rate > 0 else float("inf")
             schedule(f)
+
+    def _pass_caps(self, moved: list[Flow], changed: dict[Flow, None]) -> bool:
+        """Hand the new rates of ``moved`` to the flows they cap; whether any link must
+        be filled again. A kid's link is re-filled only where its cap binds, before or
+        after (below both, the water-filling gives it the same share)."""
+        again = False
+        while moved:
+            f = moved.pop()
+            kids = f.kids
+            if kids is None:
+                continue
+            new, old = _allowed(f), f.link
+            if new == old:
+                continue
+            f.link = new
+            low = min(old, new) * (1 - 1e-12)
+            for k in kids:
+                changed[k] = None
+                if k.ushare >= low:
+                    self._dirty_up.add(k.src)
+                    again = True
+                if k.kids is not None:
+                    moved.append(k)
+        return again
 
     def rate_out(self, node: int) -> float:
         return sum(f.rate for f in self.ups[node])

@@ -15,6 +15,7 @@ MB = 1e6
 MIB = 1 << 20
 GIB = 1 << 30
 NS = 1e-9  # seconds in a nanosecond: CPU costs are given in ns per byte
+CHUNK = 64 << 10  #: the agents' chunk: a sha256 per 64 KiB of each piece
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,10 @@ class SimParams:
     origin_bps: float = 10 * GBIT  #: the origin registry's egress, bytes/s
     disk_bps: float = math.inf  #: write speed of every node's disk, bytes/s
     piece_size: int = 4 * MIB  #: bytes per piece
+    #: bytes an agent verifies at once and may pass on while it still receives the
+    #: piece (the agent's 64 KiB chunk hashes, ``cutthrough.py``); 0 = store-and-forward,
+    #: a piece passed on only once whole (every agent before chunk hashes)
+    chunk_bytes: int = CHUNK
     seed: int = 1  #: random seed: the same seed gives the same run
     #: layers an agent fetches at once; 0 = every layer of the manifest (the agent
     #: joins all its swarms when it serves the manifest; see docs/swarm.md)

@@ -9,7 +9,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a run measured."""
+
+    layer_done: list[list[float]]  #: per agent, per layer: download finished (s); inf if not
+    dead: list[bool]
+    origin_bytes: float
+    origin_peak_bps: float
+    root_upload_bytes: float
+    peer_bytes: float
+    sim_end: float
+    events: int
+    flows: int
+    pieces: int = 0
+    streamed: int = 0  #: piece transfers started before their sender held the piece
+    notes: list[str] = field(default_factory=list)
 
 
 def unpacked(layer_done: Sequence[float], sizes: Sequence[int], unpack_bps: float) -> float:

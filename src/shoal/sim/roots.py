@@ -15,8 +15,10 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
+from shoal.sim.network import Flow, Network
 from shoal.sim.params import SimParams
 from shoal.swarm import (
     Action,
@@ -31,10 +33,14 @@ from shoal.swarm import (
     RootMessage,
     Scheduler,
     SwarmError,
+    piece_length,
 )
 
 #: the hash of every simulated piece: the machines only ask whether one is known
 HASH = b"\x00"
+#: its chunk hashes, given with it in answers to hash asks when the agents check pieces
+#: by chunks (``SimParams.chunk_bytes``); with 0 the root gives none, as roots did before
+CHUNKS = b"\x00"
 
 
 class SimHost(Protocol):
@@ -52,6 +58,12 @@ class SimHost(Protocol):
     sizes: list[int]
     full: list[int]
     owner: list[int]
+    counts: list[int]
+    net: Network
+    origin: int
+    root_node: list[int]
+    flows: dict[tuple[int, int, int, int], Flow]
+    total_flows: int
 
     def at(self, t: float, fn: Callable[[], None]) -> None: ...
 
@@ -62,8 +74,6 @@ class SimHost(Protocol):
     def pushed(self, a: int, mail: dict[int, Assignment]) -> None: ...
 
     def live_roots(self, a: int) -> set[str]: ...
-
-    def origin_fetch(self, b: int) -> None: ...
 
 
 class RootTier:
@@ -78,6 +88,7 @@ class RootTier:
         self.have = [0] * n_blobs  # pieces the blob's root holds (verified)
         self.prefix = [0] * n_blobs  # hashes known: pieces 0..prefix-1
         self.opened = [False] * n_blobs
+        self.next = [0] * n_blobs  # the root's next origin piece
         self.outboxes = [Outbox(p.download) for _ in sim.name]
         self._flush_at: dict[int, float] = {}  # agent -> time of its scheduled flush
         self._mail: dict[int, dict[int, Assignment]] = defaultdict(dict)  # agent -> blob ->
@@ -96,19 +107,24 @@ class RootTier:
 
         self.sim.after(self.rtt / 2, at_root)
 
-    def _view(self, b: int, known: int, a: Assignment | None = None) -> BlobView:
+    def _view(
+        self, b: int, known: int, a: Assignment | None = None, *, asked: bool = False
+    ) -> BlobView:
+        """``asked``: an answer to a hash ask, with the chunk hashes if there are any."""
         sim = self.sim
         start = min(max(known, 0), self.prefix[b])
-        return BlobView(
+        n = self.prefix[b] - start
+        view = BlobView(
             sim.digests[b],
             sim.sizes[b],
             sim.p.piece_size,
             start,
-            (HASH,) * (self.prefix[b] - start),
+            (HASH,) * n,
             complete=self.have[b] == sim.full[b],
             seed=sim.root_names[sim.owner[b]],
             parents=a.parents if a is not None else (),
         )
+        return replace(view, chunks=(CHUNKS,) * n) if asked and sim.p.chunk_bytes else view
 
     def _collect(self, r: int) -> None:
         """Unasked parent sets go to each agent's mailbox, out with its next batch."""
@@ -131,7 +147,7 @@ class RootTier:
                 sched.add_blob(
                     sim.digests[b], sim.sizes[b], sim.p.piece_size, sim.root_names[r], sim.now
                 )
-                sim.origin_fetch(b)
+                self.origin_fetch(b)
             ans = sched.handle(Join(sim.name[a], sim.digests[b], sim.zone[a], have), sim.now)
             self._collect(r)
             view = self._view(b, 0, ans)
@@ -157,7 +173,7 @@ class RootTier:
 
         def handle() -> Callable[[], None] | None:
             if self.prefix[b] > known:
-                view = self._view(b, known)
+                view = self._view(b, known, asked=True)
                 return lambda: sim.answer(a, b, lambda m: m.on_hashes(view, sim.now))
             self._hash_waiters[b].append((a, known))  # a long poll: held until it exists
             return None
@@ -234,8 +250,21 @@ class RootTier:
 
     # --- the root's own fetch ---------------------------------------------------------
 
+    def origin_fetch(self, b: int) -> None:
+        """The root fetches piece after piece from the origin (one flow at a time)."""
+        sim = self.sim
+        i = self.next[b]
+        if i < sim.counts[b]:
+            self.next[b] = i + 1
+            size = piece_length(sim.sizes[b], sim.p.piece_size, i)
+            root = sim.root_node[b]
+            sim.flows[(sim.origin, root, b, i)] = sim.net.start(
+                sim.origin, root, size, sim.now, (b, i)
+            )
+            sim.total_flows += 1
+
     def landed(self, b: int, i: int) -> None:
-        """The root verified and stored piece ``i`` from the origin."""
+        """The root verified and stored piece ``i`` from the origin: the next one."""
         sim = self.sim
         self.have[b] |= 1 << i
         while (self.have[b] >> self.prefix[b]) & 1:
@@ -252,9 +281,10 @@ class RootTier:
                 else:
                     keep.append((a, known))
             self._hash_waiters[b] = keep
+        self.origin_fetch(b)
 
     def _hashes_to(self, a: int, b: int, known: int) -> None:
-        view = self._view(b, known)
+        view = self._view(b, known, asked=True)
         self.sim.answer(a, b, lambda m: m.on_hashes(view, self.sim.now))
 
     def dead(self, a: int) -> None:
