@@ -79,6 +79,7 @@ async def test_a_child_gets_the_verified_head_of_a_piece_before_it_is_stored(
         assert started and not store.has_piece(digest, 0)
         assert got[CHUNK : CHUNK + 100] == bytes(100)  # only what was checked went out
         arrive(po, piece, SIZE)
+        assert po.check.buffer is not None
         await store_piece(store, digest, 0, po.check.buffer, hashlib.sha256(piece).digest(),
                           po, lambda _: None)  # fmt: skip
         assert bytes(await asyncio.wait_for(child, 5)) == piece

@@ -23,6 +23,7 @@ from rich.table import Table
 from shoal.bench.runner import BenchResult, ModeResult
 from shoal.bench.shaping import TCP_GOODPUT
 from shoal.cache import choose_piece_size
+from shoal.cache.chunks import CHUNK
 
 MIB = 1 << 20
 
@@ -203,6 +204,8 @@ def to_json(result: BenchResult) -> dict[str, Any]:
                 result.layer_bytes // max(o.layers, 1), o.piece_kib * 1024
             ),
             "stripes": o.stripes,
+            # agents pass pieces on this many bytes at a time (``cache/chunks.py``)
+            "chunk_bytes": CHUNK,
             "modes": list(o.modes),
             "queue_ms": list(o.queue_ms),
             "burst_ms": o.burst_ms,
