@@ -37,9 +37,12 @@ async def blob(store: PieceStore) -> tuple[str, bytes]:
     return digest, data[:SIZE]
 
 
-def fetch(store: PieceStore, pool: BufferPool, digest: str, piece: bytes) -> PassOn:
-    """A fetch of piece 0 whose bytes are about to arrive, its chunk hashes known."""
-    po = PassOn(store, pool, digest, 0)
+def fetch(
+    store: PieceStore, pool: BufferPool, digest: str, piece: bytes, parent: str = "p"
+) -> PassOn:
+    """A fetch of piece 0 from ``parent`` whose bytes are about to arrive, its chunk
+    hashes known."""
+    po = PassOn(store, pool, digest, 0, parent)
     po.check.attach(pool.view(SIZE))
     po.know(chunk_digests(piece))
     return po
@@ -140,3 +143,31 @@ async def test_a_second_fetch_of_the_piece_takes_over_where_the_first_stopped(
         assert bytes(await asyncio.wait_for(child, 5)) == piece
         second.unstage()
         second.let_go()
+
+
+async def test_a_piece_is_not_streamed_back_to_the_peer_it_comes_from(store: PieceStore) -> None:
+    """Two agents would each wait for the other's bytes: the peer feeding a piece gets
+    it only once it is stored."""
+    digest, piece = await blob(store)
+    pool = BufferPool()
+    async with (
+        PeerServer(store, SECRET, host="127.0.0.1", piece_wait=5) as server,
+        PeerClient(SECRET, node="10.0.0.9:65002") as feeder,
+    ):
+        started: list[bool] = []
+        back = asyncio.create_task(
+            feeder.read(
+                ("127.0.0.1", server.port), digest, 0, SIZE,
+                on_start=lambda: started.append(True),
+            )
+        )  # fmt: skip
+        po = fetch(store, pool, digest, piece, parent="10.0.0.9:65002")
+        arrive(po, piece, 3 * CHUNK)
+        await asyncio.sleep(0.2)
+        assert not started and server.passed_on == 0
+        arrive(po, piece, SIZE)
+        assert po.check.buffer is not None
+        await store_piece(store, digest, 0, po.check.buffer, hashlib.sha256(piece).digest(),
+                          po, lambda _: None)  # fmt: skip
+        assert bytes(await asyncio.wait_for(back, 5)) == piece
+        assert server.passed_on == 0

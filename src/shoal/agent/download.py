@@ -349,7 +349,8 @@ class DownloadDriver:
             self._fetches.pop((parent, index), None)
             return
         asked = first = loop.time()
-        po = self._passing[(parent, index)] = PassOn(self.p.store, self.p.buffers, self.key, index)
+        po = PassOn(self.p.store, self.p.buffers, self.key, index, parent)
+        self._passing[(parent, index)] = po
 
         def started() -> None:
             nonlocal first

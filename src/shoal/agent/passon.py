@@ -24,10 +24,13 @@ from shoal.errors import ShoalError
 
 
 class PassOn:
-    __slots__ = ("check", "holders", "index", "key", "pool", "staged", "store")
+    __slots__ = ("check", "holders", "index", "key", "parent", "pool", "staged", "store")
 
-    def __init__(self, store: PieceStore, pool: BufferPool, key: str, index: int) -> None:
+    def __init__(
+        self, store: PieceStore, pool: BufferPool, key: str, index: int, parent: str = ""
+    ) -> None:
         self.store = store
+        self.parent = parent  # never streamed back to it (``stage_piece(source=)``)
         self.pool = pool
         self.key = key
         self.index = index
@@ -60,8 +63,9 @@ class PassOn:
             return
         try:
             self.store.stage_piece(
-                self.key, self.index, buffer, self._drop, filled=upto, verified=True
-            )
+                self.key, self.index, buffer, self._drop, filled=upto, verified=True,
+                source=self.parent,
+            )  # fmt: skip
         except ShoalError:
             return  # the blob left the store: the fetch's end says so
         self.staged = True

@@ -143,6 +143,8 @@ class Agent:
                 host = self.config.p2p.advertise or advertise_host(self.config)
                 self.peer_id = f"{host}:{self.peer_server.port}"
                 self.peer_server.node = self.peer_id
+                if self.peer_client is not None:  # its parents know it by this name
+                    self.peer_client.node = self.peer_id
                 self.swarm.start(self.peer_id)
                 if self.preheat is not None:
                     self.preheat.start()

@@ -19,6 +19,11 @@ from shoal.cache.hot import HotPiece, HotPieces
 from shoal.errors import BlobUnknownError
 
 
+def streamable(hot: HotPiece, peer: str) -> bool:
+    """The bytes in may be sent to ``peer``: stored, or staged verified from another."""
+    return not hot.staged or (hot.verified and not (peer and hot.source == peer))
+
+
 class Following:
     """Mixed into ``PieceStore``: the waits and the in-memory pieces."""
 
@@ -75,6 +80,7 @@ class Following:
         *,
         filled: int = 0,
         verified: bool = False,
+        source: str = "",
     ) -> None:
         """Bytes of piece ``index`` readers may send before they are stored,
         ``data[:filled]`` in so far (``grow_piece`` as more arrive).
@@ -88,7 +94,8 @@ class Following:
 
         A peer fetch stages ``verified``: every byte of ``data[:filled]`` matched the
         root's chunk hashes (``cache/chunks.py``), so the peer server may stream them to
-        children waiting for the piece (``wait_streamable``) while the rest arrives.
+        children waiting for the piece (``wait_streamable``) while the rest arrives; to
+        any but ``source``, the peer they come from.
 
         The store calls ``release()`` once it no longer serves them; the caller keeps
         its own hold while it fills and writes the buffer (then ``write_piece`` without
@@ -97,7 +104,10 @@ class Following:
         blob = self._get(digest)
         if len(data) != blob.piece_length(index):
             raise PieceCorruptError(f"{digest} piece {index}: {len(data)} bytes staged")
-        self.hot.keep((digest, index), data, release, filled=filled, staged=True, verified=verified)
+        self.hot.keep(
+            (digest, index), data, release, filled=filled, staged=True, verified=verified,
+            source=source,
+        )  # fmt: skip
         if filled:
             blob.wake_readers(index)
 
@@ -128,13 +138,16 @@ class Following:
                 return
             await blob.reader(index)
 
-    async def wait_streamable(self, digest: str, index: int, after: int = 0) -> None:
+    async def wait_streamable(
+        self, digest: str, index: int, after: int = 0, *, peer: str = ""
+    ) -> None:
         """Return once piece ``index`` is present, or staged ``verified`` with more than
-        ``after`` bytes in (what a peer may be sent); raises as ``wait_piece`` does."""
+        ``after`` bytes in (what ``peer`` may be sent: not bytes that come from it);
+        raises as ``wait_piece`` does."""
         blob = self._get(digest)
         while not blob.present[index]:
             staged = self.hot.peek((digest, index))
-            if staged is not None and staged.verified and staged.filled > after:
+            if staged is not None and streamable(staged, peer) and staged.filled > after:
                 return
             await blob.reader(index)
 

@@ -42,6 +42,9 @@ class HotPiece:
     #: staged by a peer fetch that checks it chunk by chunk: ``view[:filled]`` is
     #: verified, peers may be sent it (an origin fetch's staged bytes are not)
     verified: bool = False
+    #: the peer a verified staged piece comes from: never streamed back to it (two
+    #: agents would each wait for the other's bytes)
+    source: str = ""
     readers: int = 0
     gone: bool = False  # out of the set; released when the last reader is done
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -82,11 +85,13 @@ class HotPieces:
         filled: int | None = None,
         staged: bool = False,
         verified: bool = False,
+        source: str = "",
     ) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
             self._retire(old)
-        entry = HotPiece(view, release, len(view) if filled is None else filled, staged, verified)
+        filled = len(view) if filled is None else filled
+        entry = HotPiece(view, release, filled, staged, verified, source)
         self._entries[key] = entry
         if not staged:
             self._count(entry)

@@ -49,6 +49,7 @@ from ssl import SSLContext
 from typing import Any
 
 from shoal.cache import BlobInfo, PieceMissingError, PieceStore
+from shoal.cache.following import streamable
 from shoal.cache.hot import HotPiece
 from shoal.errors import BlobUnknownError, ShoalError
 from shoal.observability import AuditLog, Metrics, MetricType
@@ -450,7 +451,7 @@ class _ServerConnection(asyncio.Protocol):
         try:
             async with asyncio.timeout(self.server.piece_wait):
                 if whole:
-                    await self.server.store.wait_streamable(req.digest, first)
+                    await self.server.store.wait_streamable(req.digest, first, peer=self.peer_node)
                     return not self.server.store.has_piece(req.digest, first)
                 for index in missing:
                     await self.server.store.wait_piece(req.digest, index)
@@ -475,7 +476,7 @@ class _ServerConnection(asyncio.Protocol):
         try:
             while sent < req.length:
                 with store.piece_buffer(req.digest, index) as hot:
-                    while hot is not None and (hot.verified or not hot.staged):
+                    while hot is not None and streamable(hot, self.peer_node):
                         if hot.filled <= sent and not await hot.more(sent):
                             break  # it left memory: stored, or another fetch goes on
                         upto = min(hot.filled, sent + TLS_STEP)
@@ -488,7 +489,9 @@ class _ServerConnection(asyncio.Protocol):
                     return
                 try:
                     async with asyncio.timeout(self.server.piece_wait):
-                        await store.wait_streamable(req.digest, index, after=sent)
+                        await store.wait_streamable(
+                            req.digest, index, after=sent, peer=self.peer_node
+                        )
                 except (TimeoutError, ShoalError) as exc:
                     raise _StreamBroken(f"piece {index} of {req.digest} stopped coming") from exc
         finally:

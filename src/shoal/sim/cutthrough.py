@@ -18,10 +18,11 @@ keep waiting for the piece, as before). When that flow ends without the piece (i
 sender died, the request was cancelled as stalled), the flows it fed stop where they
 are and wait, as the real server's stream does, for the agent's next fetch of the piece
 to bring a chunk beyond what they sent, then go on at that fetch's rate (or from the
-store, if the piece lands first); if the agent gives the piece up, or died, they end
-and their children see ``UNREACHABLE``: a body under way cannot be cut short, so the
-real parent closes the connection. (The real server also gives up after
-``piece_wait``, 30 s, without a byte; the children's stall timers come long before.)
+store, if the piece lands first), never from a fetch whose bytes come from their own
+receiver (``cache.following.streamable``); if the agent gives the piece up, or died, or
+``piece_wait`` (30 s) passes without a byte, they end and their children see
+``UNREACHABLE``: a body under way cannot be cut short, so the real parent closes the
+connection.
 
 The moment a flow has brought the bytes something waits for is an event on the
 engine's heap, pushed only for flows something waits on, again whenever the flow's
@@ -38,6 +39,7 @@ store-and-forward against 24.33 s by 64 KiB chunks at 512 KiB pieces, 29.52 s ag
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from shoal.sim.engine import SwarmSim
 
 Key = tuple[int, int, int]  #: (parent, blob, piece)
+#: seconds a stream whose bytes stopped coming waits for another fetch of the piece
+#: (the peer server's ``piece_wait``); then the connection closes
+PIECE_WAIT = 30.0
 
 
 class CutThrough:
@@ -66,6 +71,7 @@ class CutThrough:
         #: per piece at an agent, flows whose bytes in ended short: each waits for
         #: another fetch of the piece to bring this many bytes
         self.paused: dict[Key, list[tuple[Flow, float]]] = {}
+        self.paused_at: dict[Flow, float] = {}  # since when each has waited
         #: (agent, blob) -> pieces whose first chunk is in, but not their hashes
         self.unhashed: dict[tuple[int, int], set[int]] = {}
         self.streamed = 0  #: flows started before their sender held the piece
@@ -95,6 +101,7 @@ class CutThrough:
         flows that waited for more of it go on from the store."""
         if self.paused:
             for k, _ in self.paused.pop((a, b, i), ()):
+                self.paused_at.pop(k, None)
                 if self._alive(k):
                     self.sim.net.reattach(k, None)
         self._release(a, b, i)
@@ -139,7 +146,7 @@ class CutThrough:
             return True, None
         key = (src, b, i)
         up = self._source(key)
-        if up is not None:
+        if up is not None and not _fed_by(up, dst):
             self.streamed += 1
             return True, up
         if self._fetching(key):
@@ -177,6 +184,8 @@ class CutThrough:
                 for k in kids:
                     sim.net.reattach(k, PAUSED)
                     paused.append((k, _received(k, sim.now) + self.chunk))
+                    self.paused_at[k] = sim.now
+                    sim.after(PIECE_WAIT, functools.partial(self._gave_up, k, key, sim.now))
             else:
                 self._close(kids, f.dst, b, i)
         self._arm(key)
@@ -208,7 +217,8 @@ class CutThrough:
             keep = []
             for k, need in paused:
                 if self._alive(k):
-                    if got >= need:
+                    if got >= need and not _fed_by(f, k.dst):
+                        self.paused_at.pop(k, None)
                         self.sim.net.reattach(k, f)
                     else:
                         keep.append((k, need))
@@ -229,9 +239,16 @@ class CutThrough:
     def _close(self, kids: list[Flow], a: int, b: int, i: int) -> None:
         """``a`` cannot finish what it was passing on: those connections close."""
         for k in kids:
+            self.paused_at.pop(k, None)
             if self._alive(k):
                 self.sim.end_flow(k)
                 self.sim.failed_later(k.dst, b, a, i, FetchError.UNREACHABLE)
+
+    def _gave_up(self, k: Flow, key: Key, since: float) -> None:
+        """``piece_wait`` s without a byte for a paused flow: the connection closes."""
+        if self.paused_at.get(k) == since:
+            self.paused[key] = [(g, n) for g, n in self.paused.get(key, ()) if g is not k]
+            self._close([k], *key)
 
     def _alive(self, k: Flow) -> bool:
         return self.sim.flows.get((k.src, k.dst, *k.payload)) is k
@@ -271,8 +288,9 @@ class CutThrough:
             need = float(self.chunk)
         elif self.waiting.get(key) and self._source(key) is None:
             self.unhashed.setdefault(key[:2], set()).add(key[2])
-        for _, n in self.paused.get(key, ()):
-            need = min(need, n)
+        for k, n in self.paused.get(key, ()):
+            if not _fed_by(f, k.dst):
+                need = min(need, n)
         if need == INF:
             self.pending.pop(f, None)
             return
@@ -280,6 +298,18 @@ class CutThrough:
         if f.rate > 0 and self.armed.get(f) != (f.version, need):
             self.armed[f] = (f.version, need)
             self.sim.push_chunk(now + max(0.0, need - got + 1.0) / f.rate, f)
+
+
+def _fed_by(f: Flow, node: int) -> bool:
+    """Whether ``f``'s bytes come (through the flows it streams from) from ``node``:
+    streaming them back to it would make each wait for the other (the peer server does
+    not pass a piece back to the peer it comes from, ``cache.following.streamable``)."""
+    seen: Flow | None = f
+    while seen is not None:
+        if seen.src == node:
+            return True
+        seen = seen.up
+    return False
 
 
 def _received(f: Flow, now: float) -> float:

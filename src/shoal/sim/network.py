@@ -141,6 +141,20 @@ def _allowed(f: Flow) -> float:
     return rate if f.up is None else min(rate, f.up.link)
 
 
+def _capped_caps(
+    fl: dict[Flow, None], down: list[float], downs: list[dict[Flow, None]]
+) -> list[float]:
+    """A sender's flows' demands: the receiver's even share, or the upstream's rate."""
+    caps = []
+    for f in fl:
+        c = down[f.dst] / len(downs[f.dst])
+        up = f.up
+        if up is not None and up.link < c:
+            c = up.link
+        caps.append(c)
+    return caps
+
+
 class Network:
     """Nodes with up/down capacities and the flows between them."""
 
@@ -288,10 +302,7 @@ class Network:
                 if not fl:
                     continue
                 if capped[n]:
-                    caps = [
-                        min(down[f.dst] / len(downs[f.dst]), INF if f.up is None else f.up.link)
-                        for f in fl
-                    ]
+                    caps = _capped_caps(fl, down, downs)
                 else:
                     caps = [down[f.dst] / len(downs[f.dst]) for f in fl]
                 for f, s in zip(fl, waterfill(up[n], caps), strict=True):
@@ -325,7 +336,10 @@ class Network:
                 self.cpu_factor = factor
                 todo = self._live  # the host's share changed for every flow
         for f in todo:
-            rate = (min(f.ushare, f.dshare) if f.up is None else _allowed(f)) * factor
+            rate = f.ushare if f.ushare < f.dshare else f.dshare
+            if f.up is not None and f.up.link < rate:
+                rate = f.up.link
+            rate *= factor
             if rate == f.rate:
                 continue
             f.remaining -= f.rate * (now - f.t0)
