@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
 
 import pytest
 
@@ -18,16 +17,9 @@ from shoal.cache.buffers import BufferPool
 from shoal.cache.chunks import CHUNK, chunk_digests
 from shoal.peer import PeerClient, PeerServer, PeerUnavailableError
 from tests.peer.conftest import SECRET
+from tests.peer.test_peer import until
 
 SIZE = 4 * CHUNK  # one piece of four chunks
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(400):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def blob(store: PieceStore) -> tuple[str, bytes]:
