@@ -179,11 +179,7 @@ class DownloadDriver:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for key in [*self._passing]:
-                self._let_go(key, None)
-            for data in self._received.values():
-                self._give(data)
-            self._received.clear()
+            self._let_go_all()
             if not self.geometry.done():
                 self._fail_waiters(self._error or UpstreamUnavailableError(f"{self.key}: ended"))
 
@@ -420,6 +416,13 @@ class DownloadDriver:
         if not alive:
             log.warning("parent %s of %s does not answer a ping: dropped", parent, self.key)
         self._event(self.machine.on_probe_peer(parent, alive, self._now()))
+
+    def _let_go_all(self) -> None:
+        """The download ended: every buffer it still holds goes back, each once. A fetch
+        received but not stored (its store task cancelled as the download ended) is in
+        both tables; its buffer goes back through its pass-on if it has one."""
+        for key in [*self._passing, *self._received]:
+            self._let_go(key, self._received.pop(key, None))
 
     def _let_go(self, key: tuple[str, int], data: memoryview | None) -> None:
         """A fetch's buffer is not to be stored: back to the pool once nobody sends from

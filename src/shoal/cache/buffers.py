@@ -17,7 +17,10 @@ Two costs this module exists to avoid, both measured on the 2-core test VM:
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
+
+log = logging.getLogger(__name__)
 
 #: alignment of direct I/O buffers (a page; covers every logical block size seen)
 ALIGN = 4096
@@ -49,14 +52,19 @@ class BufferPool:
         self.keep_bytes = keep_bytes
         self._idle: dict[int, list[bytearray]] = {}
         self._idle_bytes = 0
+        #: ids of the idle buffers: a buffer given back twice must not be handed out twice
+        self._idle_ids: set[int] = set()
         self.allocated = 0
+        self.double_gives = 0
 
     def take(self, size: int) -> bytearray:
         """A buffer of exactly ``size`` bytes (not aligned); ``give`` it back."""
         idle = self._idle.get(size)
         if idle:
             self._idle_bytes -= size
-            return idle.pop()
+            buffer = idle.pop()
+            self._idle_ids.discard(id(buffer))
+            return buffer
         self.allocated += 1
         return bytearray(size)
 
@@ -67,8 +75,14 @@ class BufferPool:
         return memoryview(backing)[skip : skip + size]
 
     def give(self, buffer: bytearray) -> None:
+        if id(buffer) in self._idle_ids:
+            # a holder's bug, not the pool's to hide: two later takers would share it
+            self.double_gives += 1
+            log.error("a buffer of %d bytes was given back twice: kept once", len(buffer))
+            return
         if self._idle_bytes + len(buffer) <= self.keep_bytes:
             self._idle.setdefault(len(buffer), []).append(buffer)
+            self._idle_ids.add(id(buffer))
             self._idle_bytes += len(buffer)
 
     def __repr__(self) -> str:
