@@ -19,6 +19,7 @@ from shoal.cache import BufferPool, PieceStore
 from shoal.config import Config
 from shoal.oci.digest import parse_digest
 from shoal.registry.origin_fetch import Source
+from shoal.swarm.messages import Cancel
 
 DIGEST = "sha256:" + "ab" * 32
 PIECE = 64 << 10
@@ -45,13 +46,50 @@ def test_a_fetch_received_but_not_stored_gives_its_buffer_back_once(tmp_path: Pa
             data = pool.view(PIECE)
             po = PassOn(store, pool, DIGEST, 0, "10.0.0.2:65002")
             po.check.attach(data)
-            driver._passing[("10.0.0.2:65002", 0)] = po
-            driver._received[("10.0.0.2:65002", 0)] = data
+            driver._received[("10.0.0.2:65002", 0)] = (data, po)
             driver._let_go_all()
             assert pool.double_gives == 0
             first, second = pool.view(PIECE), pool.view(PIECE)
             assert first.obj is data.obj  # back in the pool ...
             assert second.obj is not first.obj  # ... once
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_fetch_keeps_its_buffer_until_its_read_is_unwound(tmp_path: Path) -> None:
+    """The picker cancels a read whose body is arriving: until the read's task has
+    ended, the connection may still fill the buffer, so it is not back in the pool."""
+
+    async def main() -> None:
+        pool = BufferPool()
+        store = PieceStore(tmp_path / "store", capacity=1 << 30)
+        await store.open()
+        try:
+            driver = _driver(store, pool)
+            parent = "10.0.0.2:65002"
+            data = pool.view(PIECE)
+            po = PassOn(store, pool, DIGEST, 0, parent)
+            po.check.attach(data)
+            driver._passing[(parent, 0)] = po
+            reading = asyncio.get_running_loop().create_future()
+
+            async def fetch() -> None:  # a read in the middle of its body
+                try:
+                    await reading
+                except asyncio.CancelledError:
+                    driver._let_go(po)  # what ``_fetch`` does once unwound
+                    raise
+
+            task = asyncio.create_task(fetch())
+            driver._fetches[(parent, 0)] = task
+            await asyncio.sleep(0)
+            driver._apply([Cancel(parent, 0)])
+            assert pool.view(PIECE).obj is not data.obj  # still the connection's
+            await asyncio.gather(task, return_exceptions=True)
+            assert pool.view(PIECE).obj is data.obj  # back once the read ended
+            assert pool.double_gives == 0
         finally:
             await store.close()
 

@@ -145,3 +145,18 @@ async def test_metas_are_synced_in_a_batch_not_per_blob(store_factory: StoreFact
         assert store._blobs[blobs[0][0]].dirty
     async with store_factory() as again:  # closing synced the rest; the index is whole
         assert again.has_piece(blobs[0][0], 0)
+
+
+def test_a_fetch_grows_only_its_own_staged_buffer() -> None:
+    """Two fetches of one piece (two parents at the end of a download): the second
+    stages its own buffer; the first one's progress must not claim bytes of the second
+    buffer that have not arrived (a reader would send them: whatever the pool left)."""
+    hot = HotPieces(1 << 20)
+    first, second = memoryview(bytearray(PIECE)), memoryview(bytearray(PIECE))
+    hot.keep(("d", 0), first, None, filled=0, staged=True)
+    hot.keep(("d", 0), second, None, filled=4096, staged=True)
+    hot.grow(("d", 0), PIECE, first)  # the first fetch goes on arriving
+    entry = hot.peek(("d", 0))
+    assert entry is not None and entry.view is second and entry.filled == 4096
+    hot.grow(("d", 0), 8192, second)
+    assert entry.filled == 8192

@@ -142,8 +142,11 @@ class DownloadDriver:
         self.task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._fetches: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._received: dict[tuple[str, int], memoryview] = {}
-        self._passing: dict[tuple[str, int], PassOn] = {}  # fetches that pass pieces on
+        #: pieces fetched, not yet stored: the bytes and the fetch's pass-on (which
+        #: owns the buffer; ``_let_go`` gives it back once)
+        self._received: dict[tuple[str, int], tuple[memoryview, PassOn]] = {}
+        #: fetches still receiving, by (parent, piece): told of chunk hashes as they come
+        self._passing: dict[tuple[str, int], PassOn] = {}
         self._news = 0  # the hash book's answers seen by ``_event``
         self._asked: dict[tuple[str, int], float] = {}  # for the piece fetch histogram
         self._seed = ""  # the root's peer id (piece source "root" in the metrics)
@@ -217,12 +220,16 @@ class DownloadDriver:
                 if key not in self._fetches:
                     self._fetches[key] = asyncio.create_task(self._fetch(a.parent, a.index))
             elif isinstance(a, Cancel):
-                task = self._fetches.pop((a.parent, a.index), None)
-                if task is not None:
+                key = (a.parent, a.index)
+                task = self._fetches.pop(key, None)
+                if task is not None and not task.done():
+                    # its buffer goes back when the task ends, not now: until the read
+                    # is unwound the connection may still be filling it
                     task.cancel()
-                data = self._received.pop((a.parent, a.index), None)
-                self._asked.pop((a.parent, a.index), None)
-                self._let_go((a.parent, a.index), data)
+                received = self._received.pop(key, None)
+                self._asked.pop(key, None)
+                if received is not None:
+                    self._let_go(received[1])
             elif isinstance(a, Have | Fetching | Abandoned | ParentFailed):
                 self.p.report(m.root, a)
             elif isinstance(a, Store):
@@ -346,7 +353,8 @@ class DownloadDriver:
             return
         asked = first = loop.time()
         po = PassOn(self.p.store, self.p.buffers, self.key, index, parent)
-        self._passing[(parent, index)] = po
+        key = (parent, index)
+        self._passing[key] = po
 
         def started() -> None:
             nonlocal first
@@ -366,7 +374,7 @@ class DownloadDriver:
                 check=po.check,
             )
         except asyncio.CancelledError:
-            self._let_go((parent, index), None)
+            self._let_go(po)
             raise
         except PeerRequestError as exc:
             error = _FETCH_ERROR.get(exc.code, FetchError.UNREACHABLE)
@@ -375,24 +383,26 @@ class DownloadDriver:
             error = FetchError.UNREACHABLE
             log.debug("piece %d of %s from %s: %s", index, self.key, parent, exc)
         finally:
-            if self._fetches.get((parent, index)) is asyncio.current_task():
-                del self._fetches[(parent, index)]
+            if self._fetches.get(key) is asyncio.current_task():
+                del self._fetches[key]
+            if self._passing.get(key) is po:  # a later fetch of the same may be there
+                del self._passing[key]
         if error is not None:
-            self._let_go((parent, index), None)
+            self._let_go(po)
             self._event(self.machine.on_fetch_failed(parent, index, error, loop.time()))
             return
         log.debug("piece %d of %s from %s: waited %.3f s, took %.3f s", index, self.key[7:19],
                   parent, first - asked, loop.time() - first)  # fmt: skip
-        self._received[(parent, index)] = data
+        self._received[key] = (data, po)
         self._asked[(parent, index)] = asked
         self._event(self.machine.on_received(parent, index, loop.time()))
 
     async def _store(self, a: Store) -> None:
-        data = self._received.pop((a.parent, a.index), None)
+        received = self._received.pop((a.parent, a.index), None)
         asked = self._asked.pop((a.parent, a.index), None)
-        if data is None:
+        if received is None:
             return  # cancelled meanwhile
-        po = self._passing.pop((a.parent, a.index), None)
+        data, po = received
         try:
             await store_piece(self.p.store, self.key, a.index, data, a.sha256, po, self._releaser)
             ok = True
@@ -418,25 +428,20 @@ class DownloadDriver:
         self._event(self.machine.on_probe_peer(parent, alive, self._now()))
 
     def _let_go_all(self) -> None:
-        """The download ended: every buffer it still holds goes back, each once. A fetch
-        received but not stored (its store task cancelled as the download ended) is in
-        both tables; its buffer goes back through its pass-on if it has one."""
-        for key in [*self._passing, *self._received]:
-            self._let_go(key, self._received.pop(key, None))
+        """The download ended (its fetch tasks too): the buffers of pieces received but
+        not stored (their store tasks cancelled) go back, each once."""
+        received, self._received = self._received, {}
+        for _, po in received.values():
+            self._let_go(po)
 
-    def _let_go(self, key: tuple[str, int], data: memoryview | None) -> None:
+    @staticmethod
+    def _let_go(po: PassOn) -> None:
         """A fetch's buffer is not to be stored: back to the pool once nobody sends from
-        it (a staged one leaves the store first)."""
-        po = self._passing.pop(key, None)
-        if po is not None:
-            po.unstage()
-            po.let_go()
-        elif data is not None:
-            self._give(data)
-
-    def _give(self, data: memoryview) -> None:
-        if isinstance(data.obj, bytearray):
-            self.p.buffers.give(data.obj)
+        it (a staged one leaves the store first). Called once per fetch, by whoever holds
+        it last: the fetch task when it fails or is cancelled, else the one that takes
+        its received bytes."""
+        po.unstage()
+        po.let_go()
 
     def _releaser(self, data: memoryview) -> Callable[[], None] | None:
         buffer = data.obj

@@ -59,7 +59,7 @@ class PassOn:
             self.unstage()
             return
         if self.staged:
-            self.store.grow_piece(self.key, self.index, upto)
+            self.store.grow_piece(self.key, self.index, upto, buffer)
             return
         try:
             self.store.stage_piece(

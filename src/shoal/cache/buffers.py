@@ -78,7 +78,9 @@ class BufferPool:
         if id(buffer) in self._idle_ids:
             # a holder's bug, not the pool's to hide: two later takers would share it
             self.double_gives += 1
-            log.error("a buffer of %d bytes was given back twice: kept once", len(buffer))
+            log.error(
+                "a buffer of %d bytes was given back twice: kept once", len(buffer), stack_info=True
+            )
             return
         if self._idle_bytes + len(buffer) <= self.keep_bytes:
             self._idle.setdefault(len(buffer), []).append(buffer)

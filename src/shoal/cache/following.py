@@ -121,9 +121,11 @@ class Following:
             if blob is not None:
                 blob.wake_readers(index)
 
-    def grow_piece(self, digest: str, index: int, filled: int) -> None:
-        """More bytes of a staged piece are in."""
-        self.hot.grow((digest, index), filled)
+    def grow_piece(self, digest: str, index: int, filled: int, data: memoryview) -> None:
+        """More bytes of the piece staged as ``data`` are in. Only that buffer's entry
+        grows: a second fetch of the same piece may have staged its own since, and its
+        buffer holds only its own ``filled`` bytes."""
+        self.hot.grow((digest, index), filled, data)
         blob = self._blobs.get(digest)
         if blob is not None:
             blob.wake_readers(index)

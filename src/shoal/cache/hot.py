@@ -96,9 +96,10 @@ class HotPieces:
         if not staged:
             self._count(entry)
 
-    def grow(self, key: Key, filled: int) -> None:
+    def grow(self, key: Key, filled: int, view: memoryview) -> None:
+        """``view[:filled]`` are in, if ``view`` is the buffer staged for ``key``."""
         entry = self._entries.get(key)
-        if entry is not None and filled > entry.filled:
+        if entry is not None and entry.view is view and filled > entry.filled:
             entry.filled = filled
             entry._wake()
 

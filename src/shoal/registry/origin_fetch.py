@@ -285,7 +285,7 @@ class OriginFetcher:
                     filled += len(chunk)
                     self.metrics.add_bytes(MetricType.DOWNLOAD, len(chunk))
                     if stage:
-                        self.store.grow_piece(key, index, filled)
+                        self.store.grow_piece(key, index, filled, view)
                 if info.has(index):
                     lease.drop_mine()
                     publish.skip(index)
