@@ -9,12 +9,14 @@ check, and the runtime is served a blob that fails its digest (seen in
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 from shoal.agent.download import DownloadDriver, DownloadHost
-from shoal.agent.passon import PassOn
+from shoal.agent.passon import PassOn, store_piece
 from shoal.cache import BufferPool, PieceStore
 from shoal.config import Config
 from shoal.oci.digest import parse_digest
@@ -91,6 +93,63 @@ def test_a_cancelled_fetch_keeps_its_buffer_until_its_read_is_unwound(tmp_path: 
             assert pool.view(PIECE).obj is data.obj  # back once the read ended
             assert pool.double_gives == 0
         finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_staged_piece_whose_write_is_cancelled_keeps_its_buffer_until_the_write_ends(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The download ends while a disk thread writes a staged piece: the store task is
+    cancelled, but the thread still reads the buffer; handed on meanwhile, another
+    fetch's bytes would be written over the piece."""
+    from shoal.cache import diskio
+
+    size = 256 << 10
+    gate, entered = threading.Event(), threading.Event()
+    real = diskio.check_and_write
+
+    def slow(*job: Any) -> Any:
+        entered.set()
+        gate.wait(10)
+        return real(*job)
+
+    monkeypatch.setattr(diskio, "check_and_write", slow)
+
+    async def main() -> None:
+        pool = BufferPool()
+        store = PieceStore(tmp_path / "store", capacity=1 << 30)
+        await store.open()
+        try:
+            body = bytes(range(256)) * (size // 256)
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            await store.create(digest, size, piece_size=size)
+            data = pool.view(size)
+            data[:] = body
+            po = PassOn(store, pool, digest, 0, "10.0.0.2:65002")
+            po.check.attach(data)
+            po.check.know(b"".join(hashlib.sha256(body[i : i + (64 << 10)]).digest()
+                                   for i in range(0, size, 64 << 10)))  # fmt: skip
+            po.check.arrived(size)
+            assert po.staged
+            piece = hashlib.sha256(body).digest()
+            task = asyncio.create_task(
+                store_piece(store, digest, 0, data, piece, po, lambda d: None)
+            )
+            await asyncio.to_thread(entered.wait, 10)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert pool.view(size).obj is not data.obj  # the thread still reads it
+            gate.set()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if pool._idle_bytes:
+                    break
+            assert pool.view(size).obj is data.obj  # back once the write ended
+            assert pool.double_gives == 0
+        finally:
+            gate.set()
             await store.close()
 
     asyncio.run(main())

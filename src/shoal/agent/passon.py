@@ -109,9 +109,10 @@ async def store_piece(
         return
     try:
         vouched = sha256 if po.verified else None
-        await store.write_piece(key, index, data, sha256=vouched, expect=sha256)
+        # the fetch's hold goes to the store: let go once no disk thread reads the
+        # buffer (a write cancelled mid-way, as the download ends, releases it only when
+        # the thread is done; the pool must not hand it on while it is being written)
+        await store.write_piece(key, index, data, sha256=vouched, expect=sha256, release=po.let_go)
     except BaseException:
         po.unstage()
         raise
-    finally:
-        po.let_go()
