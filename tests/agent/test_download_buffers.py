@@ -9,8 +9,10 @@ check, and the runtime is served a blob that fails its digest (seen in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -27,6 +29,17 @@ DIGEST = "sha256:" + "ab" * 32
 PIECE = 64 << 10
 
 
+@contextlib.asynccontextmanager
+async def _opened(tmp_path: Path) -> AsyncIterator[tuple[BufferPool, PieceStore]]:
+    """A buffer pool and an open, empty piece store."""
+    store = PieceStore(tmp_path / "store", capacity=1 << 30)
+    await store.open()
+    try:
+        yield BufferPool(), store
+    finally:
+        await store.close()
+
+
 def _driver(store: PieceStore, pool: BufferPool) -> DownloadDriver:
     host: Any = SimpleNamespace(
         config=Config(), store=store, buffers=pool, peer_id="10.0.0.1:65002",
@@ -38,10 +51,7 @@ def _driver(store: PieceStore, pool: BufferPool) -> DownloadDriver:
 
 def test_a_fetch_received_but_not_stored_gives_its_buffer_back_once(tmp_path: Path) -> None:
     async def main() -> None:
-        pool = BufferPool()
-        store = PieceStore(tmp_path / "store", capacity=1 << 30)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as (pool, store):
             driver = _driver(store, pool)
             # what a fetch leaves when the download ends between its answer and its
             # store task: its pass-on and its received bytes, one buffer
@@ -54,8 +64,6 @@ def test_a_fetch_received_but_not_stored_gives_its_buffer_back_once(tmp_path: Pa
             first, second = pool.view(PIECE), pool.view(PIECE)
             assert first.obj is data.obj  # back in the pool ...
             assert second.obj is not first.obj  # ... once
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -65,10 +73,7 @@ def test_a_cancelled_fetch_keeps_its_buffer_until_its_read_is_unwound(tmp_path: 
     ended, the connection may still fill the buffer, so it is not back in the pool."""
 
     async def main() -> None:
-        pool = BufferPool()
-        store = PieceStore(tmp_path / "store", capacity=1 << 30)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as (pool, store):
             driver = _driver(store, pool)
             parent = "10.0.0.2:65002"
             data = pool.view(PIECE)
@@ -81,7 +86,7 @@ def test_a_cancelled_fetch_keeps_its_buffer_until_its_read_is_unwound(tmp_path: 
                 try:
                     await reading
                 except asyncio.CancelledError:
-                    driver._let_go(po)  # what ``_fetch`` does once unwound
+                    po.abandon()  # what ``_fetch`` does once unwound
                     raise
 
             task = asyncio.create_task(fetch())
@@ -92,8 +97,6 @@ def test_a_cancelled_fetch_keeps_its_buffer_until_its_read_is_unwound(tmp_path: 
             await asyncio.gather(task, return_exceptions=True)
             assert pool.view(PIECE).obj is data.obj  # back once the read ended
             assert pool.double_gives == 0
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -118,10 +121,7 @@ def test_a_staged_piece_whose_write_is_cancelled_keeps_its_buffer_until_the_writ
     monkeypatch.setattr(diskio, "check_and_write", slow)
 
     async def main() -> None:
-        pool = BufferPool()
-        store = PieceStore(tmp_path / "store", capacity=1 << 30)
-        await store.open()
-        try:
+        async with _opened(tmp_path) as (pool, store):
             body = bytes(range(256)) * (size // 256)
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
             await store.create(digest, size, piece_size=size)
@@ -148,11 +148,11 @@ def test_a_staged_piece_whose_write_is_cancelled_keeps_its_buffer_until_the_writ
                     break
             assert pool.view(size).obj is data.obj  # back once the write ended
             assert pool.double_gives == 0
-        finally:
-            gate.set()
-            await store.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()  # a failed assertion must not leave the disk thread waiting
 
 
 def test_the_pool_never_hands_out_a_buffer_given_back_twice() -> None:

@@ -143,7 +143,7 @@ class DownloadDriver:
         self._wake = asyncio.Event()
         self._fetches: dict[tuple[str, int], asyncio.Task[None]] = {}
         #: pieces fetched, not yet stored: the bytes and the fetch's pass-on (which
-        #: owns the buffer; ``_let_go`` gives it back once)
+        #: owns the buffer and gives it back once)
         self._received: dict[tuple[str, int], tuple[memoryview, PassOn]] = {}
         #: fetches still receiving, by (parent, piece): told of chunk hashes as they come
         self._passing: dict[tuple[str, int], PassOn] = {}
@@ -229,7 +229,7 @@ class DownloadDriver:
                 received = self._received.pop(key, None)
                 self._asked.pop(key, None)
                 if received is not None:
-                    self._let_go(received[1])
+                    received[1].abandon()
             elif isinstance(a, Have | Fetching | Abandoned | ParentFailed):
                 self.p.report(m.root, a)
             elif isinstance(a, Store):
@@ -374,7 +374,7 @@ class DownloadDriver:
                 check=po.check,
             )
         except asyncio.CancelledError:
-            self._let_go(po)
+            po.abandon()
             raise
         except PeerRequestError as exc:
             error = _FETCH_ERROR.get(exc.code, FetchError.UNREACHABLE)
@@ -388,13 +388,13 @@ class DownloadDriver:
             if self._passing.get(key) is po:  # a later fetch of the same may be there
                 del self._passing[key]
         if error is not None:
-            self._let_go(po)
+            po.abandon()
             self._event(self.machine.on_fetch_failed(parent, index, error, loop.time()))
             return
         log.debug("piece %d of %s from %s: waited %.3f s, took %.3f s", index, self.key[7:19],
                   parent, first - asked, loop.time() - first)  # fmt: skip
         self._received[key] = (data, po)
-        self._asked[(parent, index)] = asked
+        self._asked[key] = asked
         self._event(self.machine.on_received(parent, index, loop.time()))
 
     async def _store(self, a: Store) -> None:
@@ -432,16 +432,7 @@ class DownloadDriver:
         not stored (their store tasks cancelled) go back, each once."""
         received, self._received = self._received, {}
         for _, po in received.values():
-            self._let_go(po)
-
-    @staticmethod
-    def _let_go(po: PassOn) -> None:
-        """A fetch's buffer is not to be stored: back to the pool once nobody sends from
-        it (a staged one leaves the store first). Called once per fetch, by whoever holds
-        it last: the fetch task when it fails or is cancelled, else the one that takes
-        its received bytes."""
-        po.unstage()
-        po.let_go()
+            po.abandon()
 
     def _releaser(self, data: memoryview) -> Callable[[], None] | None:
         buffer = data.obj

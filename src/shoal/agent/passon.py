@@ -76,6 +76,13 @@ class PassOn:
         if self.staged and buffer is not None:
             self.store.unstage_piece(self.key, self.index, buffer)
 
+    def abandon(self) -> None:
+        """The fetch ends without storing the piece (failed, cancelled, not wanted): its
+        staged copy leaves the store and the fetch lets go. Once per fetch, by whoever
+        holds it last (the fetch task, or the one that takes its received bytes)."""
+        self.unstage()
+        self.let_go()
+
     def let_go(self) -> None:
         """The fetch is done with the buffer (the piece is stored, or it never will be:
         then ``unstage`` first)."""
@@ -100,7 +107,8 @@ async def store_piece(
     """Write a fetched piece, checked against the root's ``sha256``.
 
     Passed on as it came (staged): the store already holds the buffer for the readers
-    of the staged bytes, and a piece whose every chunk matched is not hashed again.
+    of the staged bytes and takes the fetch's hold too (``release=po.let_go``), and a
+    piece whose every chunk matched is not hashed again.
     Otherwise the store takes the buffer (``releaser(data)``): it serves readers from it
     while it is hot and gives it back to the pool itself, whatever happens.
     """
