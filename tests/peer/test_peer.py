@@ -426,6 +426,49 @@ async def test_a_ping_is_answered_by_body_bytes_below_the_low_water_mark() -> No
     await asyncio.gather(*handlers, return_exceptions=True)
 
 
+async def test_pings_share_one_frame_and_a_fresh_byte_answers_without_one() -> None:
+    """Every download with a peer as parent probes it; the connection sends one ``Ping``
+    for all that ask at once, none when a byte came from the peer in the last
+    ``FRESH_S``, and a ping on a connection that closes answers False at once. The peer
+    here completes the handshake, then is silent (a stopped process)."""
+    from shoal.peer.client import FRESH_S
+
+    handlers: list[asyncio.Task[None]] = []
+    closing = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        conn = Connection(Role.SERVER, SECRET, node="stopped")
+        writer.write(conn.data_to_send())
+        conn.receive_data(await reader.read(65536))
+        while not isinstance(conn.next_event(), NeedData):
+            pass
+        writer.write(conn.data_to_send())
+        await closing.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server, PeerClient(SECRET) as client:
+        peer = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        conn = await client.connection(peer)
+        await asyncio.sleep(FRESH_S + 0.05)
+        answers = await asyncio.gather(*(client.ping(peer, 0.3) for _ in range(4)))
+        assert answers == [False] * 4
+        assert conn.pings_sent == 1
+        conn.heard = asyncio.get_running_loop().time()  # as if a byte had just come
+        assert await client.ping(peer, 0.3)
+        assert conn.pings_sent == 1
+        await asyncio.sleep(FRESH_S + 0.05)
+        pinging = asyncio.ensure_future(conn.ping(5.0))
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        closing.set()  # the peer's side closes: no waiting out the 5 s
+        assert not await pinging
+        assert asyncio.get_running_loop().time() - started < 1.0
+    for task in handlers:
+        task.cancel()
+
+
 async def test_request_timeout_then_connection_still_works(store: PieceStore) -> None:
     digest, data = await add_blob(store, 32)
     async with (

@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 _RECV_BUFFER = 256 * 1024
+#: a byte from the peer this recent answers a ping without one (seconds): well below the
+#: picker's silence floor, so a process stopped longer than that is still found
+FRESH_S = 0.1
 #: ``SO_RCVLOWAT`` while a body arrives: wake-ups per MiB drop from hundreds to 16
 _BODY_LOWAT = 64 * 1024
 
@@ -133,7 +136,11 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._rbuf = memoryview(bytearray(_RECV_BUFFER))
         self._body: _Pending | None = None  # the read whose body is arriving; None: discard
         self._closed_exc: BaseException | None = None
-        self._pings: dict[bytes, asyncio.Future[None]] = {}
+        self._pings: dict[bytes, asyncio.Future[bool]] = {}
+        self._ping: asyncio.Task[bool] | None = None  # the ping out now, shared
+        self._loop = asyncio.get_running_loop()
+        self.heard = float("-inf")  # loop time of the last byte from the peer
+        self.pings_sent = 0
         self.requests = 0
         self.cancelled = 0
         self._sock: socket.socket | None = None  # plain TCP: its receive low-water mark
@@ -167,10 +174,11 @@ class PeerConnection(asyncio.BufferedProtocol):
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.heard = self._loop.time()
         if self._pings:  # any byte from the peer proves its process runs (``ping``)
             for waiter in self._pings.values():
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(True)
         if self.conn.body_remaining:
             self.conn.body_received(nbytes)
             body = self._body
@@ -229,7 +237,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         if isinstance(event, Pong):
             waiter = self._pings.pop(event.opaque, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
             return
         if not is_response(event):  # a request or one-way message from the peer
             if self.on_message is not None:
@@ -300,6 +308,9 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._body = None
         for p in pending.values():
             _settle(p.future, exc=exc)
+        for waiter in self._pings.values():  # a closed connection answers no ping
+            if not waiter.done():
+                waiter.set_result(False)
         if self.transport is not None:
             self.transport.close()
 
@@ -341,18 +352,34 @@ class PeerConnection(asyncio.BufferedProtocol):
         """Does the peer's process run? (A stopped or wedged one keeps its connections
         open; only signs of life tell it from one waiting for a piece.) True at the
         ``Pong``, or at any byte that arrives first: a pong queues behind the piece
-        bodies the peer is sending on this connection, seconds on a busy link."""
+        bodies the peer is sending on this connection, seconds on a busy link.
+
+        A byte within the last ``FRESH_S`` answers at once, without a ping; callers that
+        ask while a ping is out (every download that has the peer as a parent) share it.
+        """
         if self._closed_exc is not None or self.transport is None:
             return False
+        if self._loop.time() - self.heard < FRESH_S:
+            return True
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._send_ping(limit_s))
+        try:
+            async with asyncio.timeout(limit_s):
+                return await asyncio.shield(self._ping)
+        except TimeoutError:
+            return False
+
+    async def _send_ping(self, limit_s: float) -> bool:
+        assert self.transport is not None
         opaque = next(self._ids).to_bytes(8, "big")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bool] = self._loop.create_future()
         self._pings[opaque] = waiter
         self._set_lowat(1)  # a byte held below the body's low-water mark is a sign of life
         self.transport.write(self.conn.send(Ping(opaque)))
+        self.pings_sent += 1
         try:
             async with asyncio.timeout(limit_s):
-                await waiter
-            return True
+                return await waiter
         except TimeoutError:
             return False
         finally:
