@@ -76,6 +76,33 @@ def test_cut_through_asks_a_parent_for_a_piece_it_is_still_fetching() -> None:
     assert p.on_timer(5.1) == []
 
 
+def test_a_parent_that_answers_probes_but_sends_nothing_is_probed_less_and_less() -> None:
+    """Reads queued at a stripe parent that waits for its own parent: each probe it
+    answers doubles the wait before the next (silence floor 0.5 s: 0.5, 1, 2, 2 s), and
+    its first byte brings the wait back to the floor. A parent stopped while it waited is
+    still found within 4 silence limits and a ping."""
+    pol = PickerPolicy(per_parent=4, total=4, queue_timeout=60.0, silence_floor=0.5)
+    p = PiecePicker("me", "b", 4, pol)
+    p.on_parents([offer("a", have=0, fetching=full_mask(4))], 0.0)
+    assert len(reqs(p.requests(0.0))) == 4
+    t, gaps = 0.0, []
+    for _ in range(4):
+        deadline = p.next_deadline()
+        assert deadline is not None
+        assert p.on_timer(deadline - 0.01) == []  # not yet
+        assert p.on_timer(deadline + 0.01) == [ProbePeer("a")]
+        gaps.append(round(deadline - t, 2))
+        t = deadline + 0.01
+        assert p.on_probe("a", True, t) == []
+    assert gaps == [0.5, 1.0, 2.0, 2.0]
+    p.on_started("a", 0, t + 0.1)  # bytes: the floor again
+    p.on_piece("a", 0, t + 0.2)
+    deadline = p.next_deadline()
+    assert deadline is not None and abs(deadline - (t + 0.2 + 0.5)) < 1e-9
+    assert p.on_timer(deadline + 0.01) == [ProbePeer("a")]
+    assert p.on_probe("a", False, deadline + 0.5) != []  # no answer: dropped
+
+
 def test_a_silent_seed_is_not_pinged_and_sets_no_deadline_the_timer_ignores() -> None:
     """Reads queued at the root for pieces it has not fetched yet: the seed goes at the
     origin's pace, so rule 7 leaves it alone, and the next deadline is one the timer acts

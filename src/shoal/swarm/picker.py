@@ -44,6 +44,9 @@ Rules:
    parent is alive and says so; a stopped or wedged one does not answer and is dropped
    as ``UNREACHABLE`` within a ping timeout, its queued requests asked elsewhere (reads
    queued at a stopped parent waited out ``queue_timeout``). Never the seed (a root).
+   Each answer without a byte of the blob doubles the wait before the next probe, up to
+   ``MAX_PATIENCE`` silence limits (a parent waiting for a deep tree's stream was probed
+   every half second); its next byte resets it.
 8. Wanted: only pieces in ``wanted`` are asked for (``want``); a whole download wants
    every piece, an on-demand range the pieces it covers. ``satisfied`` says they are here.
 
@@ -72,6 +75,11 @@ from shoal.swarm.pieces import full_mask, lowest
 from shoal.swarm.requestbook import Parent, PieceEvent, PieceState, Req, RequestBook, busy
 
 __all__ = ["PiecePicker", "PieceState"]
+
+#: rule 7: at most this many silence limits between probes of a parent that keeps
+#: answering without sending (4 x the 0.5 s floor: a parent stopped while it waited is
+#: dropped 2 s later at most, plus the ping's timeout)
+MAX_PATIENCE = 4
 
 
 class PiecePicker:
@@ -166,7 +174,7 @@ class PiecePicker:
                 if best is None or t < best:
                     best = t
         quiet = self._silence_limit()
-        times = [p.heard + quiet for p in self._may_ping(book.flowing())]
+        times = [p.heard + quiet * p.patience for p in self._may_ping(book.flowing())]
         return min((t for t in (best, *times) if t is not None), default=None)
 
     # what the shell asks for ------------------------------------------------------------
@@ -258,6 +266,7 @@ class PiecePicker:
         p = book.parents.get(parent)
         if p is not None:
             p.heard = now
+            p.patience = 1
 
     def on_piece(
         self, parent: PeerId, index: int, now: float, *, ok: bool = True
@@ -273,6 +282,7 @@ class PiecePicker:
         p = book.parents.get(parent)
         if p is not None:
             p.heard = p.delivered = now
+            p.patience = 1
         book.remove(index, req)
         book.transition(index, PieceEvent.LANDED, self.have)
         started = req.started if req.started >= 0 else req.asked
@@ -311,6 +321,7 @@ class PiecePicker:
         p.probing = False
         if alive:
             p.heard = now
+            p.patience = min(p.patience * 2, MAX_PATIENCE)
             return []
         return self._drop_parent(parent, now, FailReason.UNREACHABLE, -1)
 
@@ -347,7 +358,7 @@ class PiecePicker:
                 actions += self._drop_parent(r.parent, now, FailReason.REFUSED, i)
         quiet = self._silence_limit()
         for p in self._may_ping(book.flowing()):
-            if now - p.heard > quiet:
+            if now - p.heard > quiet * p.patience:
                 p.probing = True
                 actions.append(ProbePeer(p.peer))
         return actions

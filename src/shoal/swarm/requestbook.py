@@ -67,6 +67,7 @@ class Parent:
         "inflight",
         "mean",
         "only",
+        "patience",
         "peer",
         "pending",
         "probing",
@@ -90,6 +91,9 @@ class Parent:
         self.heard = 0.0  # last sign of life while it held requests (picker rule 7)
         self.delivered = float("-inf")  # its last piece to us (picker rule 3)
         self.probing = False
+        #: silence limits to wait before the next probe (picker rule 7): doubles each time
+        #: the parent answers one without sending anything, back to 1 at its next byte
+        self.patience = 1
 
     def __repr__(self) -> str:
         return (
