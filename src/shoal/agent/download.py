@@ -162,22 +162,39 @@ class DownloadDriver:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        due: float | None = None  # when the timer rings; None once it has
+
+        def ring() -> None:
+            nonlocal due
+            due = None
+            self._wake.set()
+
         try:
             self._apply(self.machine.start(loop.time()))
             while not self.machine.ended:
                 now = loop.time()
-                self._apply(self.machine.tick(now))
+                # the machine's time-driven work (stalls, silences, asks) is due only
+                # at its deadline: events carry out their own (the simulator's contract)
+                if due is None:
+                    self._apply(self.machine.tick(now))
                 deadline = self.machine.next_deadline()
                 wait = MAX_TICK if deadline is None else min(max(deadline - now, 0.002), MAX_TICK)
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                # most wake-ups are events: the timer stays unless it would ring late, or
+                # more than 50 ms early (an early ring costs one more tick, nothing else)
+                target = now + wait
+                if due is None or not target - 0.05 <= due <= target + 0.001:
+                    if timer is not None:
+                        timer.cancel()
+                    due = target
+                    timer = loop.call_at(due, ring)
+                await self._wake.wait()
                 self._wake.clear()
             while self._final:  # the seal, the final flush
                 await asyncio.gather(*list(self._final), return_exceptions=True)
         finally:
+            if timer is not None:
+                timer.cancel()
             tasks = [*self._fetches.values(), *self._helpers, *self._final]
             for task in tasks:
                 task.cancel()
