@@ -320,11 +320,14 @@ PROFILE_ENV = "SHOAL_PROFILE"
 
 
 def _profiled(handler: Handler, args: argparse.Namespace) -> int:
-    """For finding where a process's CPU goes in a real run (bench agents, the root)."""
+    """For finding where a process's CPU goes in a real run (bench agents, the root).
+    The clock is the main thread's CPU time: in a run that saturates the machine, wall
+    time would charge each function for the time other processes held the cores."""
     import cProfile
+    import time
 
     out = Path(os.environ[PROFILE_ENV]) / f"{args.command}-{os.getpid()}.prof"
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)
     profile.enable()
     try:
         return handler(args)
