@@ -355,7 +355,8 @@ class PeerConnection(asyncio.BufferedProtocol):
         bodies the peer is sending on this connection, seconds on a busy link.
 
         A byte within the last ``FRESH_S`` answers at once, without a ping; callers that
-        ask while a ping is out (every download that has the peer as a parent) share it.
+        ask while a ping is out (every download that has the peer as a parent, all with
+        the same ``limit_s``) share it and its answer.
         """
         if self._closed_exc is not None or self.transport is None:
             return False
@@ -363,11 +364,7 @@ class PeerConnection(asyncio.BufferedProtocol):
             return True
         if self._ping is None or self._ping.done():
             self._ping = asyncio.ensure_future(self._send_ping(limit_s))
-        try:
-            async with asyncio.timeout(limit_s):
-                return await asyncio.shield(self._ping)
-        except TimeoutError:
-            return False
+        return await asyncio.shield(self._ping)  # one caller cancelled ends no other's
 
     async def _send_ping(self, limit_s: float) -> bool:
         assert self.transport is not None

@@ -174,7 +174,7 @@ class PiecePicker:
                 if best is None or t < best:
                     best = t
         quiet = self._silence_limit()
-        times = [p.heard + quiet * p.patience for p in self._may_ping(book.flowing())]
+        times = [self._probe_at(p, quiet) for p in self._may_ping(book.flowing())]
         return min((t for t in (best, *times) if t is not None), default=None)
 
     # what the shell asks for ------------------------------------------------------------
@@ -358,10 +358,16 @@ class PiecePicker:
                 actions += self._drop_parent(r.parent, now, FailReason.REFUSED, i)
         quiet = self._silence_limit()
         for p in self._may_ping(book.flowing()):
-            if now - p.heard > quiet * p.patience:
+            if now > self._probe_at(p, quiet):
                 p.probing = True
                 actions.append(ProbePeer(p.peer))
         return actions
+
+    @staticmethod
+    def _probe_at(p: Parent, quiet: float) -> float:
+        """When rule 7 probes ``p``: ``quiet`` after its last sign of life, times the
+        patience its answered probes earned it."""
+        return p.heard + quiet * p.patience
 
     def _may_ping(self, flowing: set[PeerId]) -> list[Parent]:
         """Rule 7's parents; shared by the timer and ``next_deadline`` (one ignored spins)."""
